@@ -1,0 +1,253 @@
+"""LightViT: the one model class that builds any `ArchConfig`, with timm's model surface.
+
+A LightViT is a stem, an optional absolute position encoding, a sequence of stages of
+pre-norm residual blocks (`x = x + mixer(norm(x))`, `x = x + mlp(norm(x))`) whose token mixer,
+width, depth, heads and MLP ratio are set per stage, a final norm, global average pooling and a
+linear classifier. Blocks come from the registries in `search_spaces.blocks`.
+
+`timm.create_model("lightvit", arch=cfg_dict)` builds one; folders written by `lvit export` load
+with `timm.create_model("local-dir:DIR", pretrained=True)` once this module is imported (importing
+`search_spaces` does it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import torch
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.blocks import MIXERS, POS_ENCODINGS, STEMS, lookup
+
+__all__ = ["LightViT", "Block", "Stage", "lightvit", "default_arch"]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with a pluggable token mixer (the MetaFormer view)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, mixer: str,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = lookup(MIXERS, "mixer", mixer)(dim, heads)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path1(self.mixer(self.norm1(x), hw))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
+
+
+class Transition(nn.Module):
+    """Between stages: a stride-2 3x3 conv that halves the grid (and sets the width), or a 1x1
+    conv where only the width changes; followed by LayerNorm."""
+
+    def __init__(self, in_dim: int, out_dim: int, downsample: bool) -> None:
+        super().__init__()
+        self.stride = 2 if downsample else 1
+        k = 3 if downsample else 1
+        self.conv = nn.Conv2d(in_dim, out_dim, k, stride=self.stride, padding=k // 2)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        b, n, c = x.shape
+        feat = self.conv(x.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
+        hw = (feat.shape[2], feat.shape[3])
+        return self.norm(feat.flatten(2).transpose(1, 2)), hw
+
+
+class Stage(nn.Module):
+    """`depth` blocks at one width; a stage-site position encoding follows its first block."""
+
+    def __init__(self, in_dim: int, cfg: StageConfig, pos_enc: str, grid: int,
+                 drop_path: list[float]) -> None:
+        super().__init__()
+        needs_transition = cfg.downsample or in_dim != cfg.dim
+        self.transition = Transition(in_dim, cfg.dim, cfg.downsample) if needs_transition else None
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.mixer, dp) for dp in drop_path
+        )
+        pos_cls = lookup(POS_ENCODINGS, "pos_enc", pos_enc)
+        self.pos = pos_cls(cfg.dim, (grid, grid)) if pos_cls.site == "stage" else None
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.transition is not None:
+            x, hw = self.transition(x, hw)
+        for i, block in enumerate(self.blocks):
+            x = block(x, hw)
+            if i == 0 and self.pos is not None:
+                x = self.pos(x, hw)
+        return x, hw
+
+
+class LightViT(nn.Module):
+    """A lightweight ViT built from an `ArchConfig`; timm's classification model surface."""
+
+    def __init__(
+        self,
+        cfg: ArchConfig,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
+        img_size: int | tuple[int, int] | None = None,
+        global_pool: str | None = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        """Build `cfg`; timm's `num_classes`, `in_chans` and `img_size` override its fields."""
+        super().__init__()
+        if global_pool not in ("avg", None):
+            raise ValueError(f"LightViT pools by averaging tokens; global_pool={global_pool!r}")
+        cfg = _override(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+        self.arch = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.global_pool = "avg"
+        grids = cfg.grid_sizes()
+        stem_dim = cfg.stages[0].dim
+        stem_grid = cfg.img_size // cfg.patch_size
+
+        self.stem = lookup(STEMS, "stem", cfg.stem)(cfg.in_chans, stem_dim, cfg.patch_size,
+                                                    cfg.img_size)
+        pos_cls = lookup(POS_ENCODINGS, "pos_enc", cfg.pos_enc)
+        self.pos_enc = pos_cls(stem_dim, (stem_grid, stem_grid)) if pos_cls.site == "input" else None
+
+        rates = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
+        stages, in_dim = [], stem_dim
+        for stage_cfg, grid in zip(cfg.stages, grids):
+            stage_rates, rates = rates[: stage_cfg.depth], rates[stage_cfg.depth :]
+            stages.append(Stage(in_dim, stage_cfg, cfg.pos_enc, grid, stage_rates))
+            in_dim = stage_cfg.dim
+        self.stages = nn.ModuleList(stages)
+
+        self.num_features = self.head_hidden_size = in_dim
+        self.norm = nn.LayerNorm(in_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(in_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.pretrained_cfg = self.default_cfg = _cfg(cfg)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay: those a block lists in `no_weight_decay`."""
+        names = set()
+        for module_name, module in self.named_modules():
+            for param in getattr(type(module), "no_weight_decay", ()):
+                if isinstance(param, str):
+                    names.add(f"{module_name}.{param}" if module_name else param)
+        return names
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None and global_pool != "avg":
+            raise ValueError(f"LightViT pools by averaging tokens; global_pool={global_pool!r}")
+        self.num_classes = num_classes
+        self.arch = dataclasses.replace(self.arch, num_classes=num_classes)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) -> normalised tokens (B, N, C) of the last stage."""
+        feat = self.stem(x)
+        hw = (feat.shape[2], feat.shape[3])
+        x = feat.flatten(2).transpose(1, 2)
+        if self.pos_enc is not None:
+            x = self.pos_enc(x, hw)
+        for stage in self.stages:
+            x, hw = stage(x, hw)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean(dim=1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _cfg(arch: ArchConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    arch = arch or default_arch()
+    stem_cls = STEMS.get(arch.stem)
+    return {
+        "url": "",
+        "num_classes": arch.num_classes,
+        "input_size": (arch.in_chans, arch.img_size, arch.img_size),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "fixed_input_size": False,
+        "mean": (0.5,) * arch.in_chans,
+        "std": (0.5,) * arch.in_chans,
+        "first_conv": f"stem.{stem_cls.first_conv}" if stem_cls else None,
+        "classifier": "head",
+        "architecture": "lightvit",
+        **kwargs,
+    }
+
+
+def default_arch() -> ArchConfig:
+    """The architecture `timm.create_model("lightvit")` builds when given none: a 4-block
+    DeiT-style model for 32x32 inputs."""
+    return ArchConfig(stages=(StageConfig(depth=4, dim=64, heads=2, mlp_ratio=2.0),))
+
+
+def _as_arch(arch: ArchConfig | dict[str, Any] | str | None) -> ArchConfig:
+    if arch is None:
+        return default_arch()
+    if isinstance(arch, ArchConfig):
+        return arch
+    if isinstance(arch, str):
+        return ArchConfig.from_json(arch)
+    return ArchConfig.from_dict(arch)
+
+
+default_cfgs = generate_default_cfgs({"lightvit": _cfg()})
+
+
+def _override(cfg: ArchConfig, **fields: Any) -> ArchConfig:
+    changes = {k: v for k, v in fields.items() if v is not None}
+    size = changes.get("img_size")
+    if size is not None and not isinstance(size, int):
+        if len(set(size)) != 1:
+            raise ValueError(f"LightViT takes square inputs, got img_size={tuple(size)}")
+        changes["img_size"] = int(size[0])
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+@register_model
+def lightvit(pretrained: bool = False, arch: ArchConfig | dict | str | None = None,
+             **kwargs: Any) -> LightViT:
+    """LightViT from an ArchConfig (an `ArchConfig`, its dict, or its JSON).
+
+    timm's usual `num_classes`, `in_chans` and `img_size` keyword arguments override the
+    architecture's; `drop_rate` and `drop_path_rate` are passed to the model.
+    """
+    cfg = _as_arch(arch)
+    # timm fills num_classes / in_chans from the pretrained cfg when not given: make that the
+    # architecture's own unless the caller (or an exported config.json) says otherwise.
+    overlay = {k: v for k, v in _cfg(cfg).items() if k in ("num_classes", "input_size", "first_conv")}
+    overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    return build_model_with_cfg(
+        LightViT, "lightvit", pretrained, model_cfg=cfg, pretrained_cfg_overlay=overlay, **kwargs
+    )
+
+
+def arch_of(model: nn.Module) -> ArchConfig:
+    """The ArchConfig a LightViT was built from (JSON-exact copy)."""
+    return ArchConfig.from_json(json.dumps(model.arch.to_dict()))
