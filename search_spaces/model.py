@@ -136,13 +136,13 @@ class LightViT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay: those a block lists in `no_weight_decay`."""
-        names = set()
-        for module_name, module in self.named_modules():
-            for param in getattr(type(module), "no_weight_decay", ()):
-                if isinstance(param, str):
-                    names.add(f"{module_name}.{param}" if module_name else param)
-        return names
+        """Parameter names exempt from weight decay: those a block lists in
+        `no_weight_decay_params` (position embeddings)."""
+        return {
+            f"{module_name}.{param}"
+            for module_name, module in self.named_modules()
+            for param in getattr(module, "no_weight_decay_params", ())
+        }
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -130,7 +130,10 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     except (ValueError, TypeError) as e:
         if isinstance(e, TypeCheckError):
             raise
-        raise TypeCheckError(f"{where}: {e}") from None
+        message = str(e)
+        if path and not message.startswith(f"{path}."):
+            message = f"{path}: {message}"
+        raise TypeCheckError(message) from None
 
 
 def to_dict(obj: Any) -> Any:

@@ -44,7 +44,7 @@ class LearnedPosEnc(nn.Module):
     """
 
     site: ClassVar[str] = "input"
-    no_weight_decay: ClassVar[tuple[str, ...]] = ("pos_embed",)
+    no_weight_decay_params: ClassVar[tuple[str, ...]] = ("pos_embed",)
 
     def __init__(self, dim: int, grid: tuple[int, int]) -> None:
         super().__init__()

@@ -1,0 +1,215 @@
+"""The `lvit` command line: one table of commands, each with `add_arguments` and `take_action`.
+
+    lvit search CONFIG            run or resume a search (progress bar, then the Pareto front)
+    lvit export --trial N --out DIR   write a trained trial as a timm model folder
+    lvit report                   Pareto-front plot and table of a study
+
+`--storage` (an Optuna storage URL) is shared by the commands that read a study.
+Errors in the input print one line, `lvit: error: ...`, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+from nas.errors import ConfigError
+
+__all__ = ["main", "COMMANDS"]
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+class Command:
+    name: str = ""
+    help: str = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError  # each command below overrides it
+
+
+class Search(Command):
+    name = "search"
+    help = "run a search from a YAML config (re-running resumes the study)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", help="YAML search config, e.g. experiments/quickstart.yaml")
+        parser.add_argument("--n-trials", type=int, default=None,
+                            help="study-wide number of candidates (overrides study.n_trials)")
+        parser.add_argument("--study", default=None, help="study name (overrides study.name)")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.config import load_config
+        from nas.report import front_table
+        from nas.study import finished_count, run_search
+
+        config = load_config(args.config)
+        if args.n_trials is not None and args.n_trials < 1:
+            raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
+        config = config.replace_study(n_trials=args.n_trials, storage=args.storage, name=args.study)
+        target = config.study.n_trials
+        bar: Any = None
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            n = info.get("trial")
+            if kind == "training":
+                bar.set_postfix_str(f"trial {n}: training")
+            elif kind == "epoch":
+                bar.set_postfix_str(f"trial {n}: epoch {info['epoch']}/{info['epochs']} "
+                                    f"acc {info['val_acc']:.3f}")
+            elif kind == "trained":
+                c = info["costs"]
+                bar.write(f"  #{n:<3} trained   acc {info['val_acc']:.4f}  "
+                          f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
+                          f"{info['arch'].describe()}  ({_duration(info['seconds'])})")
+                bar.update(1)
+            elif kind == "rejected":
+                bar.write(f"  #{n:<3} rejected  {info['reason']}  {info['arch'].describe()}")
+                bar.update(1)
+            elif kind == "failed":
+                bar.write(f"  #{n:<3} failed    {info['reason']} (will be retried)")
+
+        print(f"lvit search: study '{config.study.name}' in {config.study.storage_url}, space "
+              f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px, "
+              f"{target} candidates", file=sys.stderr)
+        from nas.study import create_or_resume_study
+
+        done = finished_count(create_or_resume_study(config))
+        if done:
+            print(f"resuming: {done} of {target} candidates already finished", file=sys.stderr)
+        bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search",
+                   dynamic_ncols=True)
+        try:
+            run = run_search(config, on_event=on_event)
+        finally:
+            bar.close()
+        print()
+        print(front_table(run.study))
+        print()
+        print(f"This run: {run.trained} trained, {run.rejected} rejected by the budgets, "
+              f"{run.failed} failed, in {_duration(run.seconds)}. Study: "
+              f"{finished_count(run.study)} candidates in {config.study.storage_url}, weights in "
+              f"{run.study.user_attrs['artifact_dir']}")
+        best = _best_trained(run.study)
+        if best is not None:
+            print(f"Export:  lvit export --storage {config.study.storage_url} --study "
+                  f"{config.study.name} --trial {best} --out exports/{config.study.name}-{best}")
+            print(f"Report:  lvit report --storage {config.study.storage_url} --study "
+                  f"{config.study.name}")
+        return 0
+
+
+def _best_trained(study: Any) -> int | None:
+    from nas.report import pareto_front, records
+
+    front = pareto_front(records(study))
+    return front[0].number if front else None
+
+
+class Export(Command):
+    name = "export"
+    help = "write a trained trial as a timm model folder (config.json + model.safetensors)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--study", default=None, help="study name (default: the only one)")
+        parser.add_argument("--trial", type=int, required=True, help="trial number to export")
+        parser.add_argument("--out", default=None,
+                            help="output folder (default: exports/STUDY-TRIAL)")
+        parser.add_argument("--artifacts", default=None,
+                            help="folder of the study's weights, if it has moved")
+        parser.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from nas.export import export_trial
+        from nas.storage import load_study
+
+        study = load_study(_storage(args), args.study)
+        out = args.out or os.path.join("exports", f"{study.study_name}-{args.trial}")
+        result = export_trial(study, args.trial, out, artifact_dir=args.artifacts,
+                              force=args.force)
+        print(f"Exported trial {result.trial} of '{study.study_name}' to {result.out_dir} "
+              f"(config.json, model.safetensors, arch.json, README.md); reloaded through timm: "
+              f"max abs logit diff {result.max_abs_diff:.1e}")
+        print(f"Load it:  import search_spaces, timm; "
+              f"timm.create_model('local-dir:{result.out_dir}', pretrained=True)")
+        return 0
+
+
+class Report(Command):
+    name = "report"
+    help = "write the Pareto-front plot of a study and print its front"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--study", default=None, help="study name (default: the only one)")
+        parser.add_argument("--out", default=None, help="output folder (default: reports/STUDY)")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from nas.report import front_table, pareto_plot
+        from nas.storage import load_study
+
+        study = load_study(_storage(args), args.study)
+        out = args.out or os.path.join("reports", study.study_name)
+        path = pareto_plot(study, os.path.join(out, "pareto.png"))
+        print(front_table(study))
+        print(f"\nWrote {path}")
+        return 0
+
+
+def _storage(args: argparse.Namespace) -> str:
+    if not args.storage:
+        raise ConfigError("--storage is required, e.g. --storage sqlite:///runs/quickstart.db")
+    return args.storage
+
+
+COMMANDS: list[Command] = [Search(), Export(), Report()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--storage", default=None,
+                        help="Optuna storage URL, e.g. sqlite:///runs/quickstart.db")
+    parser = argparse.ArgumentParser(
+        prog="lvit", description="Neural architecture search for lightweight vision transformers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           parents=[shared])
+        command.add_arguments(p)
+        p.set_defaults(handler=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    start = time.perf_counter()
+    try:
+        return args.handler.take_action(args)
+    except ConfigError as e:
+        print(f"lvit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlvit: interrupted after {_duration(time.perf_counter() - start)}; the running "
+              "trial was marked failed and finished trials are kept. Re-run the same command to "
+              "resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

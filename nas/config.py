@@ -1,0 +1,219 @@
+"""Search configs: typed, validated dataclasses read from YAML with a safe loader.
+
+Unknown keys, wrong types and bad values fail loudly with one line that names the file and the
+dotted key (`experiments/x.yaml: train.epochs must be an integer, got 'ten' (str)`).
+
+A config has five sections (all optional but `study.name`):
+
+    study:   name, storage, artifacts, n_trials, seed, sampler, sampler_args
+    space:   a registered search space name
+    data:    name, img_size, val_fraction, seed, (synthetic only) num_classes, num_samples
+    train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad, threads
+    budget:  max_params, max_latency_ms
+    latency: device, threads, batch_size, warmup, runs, max_seconds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces.spaces import SPACES
+from search_spaces.typed import TypeCheckError, from_dict, to_dict
+
+__all__ = [
+    "ConfigError",
+    "SearchConfig",
+    "StudyConfig",
+    "DataConfig",
+    "TrainConfig",
+    "BudgetConfig",
+    "LatencyConfig",
+    "load_config",
+]
+
+DATASETS = ("digits", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config (or a command-line value) is wrong; the message says what and how to fix it."""
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{section}.{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The Optuna study. `n_trials` is the study-wide number of candidates (trained or rejected
+    by the budgets); re-running the command resumes the study until it has that many.
+    `sampler` names a class in `optuna.samplers`, built with `sampler_args` and `seed`."""
+
+    name: str
+    storage: str | None = None  # default: sqlite:///runs/<name>.db
+    artifacts: str | None = None  # default: runs/<name>-artifacts
+    n_trials: int = 20
+    seed: int = 0
+    sampler: str = "TPESampler"
+    sampler_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import optuna
+
+        if not self.name or "/" in self.name:
+            raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
+        _positive("study", n_trials=self.n_trials)
+        cls = getattr(optuna.samplers, self.sampler, None)
+        if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)):
+            names = sorted(
+                n for n in dir(optuna.samplers)
+                if n.endswith("Sampler") and not n.startswith(("Base", "PartialFixed", "_"))
+            )
+            raise ValueError(
+                f"study.sampler '{self.sampler}' is not an Optuna sampler; use one of: "
+                + ", ".join(names)
+            )
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///runs/{self.name}.db"
+
+    @property
+    def artifact_dir(self) -> str:
+        return self.artifacts or os.path.join("runs", f"{self.name}-artifacts")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set: `digits` (scikit-learn's bundled 8x8 digits, resized) or `synthetic`
+    (generated class patterns, for tests; `num_classes` and `num_samples` apply to it only)."""
+
+    name: str = "digits"
+    img_size: int = 32
+    val_fraction: float = 0.2
+    seed: int = 0
+    num_classes: int = 4
+    num_samples: int = 400
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name '{self.name}' is unknown; use one of: {', '.join(DATASETS)}")
+        _positive("data", img_size=self.img_size, num_samples=self.num_samples)
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.num_classes < 2:
+            raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Proxy training of each candidate: AdamW, linear warm-up then cosine decay."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0
+    threads: int = 0  # 0: all cores
+
+    def __post_init__(self) -> None:
+        _positive("train", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.clip_grad < 0:
+            raise ValueError("train.weight_decay, warmup_epochs and clip_grad must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.threads < 0:
+            raise ValueError(f"train.threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Budgets checked before any training; a candidate over one is recorded, never trained.
+    Null means no budget."""
+
+    max_params: int | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_params is not None:
+            _positive("budget", max_params=self.max_params)
+        if self.max_latency_ms is not None:
+            _positive("budget", max_latency_ms=self.max_latency_ms)
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is measured: eval mode, no_grad, `warmup` untimed runs, then up to `runs`
+    timed runs (stopping early after `max_seconds`); the median is the figure."""
+
+    device: str = "cpu"
+    threads: int = 1
+    batch_size: int = 1
+    warmup: int = 10
+    runs: int = 50
+    max_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.device != "cpu":
+            raise ValueError(f"latency.device '{self.device}' is not supported yet; use 'cpu'")
+        _positive("latency", threads=self.threads, batch_size=self.batch_size, runs=self.runs,
+                  max_seconds=self.max_seconds)
+        if self.warmup < 0:
+            raise ValueError(f"latency.warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    study: StudyConfig
+    space: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> SearchConfig:
+        try:
+            return from_dict(cls, data, "")
+        except TypeCheckError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def replace_study(self, **changes: Any) -> SearchConfig:
+        """A copy with study fields changed (command-line overrides), validated again."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        try:
+            return dataclasses.replace(self, study=dataclasses.replace(self.study, **changes))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> SearchConfig:
+    """Read and validate a YAML search config; raises `ConfigError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see experiments/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; it needs at least study.name")
+    return SearchConfig.from_dict(data, str(path))

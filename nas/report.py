@@ -1,0 +1,148 @@
+"""Reading a finished study: the table of its Pareto front and the Pareto-front plot."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["TrialRecord", "records", "pareto_front", "front_table", "pareto_plot"]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial as the tool recorded it."""
+
+    number: int
+    status: str  # trained | infeasible
+    arch_line: str
+    params: int
+    flops: int
+    latency_ms: float
+    accuracy: float | None
+    reason: str
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+        costs = trial.user_attrs.get("costs", {})
+        return cls(
+            number=trial.number,
+            status=trial.user_attrs.get("status", "infeasible"),
+            arch_line=trial.user_attrs.get("arch_line", "?"),
+            params=int(costs.get("params", 0)),
+            flops=int(costs.get("flops", 0)),
+            latency_ms=float(costs.get("latency_ms", float("nan"))),
+            accuracy=trial.values[0] if trial.state == TrialState.COMPLETE else None,
+            reason=trial.user_attrs.get("reject_reason", ""),
+        )
+
+
+def records(study: optuna.Study) -> list[TrialRecord]:
+    """Every finished trial that got as far as a cost measurement."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False, states=states)
+            if "costs" in t.user_attrs]
+
+
+def pareto_front(recs: list[TrialRecord]) -> list[TrialRecord]:
+    """Trained trials not dominated in (accuracy up, latency down), best accuracy first."""
+    trained = [r for r in recs if r.accuracy is not None]
+    front = [
+        r for r in trained
+        if not any(
+            o.accuracy >= r.accuracy and o.latency_ms <= r.latency_ms
+            and (o.accuracy > r.accuracy or o.latency_ms < r.latency_ms)
+            for o in trained
+        )
+    ]
+    return sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
+
+
+def _si(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def front_table(study: optuna.Study) -> str:
+    """The Pareto front as a fixed-width table, one architecture per line."""
+    recs = records(study)
+    front = pareto_front(recs)
+    trained = sum(r.accuracy is not None for r in recs)
+    lines = [
+        f"Pareto front of study '{study.study_name}' (accuracy up, CPU latency down): "
+        f"{len(front)} of {trained} trained trials; {len(recs) - trained} rejected by the budgets",
+        f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  architecture",
+    ]
+    for r in front:
+        lines.append(f"{r.number:>5}  {r.accuracy:>7.4f}  {r.latency_ms:>7.3f} ms  {_si(r.params):>7}"
+                     f"  {_si(r.flops):>7}  {r.arch_line}")
+    if not front:
+        lines.append("  (no trained trial yet: loosen the budgets or run more trials)")
+    return "\n".join(lines)
+
+
+def _budgets(study: optuna.Study) -> dict[str, Any]:
+    return study.user_attrs.get("config", {}).get("budget", {})
+
+
+def pareto_plot(study: optuna.Study, path: str) -> str:
+    """Accuracy against latency for trained trials (params as colour, the front joined, the
+    budgets drawn); rejected candidates shown apart in a strip below, at their latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    recs = records(study)
+    trained = [r for r in recs if r.accuracy is not None]
+    rejected = [r for r in recs if r.accuracy is None]
+    front = sorted(pareto_front(recs), key=lambda r: r.latency_ms)
+    budget = _budgets(study)
+    params = [r.params for r in recs] or [1]
+    if budget.get("max_params") is not None:
+        params.append(budget["max_params"])  # keep the budget line inside the colour bar
+    norm = LogNorm(vmin=min(params), vmax=max(max(params), min(params) + 1))
+
+    fig, (ax, ax_rej) = plt.subplots(
+        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [5, 1], "hspace": 0.08}
+    )
+    points = ax.scatter([r.latency_ms for r in trained], [r.accuracy for r in trained],
+                        c=[r.params for r in trained], cmap="viridis", norm=norm, s=40,
+                        edgecolors="black", linewidths=0.5, label="trained (feasible)", zorder=3)
+    if front:
+        ax.step([r.latency_ms for r in front], [r.accuracy for r in front], where="post",
+                color="tab:orange", lw=1.5, label="Pareto front", zorder=2)
+        for r in front:
+            ax.annotate(f"#{r.number}", (r.latency_ms, r.accuracy), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    ax_rej.scatter([r.latency_ms for r in rejected], [0.0] * len(rejected),
+                   c=[r.params for r in rejected], cmap="viridis", norm=norm, marker="x", s=40,
+                   label="rejected by budgets (not trained)")
+    ax_rej.set_yticks([])
+    ax_rej.set_ylabel("rejected", rotation=0, ha="right", va="center")
+    for axis in (ax, ax_rej):
+        if budget.get("max_latency_ms") is not None:
+            axis.axvline(budget["max_latency_ms"], color="tab:red", ls="--", lw=1.2,
+                         label="latency budget" if axis is ax else None)
+    ax.set_ylabel("validation accuracy")
+    ax_rej.set_xlabel("CPU latency, batch 1 (ms, median)")
+    ax.set_title(f"{study.study_name}: {len(trained)} trained, {len(rejected)} rejected")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    h2, l2 = ax_rej.get_legend_handles_labels()
+    ax.legend(handles + h2, labels + l2, loc="lower right", fontsize=8)
+    bar = fig.colorbar(points, ax=[ax, ax_rej], label="parameters")
+    if budget.get("max_params") is not None:
+        bar.ax.axhline(budget["max_params"], color="tab:red", ls="--", lw=2)
+        bar.ax.text(1.05, budget["max_params"], " budget", transform=bar.ax.get_yaxis_transform(),
+                    color="tab:red", va="center", fontsize=7, clip_on=False)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,268 @@
+"""The search: an Optuna study over a search space, under a parameter and a latency budget.
+
+Two objectives, validation accuracy (maximise) and measured CPU latency (minimise), searched by
+an Optuna sampler (TPE by default) that sees the budgets through `constraints_func`.
+
+Per trial:
+  1. sample an `ArchConfig` from the space and store it (user attribute `arch`);
+  2. build the model and measure its cost: params, FLOPs, latency with its conditions (`costs`);
+  3. check every budget; a candidate over budget is recorded as PRUNED with `status: infeasible`
+     and its constraint values, and is never trained (the sampler still learns from it);
+  4. proxy-train, record the per-epoch curve (`train`), and keep the trained weights as a
+     safetensors file in Optuna's artifact store (`weights_artifact_id`) so export never
+     retrains; the trial completes with (accuracy, latency_ms).
+
+`study.n_trials` counts finished candidates (trained or rejected) across runs: re-running the
+same command resumes the study until it has that many. Ctrl-C marks the running trial failed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+from safetensors.torch import save_file
+
+from nas import cost
+from nas.config import ConfigError, SearchConfig
+from nas.data import Dataset, load_dataset
+from nas.storage import open_storage, redact
+from nas.train import TrainingDiverged, train_model
+from search_spaces.model import LightViT
+from search_spaces.spaces import get_space
+
+__all__ = ["OBJECTIVES", "SearchRun", "budget_constraints", "create_or_resume_study",
+           "run_search", "trial_seed", "finished_count"]
+
+OBJECTIVES = (("accuracy", "maximize"), ("latency_ms", "minimize"))
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def budget_constraints(trial: FrozenTrial) -> list[float]:
+    """Optuna `constraints_func`: one value per budget, feasible when <= 0 (stored per trial)."""
+    return list(trial.user_attrs.get("constraints", []))
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed a trial trains with (recorded with the trial)."""
+    return study_seed * 100_003 + trial_number
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    """Optuna's own sampler class, with the config's arguments, seed and the budgets."""
+    cls = getattr(optuna.samplers, config.study.sampler)
+    kwargs = dict(config.study.sampler_args)
+    params = inspect.signature(cls).parameters
+    if "seed" in params:
+        kwargs.setdefault("seed", config.study.seed)
+    has_budget = config.budget.max_params is not None or config.budget.max_latency_ms is not None
+    if "constraints_func" in params and has_budget:
+        kwargs.setdefault("constraints_func", budget_constraints)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"study.sampler_args do not fit {cls.__name__}: {e}") from None
+
+
+def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that define a study's results (n_trials may grow on resume)."""
+    study = {k: v for k, v in config_dict["study"].items() if k not in ("n_trials", "storage")}
+    return {**config_dict, "study": study}
+
+
+def create_or_resume_study(config: SearchConfig) -> optuna.Study:
+    """Create the study, or load it when it exists and was made with the same config."""
+    storage = open_storage(config.study.storage_url, create=True)
+    sampler = _make_sampler(config)
+    study = optuna.create_study(
+        study_name=config.study.name,
+        storage=storage,
+        sampler=sampler,
+        directions=[d for _, d in OBJECTIVES],
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("config")
+    current = config.to_dict()
+    if stored is None:
+        space = get_space(config.space)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([name for name, _ in OBJECTIVES])
+        study.set_user_attr("config", current)
+        study.set_user_attr("space", {"name": space.name, "version": space.version})
+        study.set_user_attr("artifact_dir", os.path.abspath(config.study.artifact_dir))
+    elif _comparable(stored) != _comparable(current):
+        diffs = _differences(_comparable(stored), _comparable(current))
+        raise ConfigError(
+            f"study '{config.study.name}' in {redact(config.study.storage_url)} was made with a "
+            f"different config ({'; '.join(diffs[:3])}); rename study.name to start a new study"
+        )
+    return study
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+@dataclass
+class SearchRun:
+    """What a run of `run_search` did."""
+
+    study: optuna.Study
+    trained: int = 0
+    rejected: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+class _Objective:
+    """Optuna objective for one study; holds the data set so it is loaded once per process."""
+
+    def __init__(self, config: SearchConfig, data: Dataset, artifact_store: FileSystemArtifactStore,
+                 on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        self.config = config
+        self.data = data
+        self.space = get_space(config.space)
+        self.artifact_store = artifact_store
+        self.on_event = on_event
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        cfg, data = self.config, self.data
+        seed = trial_seed(cfg.study.seed, trial.number)
+        arch = self.space.sample(trial, num_classes=data.num_classes, in_chans=data.in_chans,
+                                 img_size=data.img_size)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("arch_line", arch.describe())
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("data", data.info())
+        trial.set_user_attr("versions", {"torch": torch.__version__, "optuna": optuna.__version__})
+
+        torch.manual_seed(seed)
+        check_start = time.perf_counter()
+        model = LightViT(arch)
+        input_size = (data.in_chans, data.img_size, data.img_size)
+        lat = cfg.latency
+        latency = cost.measure_latency(model, input_size, threads=lat.threads,
+                                       batch_size=lat.batch_size, warmup=lat.warmup,
+                                       runs=lat.runs, max_seconds=lat.max_seconds)
+        costs = {
+            "params": cost.count_params(model),
+            "flops": cost.count_flops(model, input_size),
+            "flops_counting": "2 x multiply-adds of matmuls, convs and attention (torch)",
+            "latency_ms": latency.median_ms,
+            "latency": latency.to_dict(),
+        }
+        trial.set_user_attr("costs", costs)
+
+        constraints, reasons = [], []
+        for name, value, budget, unit in (
+            ("params", costs["params"], cfg.budget.max_params, ""),
+            ("latency", latency.median_ms, cfg.budget.max_latency_ms, " ms"),
+        ):
+            if budget is None:
+                continue
+            constraints.append(float(value - budget))
+            if value > budget:
+                reasons.append(f"{name} {value:g}{unit} > {budget:g}{unit}")
+        trial.set_user_attr("constraints", constraints)
+        trial.set_user_attr("budget_check_seconds", round(time.perf_counter() - check_start, 3))
+        if reasons:
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("reject_reason", "; ".join(reasons))
+            self.on_event("rejected", {"trial": trial.number, "arch": arch, "costs": costs,
+                                       "reason": "; ".join(reasons)})
+            raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+
+        self.on_event("training", {"trial": trial.number, "arch": arch})
+        try:
+            result = train_model(
+                model, data, cfg.train, seed,
+                on_epoch=lambda epoch, acc: self.on_event(
+                    "epoch", {"trial": trial.number, "epoch": epoch, "epochs": cfg.train.epochs,
+                              "val_acc": acc}),
+            )
+        except TrainingDiverged as e:
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("fail_reason", str(e))
+            self.on_event("failed", {"trial": trial.number, "reason": str(e)})
+            raise
+        trial.set_user_attr("train", {
+            "epochs": cfg.train.epochs,
+            "history": result.history,
+            "seconds": round(result.seconds, 2),
+            "images_per_second": round(result.images_per_second, 1),
+        })
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.safetensors")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path,
+                      metadata={"arch": arch.to_json()})
+            artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=path,
+                                          study_or_trial=trial)
+        trial.set_user_attr("weights_artifact_id", artifact_id)
+        trial.set_user_attr("status", "trained")
+        self.on_event("trained", {"trial": trial.number, "arch": arch, "costs": costs,
+                                  "val_acc": result.val_acc, "seconds": result.seconds})
+        return result.val_acc, latency.median_ms
+
+
+def run_search(
+    config: SearchConfig,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> SearchRun:
+    """Run (or resume) the search until the study has `config.study.n_trials` finished trials.
+
+    `on_event(kind, info)` is called with kind in training/epoch/trained/rejected/failed.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("timm").setLevel(logging.WARNING)
+    study = create_or_resume_study(config)
+    artifact_dir = study.user_attrs["artifact_dir"]
+    os.makedirs(artifact_dir, exist_ok=True)
+    store = FileSystemArtifactStore(artifact_dir)
+    data = load_dataset(config.data)
+    run = SearchRun(study=study)
+
+    def record(kind: str, info: dict[str, Any]) -> None:
+        if kind == "trained":
+            run.trained += 1
+        elif kind == "rejected":
+            run.rejected += 1
+        elif kind == "failed":
+            run.failed += 1
+        if on_event is not None:
+            on_event(kind, info)
+
+    objective = _Objective(config, data, store, record)
+    start = time.perf_counter()
+    try:
+        # one trial per optimize() call so that failed trials are retried, not counted
+        while finished_count(study) < config.study.n_trials:
+            if run.failed > config.study.n_trials:
+                raise RuntimeError(f"{run.failed} trials failed in this run; see their fail_reason")
+            study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
+    finally:
+        run.seconds = time.perf_counter() - start
+    return run

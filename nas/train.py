@@ -1,0 +1,113 @@
+"""Proxy training of a candidate: AdamW, linear warm-up then cosine decay, label smoothing,
+gradient clipping; validation accuracy after every epoch (the fidelity a search can act on).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from nas.config import TrainConfig
+from nas.data import Dataset, batches
+
+__all__ = ["TrainResult", "TrainingDiverged", "train_model", "evaluate"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    val_acc: float
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, val_acc, seconds
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for xb, yb in batches(x, y, batch_size):
+        correct += (model(xb).argmax(dim=1) == yb).sum().item()
+    model.train(was_training)
+    return correct / len(y)
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_model(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place for `cfg.epochs` epochs; `on_epoch(epoch, val_acc)` after each.
+
+    Raises `TrainingDiverged` on a non-finite loss. `on_epoch` may raise to stop early.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train_y) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps)
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    result = TrainResult(val_acc=0.0)
+    start = time.perf_counter()
+    try:
+        model.train()
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_start, loss_sum, seen = time.perf_counter(), 0.0, 0
+            for xb, yb in batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
+                                  augment_pad=data.augment_pad, generator=generator):
+                loss = criterion(model(xb), yb)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item() * len(yb)
+                seen += len(yb)
+            train_seconds = time.perf_counter() - epoch_start
+            result.val_acc = evaluate(model, data.val_x, data.val_y)
+            result.history.append({
+                "epoch": epoch,
+                "train_loss": round(loss_sum / seen, 5),
+                "val_acc": round(result.val_acc, 5),
+                "seconds": round(time.perf_counter() - epoch_start, 3),
+                "images_per_second": round(seen / train_seconds, 1),
+            })
+            if on_epoch is not None:
+                on_epoch(epoch, result.val_acc)
+    finally:
+        torch.set_num_threads(previous_threads)
+        result.seconds = time.perf_counter() - start
+        images = sum(len(data.train_y) for _ in result.history)
+        result.images_per_second = images / result.seconds if result.seconds else 0.0
+    model.eval()
+    return result
