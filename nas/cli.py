@@ -44,8 +44,12 @@ class Search(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("config", help="YAML search config, e.g. experiments/quickstart.yaml")
-        parser.add_argument("--n-trials", type=int, default=None,
-                            help="study-wide number of candidates (overrides study.n_trials)")
+        parser.add_argument(
+            "--n-trials",
+            type=int,
+            default=None,
+            help="study-wide number of candidates (overrides study.n_trials)",
+        )
         parser.add_argument("--study", default=None, help="study name (overrides study.name)")
 
     def take_action(self, args: argparse.Namespace) -> int:
@@ -58,7 +62,9 @@ class Search(Command):
         config = load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
-        config = config.replace_study(n_trials=args.n_trials, storage=args.storage, name=args.study)
+        config = config.replace_study(
+            n_trials=args.n_trials, storage=args.storage, name=args.study
+        )
         target = config.study.n_trials
         bar: Any = None
 
@@ -67,13 +73,16 @@ class Search(Command):
             if kind == "training":
                 bar.set_postfix_str(f"trial {n}: training")
             elif kind == "epoch":
-                bar.set_postfix_str(f"trial {n}: epoch {info['epoch']}/{info['epochs']} "
-                                    f"acc {info['val_acc']:.3f}")
+                bar.set_postfix_str(
+                    f"trial {n}: epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
+                )
             elif kind == "trained":
                 c = info["costs"]
-                bar.write(f"  #{n:<3} trained   acc {info['val_acc']:.4f}  "
-                          f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
-                          f"{info['arch'].describe()}  ({_duration(info['seconds'])})")
+                bar.write(
+                    f"  #{n:<3} trained   acc {info['val_acc']:.4f}  "
+                    f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
+                    f"{info['arch'].describe()}  ({_duration(info['seconds'])})"
+                )
                 bar.update(1)
             elif kind == "rejected":
                 bar.write(f"  #{n:<3} rejected  {info['reason']}  {info['arch'].describe()}")
@@ -81,16 +90,24 @@ class Search(Command):
             elif kind == "failed":
                 bar.write(f"  #{n:<3} failed    {info['reason']} (will be retried)")
 
-        print(f"lvit search: study '{config.study.name}' in {config.study.storage_url}, space "
-              f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px, "
-              f"{target} candidates", file=sys.stderr)
+        print(
+            f"lvit search: study '{config.study.name}' in {config.study.storage_url}, space "
+            f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px, "
+            f"{target} candidates",
+            file=sys.stderr,
+        )
         from nas.study import create_or_resume_study
 
         done = finished_count(create_or_resume_study(config))
         if done:
             print(f"resuming: {done} of {target} candidates already finished", file=sys.stderr)
-        bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=target,
+            initial=min(done, target),
+            unit="trial",
+            desc="search",
+            dynamic_ncols=True,
+        )
         try:
             run = run_search(config, on_event=on_event)
         finally:
@@ -98,23 +115,29 @@ class Search(Command):
         print()
         print(front_table(run.study))
         print()
-        print(f"This run: {run.trained} trained, {run.rejected} rejected by the budgets, "
-              f"{run.failed} failed, in {_duration(run.seconds)}. Study: "
-              f"{finished_count(run.study)} candidates in {config.study.storage_url}, weights in "
-              f"{run.study.user_attrs['artifact_dir']}")
+        print(
+            f"This run: {run.trained} trained, {run.rejected} rejected by the budgets, "
+            f"{run.failed} failed, in {_duration(run.seconds)}. Study: "
+            f"{finished_count(run.study)} candidates in {config.study.storage_url}, weights in "
+            f"{run.study.user_attrs['artifact_dir']}"
+        )
         best = _best_trained(run.study)
         if best is not None:
-            print(f"Export:  lvit export --storage {config.study.storage_url} --study "
-                  f"{config.study.name} --trial {best} --out exports/{config.study.name}-{best}")
-            print(f"Report:  lvit report --storage {config.study.storage_url} --study "
-                  f"{config.study.name}")
+            print(
+                f"Export:  lvit export --storage {config.study.storage_url} --study "
+                f"{config.study.name} --trial {best} --out exports/{config.study.name}-{best}"
+            )
+            print(
+                f"Report:  lvit report --storage {config.study.storage_url} --study "
+                f"{config.study.name}"
+            )
         return 0
 
 
 def _best_trained(study: Any) -> int | None:
-    from nas.report import pareto_front, records
+    from nas.report import pareto_front
 
-    front = pareto_front(records(study))
+    front = pareto_front(study)
     return front[0].number if front else None
 
 
@@ -125,10 +148,12 @@ class Export(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--study", default=None, help="study name (default: the only one)")
         parser.add_argument("--trial", type=int, required=True, help="trial number to export")
-        parser.add_argument("--out", default=None,
-                            help="output folder (default: exports/STUDY-TRIAL)")
-        parser.add_argument("--artifacts", default=None,
-                            help="folder of the study's weights, if it has moved")
+        parser.add_argument(
+            "--out", default=None, help="output folder (default: exports/STUDY-TRIAL)"
+        )
+        parser.add_argument(
+            "--artifacts", default=None, help="folder of the study's weights, if it has moved"
+        )
         parser.add_argument("--force", action="store_true", help="replace an existing --out")
 
     def take_action(self, args: argparse.Namespace) -> int:
@@ -137,13 +162,18 @@ class Export(Command):
 
         study = load_study(_storage(args), args.study)
         out = args.out or os.path.join("exports", f"{study.study_name}-{args.trial}")
-        result = export_trial(study, args.trial, out, artifact_dir=args.artifacts,
-                              force=args.force)
-        print(f"Exported trial {result.trial} of '{study.study_name}' to {result.out_dir} "
-              f"(config.json, model.safetensors, arch.json, README.md); reloaded through timm: "
-              f"max abs logit diff {result.max_abs_diff:.1e}")
-        print(f"Load it:  import search_spaces, timm; "
-              f"timm.create_model('local-dir:{result.out_dir}', pretrained=True)")
+        result = export_trial(
+            study, args.trial, out, artifact_dir=args.artifacts, force=args.force
+        )
+        print(
+            f"Exported trial {result.trial} of '{study.study_name}' to {result.out_dir} "
+            f"(config.json, model.safetensors, arch.json, README.md); reloaded through timm: "
+            f"max abs logit diff {result.max_abs_diff:.1e}"
+        )
+        print(
+            f"Load it:  import search_spaces, timm; "
+            f"timm.create_model('local-dir:{result.out_dir}', pretrained=True)"
+        )
         return 0
 
 
@@ -178,15 +208,17 @@ COMMANDS: list[Command] = [Search(), Export(), Report()]
 
 def build_parser() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--storage", default=None,
-                        help="Optuna storage URL, e.g. sqlite:///runs/quickstart.db")
+    shared.add_argument(
+        "--storage", default=None, help="Optuna storage URL, e.g. sqlite:///runs/quickstart.db"
+    )
     parser = argparse.ArgumentParser(
         prog="lvit", description="Neural architecture search for lightweight vision transformers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help,
-                           parents=[shared])
+        p = sub.add_parser(
+            command.name, help=command.help, description=command.help, parents=[shared]
+        )
         command.add_arguments(p)
         p.set_defaults(handler=command)
     return parser
@@ -205,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nlvit: interrupted after {_duration(time.perf_counter() - start)}; the running "
-              "trial was marked failed and finished trials are kept. Re-run the same command to "
-              "resume.", file=sys.stderr)
+        print(
+            f"\nlvit: interrupted after {_duration(time.perf_counter() - start)}; the running "
+            "trial was marked failed and finished trials are kept. Re-run the same command to "
+            "resume.",
+            file=sys.stderr,
+        )
         return 130
 
 

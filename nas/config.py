@@ -8,7 +8,8 @@ A config has five sections (all optional but `study.name`):
     study:   name, storage, artifacts, n_trials, seed, sampler, sampler_args
     space:   a registered search space name
     data:    name, img_size, val_fraction, seed, (synthetic only) num_classes, num_samples
-    train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad, threads
+    train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad,
+             threads
     budget:  max_params, max_latency_ms
     latency: device, threads, batch_size, warmup, runs, max_seconds
 """
@@ -73,7 +74,8 @@ class StudyConfig:
         cls = getattr(optuna.samplers, self.sampler, None)
         if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)):
             names = sorted(
-                n for n in dir(optuna.samplers)
+                n
+                for n in dir(optuna.samplers)
                 if n.endswith("Sampler") and not n.startswith(("Base", "PartialFixed", "_"))
             )
             raise ValueError(
@@ -104,7 +106,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
-            raise ValueError(f"data.name '{self.name}' is unknown; use one of: {', '.join(DATASETS)}")
+            raise ValueError(
+                f"data.name '{self.name}' is unknown; use one of: {', '.join(DATASETS)}"
+            )
         _positive("data", img_size=self.img_size, num_samples=self.num_samples)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be between 0 and 1, got {self.val_fraction}")
@@ -130,7 +134,9 @@ class TrainConfig:
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.clip_grad < 0:
             raise ValueError("train.weight_decay, warmup_epochs and clip_grad must be >= 0")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ValueError(
+                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0, got {self.threads}")
 
@@ -165,8 +171,13 @@ class LatencyConfig:
     def __post_init__(self) -> None:
         if self.device != "cpu":
             raise ValueError(f"latency.device '{self.device}' is not supported yet; use 'cpu'")
-        _positive("latency", threads=self.threads, batch_size=self.batch_size, runs=self.runs,
-                  max_seconds=self.max_seconds)
+        _positive(
+            "latency",
+            threads=self.threads,
+            batch_size=self.batch_size,
+            runs=self.runs,
+            max_seconds=self.max_seconds,
+        )
         if self.warmup < 0:
             raise ValueError(f"latency.warmup must be >= 0, got {self.warmup}")
 

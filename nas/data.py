@@ -68,11 +68,13 @@ def _split(n: int, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
 
 
-def _finish(name: str, images: torch.Tensor, labels: np.ndarray, cfg: DataConfig,
-            augment_pad: int) -> Dataset:
+def _finish(
+    name: str, images: torch.Tensor, labels: np.ndarray, cfg: DataConfig, augment_pad: int
+) -> Dataset:
     """Resize, split, normalise with the training split's per-channel statistics."""
-    images = F.interpolate(images, size=(cfg.img_size, cfg.img_size), mode="bilinear",
-                           align_corners=False)
+    images = F.interpolate(
+        images, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False
+    )
     train_idx, val_idx = _split(len(labels), labels, cfg.val_fraction, cfg.seed)
     train_x, val_x = images[train_idx], images[val_idx]
     mean = train_x.mean(dim=(0, 2, 3))
@@ -110,8 +112,9 @@ def _synthetic(cfg: DataConfig) -> Dataset:
     templates = torch.as_tensor(rng.normal(size=(cfg.num_classes, 3, 4, 4)), dtype=torch.float32)
     templates = F.interpolate(templates, size=(16, 16), mode="bilinear", align_corners=False)
     labels = np.arange(cfg.num_samples) % cfg.num_classes
-    noise = torch.as_tensor(rng.normal(scale=0.8, size=(cfg.num_samples, 3, 16, 16)),
-                            dtype=torch.float32)
+    noise = torch.as_tensor(
+        rng.normal(scale=0.8, size=(cfg.num_samples, 3, 16, 16)), dtype=torch.float32
+    )
     images = templates[torch.as_tensor(labels)] + noise
     return _finish("synthetic", images, labels, cfg, augment_pad=0)
 
@@ -131,12 +134,20 @@ def _random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     padded = fill.expand(n, -1, h + 2 * pad, w + 2 * pad).clone()
     padded[:, :, pad : pad + h, pad : pad + w] = x
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return torch.stack(
+        [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)]
+    )
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-            augment_pad: int = 0, generator: torch.Generator | None = None,
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment_pad: int = 0,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches from in-memory tensors (no copy of the data set; no worker processes)."""
     order = torch.randperm(len(y), generator=generator) if shuffle else torch.arange(len(y))
     for start in range(0, len(y), batch_size):

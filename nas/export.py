@@ -45,34 +45,48 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     trials = study.get_trials(deepcopy=False)
     trained = [t.number for t in trials if t.user_attrs.get("weights_artifact_id")]
     match = [t for t in trials if t.number == number]
-    hint = f"trained trials: {', '.join(map(str, trained))}" if trained else "no trial is trained yet"
+    hint = (
+        f"trained trials: {', '.join(map(str, trained))}" if trained else "no trial is trained yet"
+    )
     if not match:
         raise UserError(f"study '{study.study_name}' has no trial {number}; {hint}")
     trial = match[0]
     if trial.state != TrialState.COMPLETE or "weights_artifact_id" not in trial.user_attrs:
         why = trial.user_attrs.get("reject_reason") or trial.user_attrs.get("fail_reason")
         state = trial.user_attrs.get("status", trial.state.name.lower())
-        raise UserError(f"trial {number} is {state}{f' ({why})' if why else ''} and has no "
-                        f"trained weights; {hint}")
+        raise UserError(
+            f"trial {number} is {state}{f' ({why})' if why else ''} and has no "
+            f"trained weights; {hint}"
+        )
     return trial
 
 
-def load_trial_model(study: optuna.Study, number: int, artifact_dir: str | None = None,
-                     ) -> tuple[torch.nn.Module, optuna.trial.FrozenTrial]:
+def load_trial_model(
+    study: optuna.Study,
+    number: int,
+    artifact_dir: str | None = None,
+) -> tuple[torch.nn.Module, optuna.trial.FrozenTrial]:
     """The trained model of a trial, rebuilt from its ArchConfig and weights artifact."""
     trial = _find_trial(study, number)
     artifact_dir = artifact_dir or study.user_attrs.get("artifact_dir")
     if not artifact_dir or not os.path.isdir(artifact_dir):
-        raise UserError(f"artifact folder {artifact_dir!r} of study '{study.study_name}' is "
-                        "missing; pass the folder holding the trial weights with --artifacts")
+        raise UserError(
+            f"artifact folder {artifact_dir!r} of study '{study.study_name}' is "
+            "missing; pass the folder holding the trial weights with --artifacts"
+        )
     arch = ArchConfig.from_dict(trial.user_attrs["arch"])
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         try:
-            download_artifact(artifact_store=FileSystemArtifactStore(artifact_dir),
-                              artifact_id=trial.user_attrs["weights_artifact_id"], file_path=path)
+            download_artifact(
+                artifact_store=FileSystemArtifactStore(artifact_dir),
+                artifact_id=trial.user_attrs["weights_artifact_id"],
+                file_path=path,
+            )
         except Exception as e:  # noqa: BLE001 - the store raises several kinds for a lost file
-            raise UserError(f"weights of trial {number} not found in {artifact_dir}: {e}") from None
+            raise UserError(
+                f"weights of trial {number} not found in {artifact_dir}: {e}"
+            ) from None
         state = load_file(path)
     model = timm.create_model("lightvit", arch=arch.to_dict())
     model.load_state_dict(state, strict=True)
@@ -112,28 +126,40 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 {rows}
 
 ## Costs
-- parameters: {costs.get('params')}
-- FLOPs: {costs.get('flops')} ({costs.get('flops_counting', '')})
-- latency: {lat.get('median_ms')} ms median (quartiles {lat.get('p25_ms')}-{lat.get('p75_ms')} ms,
-  {lat.get('runs')} runs) on {cond.get('cpu')}, {cond.get('threads')} thread(s), batch
-  {cond.get('batch_size')}, {cond.get('dtype')}, {cond.get('mode')}, torch {cond.get('torch')}
+- parameters: {costs.get("params")}
+- FLOPs: {costs.get("flops")} ({costs.get("flops_counting", "")})
+- latency: {lat.get("median_ms")} ms median (quartiles {lat.get("p25_ms")}-{lat.get("p75_ms")} ms,
+  {lat.get("runs")} runs) on {cond.get("cpu")}, {cond.get("threads")} thread(s), batch
+  {cond.get("batch_size")}, {cond.get("dtype")}, {cond.get("mode")}, torch {cond.get("torch")}
 
 ## Training
-- data: {data.get('name')} ({data.get('train_size')} train / {data.get('val_size')} val images,
-  input {data.get('input_size')}, mean {data.get('mean')}, std {data.get('std')},
-  augmentation: {data.get('augment')})
-- recipe: proxy training, {train.get('epochs')} epochs, AdamW, warm-up and cosine decay, seed
-  {trial.user_attrs.get('seed')}
+- data: {data.get("name")} ({data.get("train_size")} train / {data.get("val_size")} val images,
+  input {data.get("input_size")}, mean {data.get("mean")}, std {data.get("std")},
+  augmentation: {data.get("augment")})
+- recipe: proxy training, {train.get("epochs")} epochs, AdamW, warm-up and cosine decay, seed
+  {trial.user_attrs.get("seed")}
 - validation accuracy: {trial.values[0]:.4f}
 """
 
 
-def export_trial(study: optuna.Study, number: int, out_dir: str, *,
-                 artifact_dir: str | None = None, force: bool = False) -> ExportResult:
+def export_trial(
+    study: optuna.Study,
+    number: int,
+    out_dir: str,
+    *,
+    artifact_dir: str | None = None,
+    force: bool = False,
+) -> ExportResult:
     """Write trial `number` of `study` to `out_dir` as a timm folder and verify it reloads."""
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not force:
-        raise UserError(f"{out_dir} already exists and is not empty; choose another --out or "
-                        "pass --force to replace it")
+    if (
+        os.path.exists(out_dir)
+        and (not os.path.isdir(out_dir) or os.listdir(out_dir))
+        and not force
+    ):
+        raise UserError(
+            f"{out_dir} already exists and is not empty; choose another --out or "
+            "pass --force to replace it"
+        )
     model, trial = load_trial_model(study, number, artifact_dir)
     arch = model.arch
     data = trial.user_attrs.get("data", {})
@@ -148,14 +174,23 @@ def export_trial(study: optuna.Study, number: int, out_dir: str, *,
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".lvit-export-", dir=parent)
     try:
-        save_for_hf(model, staging, model_args={"arch": arch.to_dict()}, safe_serialization=True,
-                    data_config=data_config)
+        save_for_hf(
+            model,
+            staging,
+            model_args={"arch": arch.to_dict()},
+            safe_serialization=True,
+            data_config=data_config,
+        )
         meta_path = os.path.join(staging, "config.json")
         with open(meta_path) as f:
             meta = json.load(f)
         # provenance; timm ignores keys it does not know
-        meta["lightweight_vit"] = {"study": study.study_name, "trial": trial.number,
-                                   "val_acc": trial.values[0], "costs": trial.user_attrs["costs"]}
+        meta["lightweight_vit"] = {
+            "study": study.study_name,
+            "trial": trial.number,
+            "val_acc": trial.values[0],
+            "costs": trial.user_attrs["costs"],
+        }
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=2)
         with open(os.path.join(staging, "arch.json"), "w") as f:
@@ -177,9 +212,12 @@ def _verify(model: torch.nn.Module, folder: str) -> float:
     """Reload `folder` through timm and compare logits with `model` on random inputs."""
     reloaded = timm.create_model(f"local-dir:{os.path.abspath(folder)}", pretrained=True).eval()
     arch = model.arch
-    x = torch.randn(4, arch.in_chans, arch.img_size, arch.img_size,
-                    generator=torch.Generator().manual_seed(0))
+    x = torch.randn(
+        4, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(0)
+    )
     diff = (model(x) - reloaded(x)).abs().max().item()
     if diff > LOGIT_TOLERANCE:
-        raise RuntimeError(f"exported model does not reproduce the logits (max abs diff {diff:.2e})")
+        raise RuntimeError(
+            f"exported model does not reproduce the logits (max abs diff {diff:.2e})"
+        )
     return diff

@@ -43,21 +43,16 @@ class TrialRecord:
 def records(study: optuna.Study) -> list[TrialRecord]:
     """Every finished trial that got as far as a cost measurement."""
     states = (TrialState.COMPLETE, TrialState.PRUNED)
-    return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False, states=states)
-            if "costs" in t.user_attrs]
-
-
-def pareto_front(recs: list[TrialRecord]) -> list[TrialRecord]:
-    """Trained trials not dominated in (accuracy up, latency down), best accuracy first."""
-    trained = [r for r in recs if r.accuracy is not None]
-    front = [
-        r for r in trained
-        if not any(
-            o.accuracy >= r.accuracy and o.latency_ms <= r.latency_ms
-            and (o.accuracy > r.accuracy or o.latency_ms < r.latency_ms)
-            for o in trained
-        )
+    return [
+        TrialRecord.from_trial(t)
+        for t in study.get_trials(deepcopy=False, states=states)
+        if "costs" in t.user_attrs
     ]
+
+
+def pareto_front(study: optuna.Study) -> list[TrialRecord]:
+    """Optuna's Pareto-optimal trials (trained, so within the budgets), best accuracy first."""
+    front = [TrialRecord.from_trial(t) for t in study.best_trials]
     return sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
 
 
@@ -71,16 +66,19 @@ def _si(n: float) -> str:
 def front_table(study: optuna.Study) -> str:
     """The Pareto front as a fixed-width table, one architecture per line."""
     recs = records(study)
-    front = pareto_front(recs)
+    front = pareto_front(study)
     trained = sum(r.accuracy is not None for r in recs)
     lines = [
         f"Pareto front of study '{study.study_name}' (accuracy up, CPU latency down): "
         f"{len(front)} of {trained} trained trials; {len(recs) - trained} rejected by the budgets",
-        f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  architecture",
+        f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  "
+        "architecture",
     ]
     for r in front:
-        lines.append(f"{r.number:>5}  {r.accuracy:>7.4f}  {r.latency_ms:>7.3f} ms  {_si(r.params):>7}"
-                     f"  {_si(r.flops):>7}  {r.arch_line}")
+        lines.append(
+            f"{r.number:>5}  {r.accuracy:>7.4f}  {r.latency_ms:>7.3f} ms  {_si(r.params):>7}"
+            f"  {_si(r.flops):>7}  {r.arch_line}"
+        )
     if not front:
         lines.append("  (no trained trial yet: loosen the budgets or run more trials)")
     return "\n".join(lines)
@@ -102,7 +100,7 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
     recs = records(study)
     trained = [r for r in recs if r.accuracy is not None]
     rejected = [r for r in recs if r.accuracy is None]
-    front = sorted(pareto_front(recs), key=lambda r: r.latency_ms)
+    front = sorted(pareto_front(study), key=lambda r: r.latency_ms)
     budget = _budgets(study)
     params = [r.params for r in recs] or [1]
     if budget.get("max_params") is not None:
@@ -112,24 +110,57 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
     fig, (ax, ax_rej) = plt.subplots(
         2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [5, 1], "hspace": 0.08}
     )
-    points = ax.scatter([r.latency_ms for r in trained], [r.accuracy for r in trained],
-                        c=[r.params for r in trained], cmap="viridis", norm=norm, s=40,
-                        edgecolors="black", linewidths=0.5, label="trained (feasible)", zorder=3)
+    points = ax.scatter(
+        [r.latency_ms for r in trained],
+        [r.accuracy for r in trained],
+        c=[r.params for r in trained],
+        cmap="viridis",
+        norm=norm,
+        s=40,
+        edgecolors="black",
+        linewidths=0.5,
+        label="trained (feasible)",
+        zorder=3,
+    )
     if front:
-        ax.step([r.latency_ms for r in front], [r.accuracy for r in front], where="post",
-                color="tab:orange", lw=1.5, label="Pareto front", zorder=2)
+        ax.step(
+            [r.latency_ms for r in front],
+            [r.accuracy for r in front],
+            where="post",
+            color="tab:orange",
+            lw=1.5,
+            label="Pareto front",
+            zorder=2,
+        )
         for r in front:
-            ax.annotate(f"#{r.number}", (r.latency_ms, r.accuracy), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-    ax_rej.scatter([r.latency_ms for r in rejected], [0.0] * len(rejected),
-                   c=[r.params for r in rejected], cmap="viridis", norm=norm, marker="x", s=40,
-                   label="rejected by budgets (not trained)")
+            ax.annotate(
+                f"#{r.number}",
+                (r.latency_ms, r.accuracy),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    ax_rej.scatter(
+        [r.latency_ms for r in rejected],
+        [0.0] * len(rejected),
+        c=[r.params for r in rejected],
+        cmap="viridis",
+        norm=norm,
+        marker="x",
+        s=40,
+        label="rejected by budgets (not trained)",
+    )
     ax_rej.set_yticks([])
     ax_rej.set_ylabel("rejected", rotation=0, ha="right", va="center")
     for axis in (ax, ax_rej):
         if budget.get("max_latency_ms") is not None:
-            axis.axvline(budget["max_latency_ms"], color="tab:red", ls="--", lw=1.2,
-                         label="latency budget" if axis is ax else None)
+            axis.axvline(
+                budget["max_latency_ms"],
+                color="tab:red",
+                ls="--",
+                lw=1.2,
+                label="latency budget" if axis is ax else None,
+            )
     ax.set_ylabel("validation accuracy")
     ax_rej.set_xlabel("CPU latency, batch 1 (ms, median)")
     ax.set_title(f"{study.study_name}: {len(trained)} trained, {len(rejected)} rejected")
@@ -140,8 +171,16 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
     bar = fig.colorbar(points, ax=[ax, ax_rej], label="parameters")
     if budget.get("max_params") is not None:
         bar.ax.axhline(budget["max_params"], color="tab:red", ls="--", lw=2)
-        bar.ax.text(1.05, budget["max_params"], " budget", transform=bar.ax.get_yaxis_transform(),
-                    color="tab:red", va="center", fontsize=7, clip_on=False)
+        bar.ax.text(
+            1.05,
+            budget["max_params"],
+            " budget",
+            transform=bar.ax.get_yaxis_transform(),
+            color="tab:red",
+            va="center",
+            fontsize=7,
+            clip_on=False,
+        )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

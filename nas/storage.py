@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -31,7 +32,9 @@ def _sqlite_path(url: str) -> str | None:
     try:
         database = make_url(url).database
     except Exception:  # noqa: BLE001 - any parse failure is a bad URL
-        raise UserError(f"not a valid storage URL: {redact(url)} (try sqlite:///runs/NAME.db)")
+        raise UserError(
+            f"not a valid storage URL: {redact(url)} (try sqlite:///runs/NAME.db)"
+        ) from None
     return database if database and database != ":memory:" else None
 
 
@@ -45,12 +48,14 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.BaseStorage:
         elif not os.path.isfile(path):
             raise UserError(f"no study database at {path} (from --storage {redact(url)})")
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-            engine_kwargs={"connect_args": {"timeout": 30}} if path else None,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                engine_kwargs={"connect_args": {"timeout": 30}} if path else None,
+            )
     except Exception as e:  # noqa: BLE001 - sqlalchemy raises many kinds; all mean "can't use it"
         reason = str(e).splitlines()[0][:200]
         raise UserError(f"cannot open storage {redact(url)}: {reason}") from None
@@ -59,14 +64,20 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.BaseStorage:
 def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
     """Load an existing study; with no name, the storage's only study."""
     storage = open_storage(storage_url, create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = [
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    ]
     if study_name is None:
         if len(names) != 1:
             listing = ", ".join(names) or "none"
-            raise UserError(f"{redact(storage_url)} holds {len(names)} studies ({listing}); "
-                            "name one with --study")
+            raise UserError(
+                f"{redact(storage_url)} holds {len(names)} studies ({listing}); "
+                "name one with --study"
+            )
         study_name = names[0]
     if study_name not in names:
         listing = ", ".join(names) or "none"
-        raise UserError(f"no study '{study_name}' in {redact(storage_url)}; studies there: {listing}")
+        raise UserError(
+            f"no study '{study_name}' in {redact(storage_url)}; studies there: {listing}"
+        )
     return optuna.load_study(study_name=study_name, storage=storage)

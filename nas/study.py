@@ -1,7 +1,8 @@
 """The search: an Optuna study over a search space, under a parameter and a latency budget.
 
 Two objectives, validation accuracy (maximise) and measured CPU latency (minimise), searched by
-an Optuna sampler (TPE by default) that sees the budgets through `constraints_func`.
+an Optuna sampler (TPE by default) that sees the budgets as Optuna constraints
+(`trial.set_constraint`, one per budget: feasible when <= 0), so it learns where they bind.
 
 Per trial:
   1. sample an `ArchConfig` from the space and store it (user attribute `arch`);
@@ -31,7 +32,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from safetensors.torch import save_file
 
 from nas import cost
@@ -42,16 +43,17 @@ from nas.train import TrainingDiverged, train_model
 from search_spaces.model import LightViT
 from search_spaces.spaces import get_space
 
-__all__ = ["OBJECTIVES", "SearchRun", "budget_constraints", "create_or_resume_study",
-           "run_search", "trial_seed", "finished_count"]
+__all__ = [
+    "OBJECTIVES",
+    "SearchRun",
+    "create_or_resume_study",
+    "run_search",
+    "trial_seed",
+    "finished_count",
+]
 
 OBJECTIVES = (("accuracy", "maximize"), ("latency_ms", "minimize"))
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def budget_constraints(trial: FrozenTrial) -> list[float]:
-    """Optuna `constraints_func`: one value per budget, feasible when <= 0 (stored per trial)."""
-    return list(trial.user_attrs.get("constraints", []))
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -64,15 +66,12 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
-    """Optuna's own sampler class, with the config's arguments, seed and the budgets."""
+    """Optuna's own sampler class, with the config's arguments and seed."""
     cls = getattr(optuna.samplers, config.study.sampler)
     kwargs = dict(config.study.sampler_args)
     params = inspect.signature(cls).parameters
     if "seed" in params:
         kwargs.setdefault("seed", config.study.seed)
-    has_budget = config.budget.max_params is not None or config.budget.max_latency_ms is not None
-    if "constraints_func" in params and has_budget:
-        kwargs.setdefault("constraints_func", budget_constraints)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -141,8 +140,13 @@ class SearchRun:
 class _Objective:
     """Optuna objective for one study; holds the data set so it is loaded once per process."""
 
-    def __init__(self, config: SearchConfig, data: Dataset, artifact_store: FileSystemArtifactStore,
-                 on_event: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        config: SearchConfig,
+        data: Dataset,
+        artifact_store: FileSystemArtifactStore,
+        on_event: Callable[[str, dict[str, Any]], None],
+    ) -> None:
         self.config = config
         self.data = data
         self.space = get_space(config.space)
@@ -152,8 +156,9 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         cfg, data = self.config, self.data
         seed = trial_seed(cfg.study.seed, trial.number)
-        arch = self.space.sample(trial, num_classes=data.num_classes, in_chans=data.in_chans,
-                                 img_size=data.img_size)
+        arch = self.space.sample(
+            trial, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+        )
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("arch_line", arch.describe())
         trial.set_user_attr("seed", seed)
@@ -165,9 +170,15 @@ class _Objective:
         model = LightViT(arch)
         input_size = (data.in_chans, data.img_size, data.img_size)
         lat = cfg.latency
-        latency = cost.measure_latency(model, input_size, threads=lat.threads,
-                                       batch_size=lat.batch_size, warmup=lat.warmup,
-                                       runs=lat.runs, max_seconds=lat.max_seconds)
+        latency = cost.measure_latency(
+            model,
+            input_size,
+            threads=lat.threads,
+            batch_size=lat.batch_size,
+            warmup=lat.warmup,
+            runs=lat.runs,
+            max_seconds=lat.max_seconds,
+        )
         costs = {
             "params": cost.count_params(model),
             "flops": cost.count_flops(model, input_size),
@@ -177,54 +188,84 @@ class _Objective:
         }
         trial.set_user_attr("costs", costs)
 
-        constraints, reasons = [], []
+        reasons = []
         for name, value, budget, unit in (
             ("params", costs["params"], cfg.budget.max_params, ""),
-            ("latency", latency.median_ms, cfg.budget.max_latency_ms, " ms"),
+            ("latency_ms", latency.median_ms, cfg.budget.max_latency_ms, " ms"),
         ):
             if budget is None:
                 continue
-            constraints.append(float(value - budget))
+            trial.set_constraint(name, float(value - budget))  # samplers read these
             if value > budget:
                 reasons.append(f"{name} {value:g}{unit} > {budget:g}{unit}")
-        trial.set_user_attr("constraints", constraints)
         trial.set_user_attr("budget_check_seconds", round(time.perf_counter() - check_start, 3))
         if reasons:
             trial.set_user_attr("status", "infeasible")
             trial.set_user_attr("reject_reason", "; ".join(reasons))
-            self.on_event("rejected", {"trial": trial.number, "arch": arch, "costs": costs,
-                                       "reason": "; ".join(reasons)})
+            self.on_event(
+                "rejected",
+                {
+                    "trial": trial.number,
+                    "arch": arch,
+                    "costs": costs,
+                    "reason": "; ".join(reasons),
+                },
+            )
             raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
 
         self.on_event("training", {"trial": trial.number, "arch": arch})
         try:
             result = train_model(
-                model, data, cfg.train, seed,
+                model,
+                data,
+                cfg.train,
+                seed,
                 on_epoch=lambda epoch, acc: self.on_event(
-                    "epoch", {"trial": trial.number, "epoch": epoch, "epochs": cfg.train.epochs,
-                              "val_acc": acc}),
+                    "epoch",
+                    {
+                        "trial": trial.number,
+                        "epoch": epoch,
+                        "epochs": cfg.train.epochs,
+                        "val_acc": acc,
+                    },
+                ),
             )
         except TrainingDiverged as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", str(e))
             self.on_event("failed", {"trial": trial.number, "reason": str(e)})
             raise
-        trial.set_user_attr("train", {
-            "epochs": cfg.train.epochs,
-            "history": result.history,
-            "seconds": round(result.seconds, 2),
-            "images_per_second": round(result.images_per_second, 1),
-        })
+        trial.set_user_attr(
+            "train",
+            {
+                "epochs": cfg.train.epochs,
+                "history": result.history,
+                "seconds": round(result.seconds, 2),
+                "images_per_second": round(result.images_per_second, 1),
+            },
+        )
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.safetensors")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path,
-                      metadata={"arch": arch.to_json()})
-            artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=path,
-                                          study_or_trial=trial)
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()},
+                path,
+                metadata={"arch": arch.to_json()},
+            )
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store, file_path=path, study_or_trial=trial
+            )
         trial.set_user_attr("weights_artifact_id", artifact_id)
         trial.set_user_attr("status", "trained")
-        self.on_event("trained", {"trial": trial.number, "arch": arch, "costs": costs,
-                                  "val_acc": result.val_acc, "seconds": result.seconds})
+        self.on_event(
+            "trained",
+            {
+                "trial": trial.number,
+                "arch": arch,
+                "costs": costs,
+                "val_acc": result.val_acc,
+                "seconds": result.seconds,
+            },
+        )
         return result.val_acc, latency.median_ms
 
 
@@ -261,7 +302,9 @@ def run_search(
         # one trial per optimize() call so that failed trials are retried, not counted
         while finished_count(study) < config.study.n_trials:
             if run.failed > config.study.n_trials:
-                raise RuntimeError(f"{run.failed} trials failed in this run; see their fail_reason")
+                raise RuntimeError(
+                    f"{run.failed} trials failed in this run; see their fail_reason"
+                )
             study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
     finally:
         run.seconds = time.perf_counter() - start

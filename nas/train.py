@@ -80,8 +80,14 @@ def train_model(
         model.train()
         for epoch in range(1, cfg.epochs + 1):
             epoch_start, loss_sum, seen = time.perf_counter(), 0.0, 0
-            for xb, yb in batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
-                                  augment_pad=data.augment_pad, generator=generator):
+            for xb, yb in batches(
+                data.train_x,
+                data.train_y,
+                cfg.batch_size,
+                shuffle=True,
+                augment_pad=data.augment_pad,
+                generator=generator,
+            ):
                 loss = criterion(model(xb), yb)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
@@ -95,13 +101,15 @@ def train_model(
                 seen += len(yb)
             train_seconds = time.perf_counter() - epoch_start
             result.val_acc = evaluate(model, data.val_x, data.val_y)
-            result.history.append({
-                "epoch": epoch,
-                "train_loss": round(loss_sum / seen, 5),
-                "val_acc": round(result.val_acc, 5),
-                "seconds": round(time.perf_counter() - epoch_start, 3),
-                "images_per_second": round(seen / train_seconds, 1),
-            })
+            result.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": round(loss_sum / seen, 5),
+                    "val_acc": round(result.val_acc, 5),
+                    "seconds": round(time.perf_counter() - epoch_start, 3),
+                    "images_per_second": round(seen / train_seconds, 1),
+                }
+            )
             if on_epoch is not None:
                 on_epoch(epoch, result.val_acc)
     finally:

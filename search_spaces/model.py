@@ -30,8 +30,9 @@ __all__ = ["LightViT", "Block", "Stage", "lightvit", "default_arch"]
 class Block(nn.Module):
     """Pre-norm transformer block with a pluggable token mixer (the MetaFormer view)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, mixer: str,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, mixer: str, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.mixer = lookup(MIXERS, "mixer", mixer)(dim, heads)
@@ -57,7 +58,9 @@ class Transition(nn.Module):
         self.conv = nn.Conv2d(in_dim, out_dim, k, stride=self.stride, padding=k // 2)
         self.norm = nn.LayerNorm(out_dim)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(
+        self, x: torch.Tensor, hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
         b, n, c = x.shape
         feat = self.conv(x.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
         hw = (feat.shape[2], feat.shape[3])
@@ -67,8 +70,9 @@ class Transition(nn.Module):
 class Stage(nn.Module):
     """`depth` blocks at one width; a stage-site position encoding follows its first block."""
 
-    def __init__(self, in_dim: int, cfg: StageConfig, pos_enc: str, grid: int,
-                 drop_path: list[float]) -> None:
+    def __init__(
+        self, in_dim: int, cfg: StageConfig, pos_enc: str, grid: int, drop_path: list[float]
+    ) -> None:
         super().__init__()
         needs_transition = cfg.downsample or in_dim != cfg.dim
         self.transition = Transition(in_dim, cfg.dim, cfg.downsample) if needs_transition else None
@@ -78,7 +82,9 @@ class Stage(nn.Module):
         pos_cls = lookup(POS_ENCODINGS, "pos_enc", pos_enc)
         self.pos = pos_cls(cfg.dim, (grid, grid)) if pos_cls.site == "stage" else None
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(
+        self, x: torch.Tensor, hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
         if self.transition is not None:
             x, hw = self.transition(x, hw)
         for i, block in enumerate(self.blocks):
@@ -114,14 +120,17 @@ class LightViT(nn.Module):
         stem_dim = cfg.stages[0].dim
         stem_grid = cfg.img_size // cfg.patch_size
 
-        self.stem = lookup(STEMS, "stem", cfg.stem)(cfg.in_chans, stem_dim, cfg.patch_size,
-                                                    cfg.img_size)
+        self.stem = lookup(STEMS, "stem", cfg.stem)(
+            cfg.in_chans, stem_dim, cfg.patch_size, cfg.img_size
+        )
         pos_cls = lookup(POS_ENCODINGS, "pos_enc", cfg.pos_enc)
-        self.pos_enc = pos_cls(stem_dim, (stem_grid, stem_grid)) if pos_cls.site == "input" else None
+        self.pos_enc = (
+            pos_cls(stem_dim, (stem_grid, stem_grid)) if pos_cls.site == "input" else None
+        )
 
         rates = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
         stages, in_dim = [], stem_dim
-        for stage_cfg, grid in zip(cfg.stages, grids):
+        for stage_cfg, grid in zip(cfg.stages, grids, strict=True):
             stage_rates, rates = rates[: stage_cfg.depth], rates[stage_cfg.depth :]
             stages.append(Stage(in_dim, stage_cfg, cfg.pos_enc, grid, stage_rates))
             in_dim = stage_cfg.dim
@@ -231,8 +240,9 @@ def _override(cfg: ArchConfig, **fields: Any) -> ArchConfig:
 
 
 @register_model
-def lightvit(pretrained: bool = False, arch: ArchConfig | dict | str | None = None,
-             **kwargs: Any) -> LightViT:
+def lightvit(
+    pretrained: bool = False, arch: ArchConfig | dict | str | None = None, **kwargs: Any
+) -> LightViT:
     """LightViT from an ArchConfig (an `ArchConfig`, its dict, or its JSON).
 
     timm's usual `num_classes`, `in_chans` and `img_size` keyword arguments override the
@@ -241,7 +251,9 @@ def lightvit(pretrained: bool = False, arch: ArchConfig | dict | str | None = No
     cfg = _as_arch(arch)
     # timm fills num_classes / in_chans from the pretrained cfg when not given: make that the
     # architecture's own unless the caller (or an exported config.json) says otherwise.
-    overlay = {k: v for k, v in _cfg(cfg).items() if k in ("num_classes", "input_size", "first_conv")}
+    overlay = {
+        k: v for k, v in _cfg(cfg).items() if k in ("num_classes", "input_size", "first_conv")
+    }
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(
         LightViT, "lightvit", pretrained, model_cfg=cfg, pretrained_cfg_overlay=overlay, **kwargs

@@ -75,7 +75,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise TypeCheckError(f"{path} must be a mapping with string keys, got {_describe(value)}")
+            raise TypeCheckError(
+                f"{path} must be a mapping with string keys, got {_describe(value)}"
+            )
         _, value_tp = typing.get_args(tp)
         return {k: _convert(value_tp, v, f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -115,9 +117,7 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         name = f"{path}.{key}" if path else str(key)
-        raise TypeCheckError(
-            f"unknown key '{name}'{hint}; allowed keys: {', '.join(fields)}"
-        )
+        raise TypeCheckError(f"unknown key '{name}'{hint}; allowed keys: {', '.join(fields)}")
     kwargs = {}
     for name, field in fields.items():
         sub = f"{path}.{name}" if path else name

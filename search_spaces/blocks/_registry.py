@@ -14,7 +14,9 @@ def register(registry: dict[str, type], name: str) -> Callable[[T], T]:
 
     def wrap(cls: T) -> T:
         if name in registry:
-            warnings.warn(f"block '{name}' registered twice; {cls.__name__} replaces it", stacklevel=2)
+            warnings.warn(
+                f"block '{name}' registered twice; {cls.__name__} replaces it", stacklevel=2
+            )
         registry[name] = cls
         cls.registry_name = name
         return cls

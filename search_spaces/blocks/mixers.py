@@ -40,8 +40,9 @@ class PoolingMixer(nn.Module):
 
     def __init__(self, dim: int, heads: int = 1, pool_size: int = 3) -> None:
         super().__init__()
-        self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2,
-                                 count_include_pad=False)
+        self.pool = nn.AvgPool2d(
+            pool_size, stride=1, padding=pool_size // 2, count_include_pad=False
+        )
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape

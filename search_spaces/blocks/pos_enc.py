@@ -55,8 +55,9 @@ class LearnedPosEnc(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         pos = self.pos_embed
         if tuple(hw) != self.grid:
-            pos = resample_abs_pos_embed(pos, new_size=list(hw), old_size=list(self.grid),
-                                         num_prefix_tokens=0)
+            pos = resample_abs_pos_embed(
+                pos, new_size=list(hw), old_size=list(self.grid), num_prefix_tokens=0
+            )
         return x + pos
 
 

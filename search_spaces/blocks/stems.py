@@ -59,7 +59,9 @@ class ConvStem(nn.Module):
         super().__init__()
         n = int(math.log2(patch_size))
         if patch_size < 2 or 2**n != patch_size:
-            raise ValueError(f"the conv stem needs a power-of-two patch_size >= 2, got {patch_size}")
+            raise ValueError(
+                f"the conv stem needs a power-of-two patch_size >= 2, got {patch_size}"
+            )
         widths = [max(8, embed_dim >> (n - i)) for i in range(n)]
         layers, chans = [], in_chans
         for width in widths:

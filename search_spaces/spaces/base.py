@@ -32,6 +32,7 @@ class SearchSpace(ABC):
     description: str
 
     @abstractmethod
-    def sample(self, trial: TrialLike, *, num_classes: int, in_chans: int = 3,
-               img_size: int = 32) -> ArchConfig:
+    def sample(
+        self, trial: TrialLike, *, num_classes: int, in_chans: int = 3, img_size: int = 32
+    ) -> ArchConfig:
         """Draw one architecture for a task with `num_classes` classes and the given input."""

@@ -27,8 +27,9 @@ class TinySpace(SearchSpace):
     mlp_ratios = (2.0, 3.0, 4.0)
     max_depth = 3
 
-    def sample(self, trial: TrialLike, *, num_classes: int, in_chans: int = 3,
-               img_size: int = 32) -> ArchConfig:
+    def sample(
+        self, trial: TrialLike, *, num_classes: int, in_chans: int = 3, img_size: int = 32
+    ) -> ArchConfig:
         stem = trial.suggest_categorical("stem", self.stems)
         patch = trial.suggest_categorical("patch_size", self.patch_sizes)
         pos_enc = trial.suggest_categorical("pos_enc", self.pos_encs)
@@ -36,7 +37,9 @@ class TinySpace(SearchSpace):
         stages = []
         for i in range(1, num_stages + 1):
             mixer = trial.suggest_categorical(f"stage{i}.mixer", self.mixers)
-            heads = trial.suggest_categorical(f"stage{i}.heads", self.heads) if mixer == "mhsa" else 1
+            heads = (
+                trial.suggest_categorical(f"stage{i}.heads", self.heads) if mixer == "mhsa" else 1
+            )
             stages.append(
                 StageConfig(
                     depth=trial.suggest_int(f"stage{i}.depth", 1, self.max_depth),
