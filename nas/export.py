@@ -27,7 +27,7 @@ from timm.models import save_for_hf
 
 import search_spaces  # noqa: F401 - registers `lightvit` with timm
 from nas.errors import UserError
-from search_spaces.arch import ArchConfig
+from search_spaces.arch import ATTENTION_MIXERS, ArchConfig
 
 __all__ = ["ExportResult", "export_trial", "load_trial_model"]
 
@@ -98,7 +98,8 @@ def _model_card(trial: optuna.trial.FrozenTrial, study_name: str, arch: ArchConf
     lat = costs.get("latency", {})
     cond = lat.get("conditions", {})
     rows = "\n".join(
-        f"| {i + 1} | {s.mixer} | {s.depth} | {s.dim} | {s.heads} | {s.mlp_ratio:g} | "
+        f"| {i + 1} | {s.mixer} | {s.depth} | {s.dim} | "
+        f"{s.heads if s.mixer in ATTENTION_MIXERS else '-'} | {s.mlp_ratio:g} | "
         f"{'yes' if s.downsample else 'no'} |"
         for i, s in enumerate(arch.stages)
     )
