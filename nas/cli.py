@@ -57,7 +57,7 @@ class Search(Command):
 
         from nas.config import load_config
         from nas.report import front_table
-        from nas.study import finished_count, run_search
+        from nas.study import create_or_resume_study, finished_count, run_search
 
         config = load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
@@ -96,9 +96,8 @@ class Search(Command):
             f"{target} candidates",
             file=sys.stderr,
         )
-        from nas.study import create_or_resume_study
-
-        done = finished_count(create_or_resume_study(config))
+        study = create_or_resume_study(config)
+        done = finished_count(study)
         if done:
             print(f"resuming: {done} of {target} candidates already finished", file=sys.stderr)
         bar = tqdm(
@@ -109,7 +108,7 @@ class Search(Command):
             dynamic_ncols=True,
         )
         try:
-            run = run_search(config, on_event=on_event)
+            run = run_search(config, on_event=on_event, study=study)
         finally:
             bar.close()
         print()
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own lines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     start = time.perf_counter()
     try:

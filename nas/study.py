@@ -20,7 +20,6 @@ same command resumes the study until it has that many. Ctrl-C marks the running 
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import tempfile
 import time
@@ -65,13 +64,17 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
-    """Optuna's own sampler class, with the config's arguments and seed."""
+def _make_sampler(config: SearchConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+    """Optuna's own sampler class, with the config's arguments and seed.
+
+    The seed is offset by the number of trials the study already has, so a resumed study draws a
+    new, reproducible stream instead of replaying the first run's candidates.
+    """
     cls = getattr(optuna.samplers, config.study.sampler)
     kwargs = dict(config.study.sampler_args)
     params = inspect.signature(cls).parameters
     if "seed" in params:
-        kwargs.setdefault("seed", config.study.seed)
+        kwargs.setdefault("seed", config.study.seed + n_existing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -89,11 +92,10 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
 def create_or_resume_study(config: SearchConfig) -> optuna.Study:
     """Create the study, or load it when it exists and was made with the same config."""
     storage = open_storage(config.study.storage_url, create=True)
-    sampler = _make_sampler(config)
     study = optuna.create_study(
         study_name=config.study.name,
         storage=storage,
-        sampler=sampler,
+        sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trial count is known
         directions=[d for _, d in OBJECTIVES],
         load_if_exists=True,
     )
@@ -113,6 +115,7 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
             f"study '{config.study.name}' in {redact(config.study.storage_url)} was made with a "
             f"different config ({'; '.join(diffs[:3])}); rename study.name to start a new study"
         )
+    study.sampler = _make_sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
     return study
 
 
@@ -272,14 +275,15 @@ class _Objective:
 def run_search(
     config: SearchConfig,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    study: optuna.Study | None = None,
 ) -> SearchRun:
     """Run (or resume) the search until the study has `config.study.n_trials` finished trials.
 
     `on_event(kind, info)` is called with kind in training/epoch/trained/rejected/failed.
+    `study` is the one `create_or_resume_study(config)` returns, when the caller has it already.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("timm").setLevel(logging.WARNING)
-    study = create_or_resume_study(config)
+    if study is None:
+        study = create_or_resume_study(config)
     artifact_dir = study.user_attrs["artifact_dir"]
     os.makedirs(artifact_dir, exist_ok=True)
     store = FileSystemArtifactStore(artifact_dir)

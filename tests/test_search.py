@@ -82,6 +82,7 @@ def test_rerunning_resumes_the_same_study(tmp_path: Path, capsys) -> None:
     study = optuna.load_study(study_name="t", storage=storage)
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[2].params != trials[0].params  # a resumed sampler does not replay run one
     assert [t.datetime_start for t in trials[:2]] == [t.datetime_start for t in first]
     assert len(optuna.get_all_study_names(storage)) == 1
     out = capsys.readouterr()
