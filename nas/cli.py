@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own lines
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the CLI prints its own trial lines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     start = time.perf_counter()
     try:
