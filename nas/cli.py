@@ -3,6 +3,7 @@
     lvit search CONFIG            run or resume a search (progress bar, then the Pareto front)
     lvit export --trial N --out DIR   write a trained trial as a timm model folder
     lvit report                   Pareto-front plot and table of a study
+    lvit space show|sample NAME   a search space's choices and size, or sampled architectures
 
 `--storage` (an Optuna storage URL) is shared by the commands that read a study.
 Errors in the input print one line, `lvit: error: ...`, and exit with code 2.
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 import warnings
+from abc import ABC, abstractmethod
 from typing import Any
 
 from nas.errors import ConfigError
@@ -27,15 +29,18 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-class Command:
+class Command(ABC):
+    """One `lvit` command: its arguments, and the action that returns the exit code."""
+
     name: str = ""
     help: str = ""
 
+    @abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        pass
+        """Add the command's own arguments (`--storage` is shared)."""
 
-    def take_action(self, args: argparse.Namespace) -> int:
-        raise NotImplementedError  # each command below overrides it
+    @abstractmethod
+    def take_action(self, args: argparse.Namespace) -> int: ...
 
 
 class Search(Command):
@@ -202,7 +207,75 @@ def _storage(args: argparse.Namespace) -> str:
     return args.storage
 
 
-COMMANDS: list[Command] = [Search(), Export(), Report()]
+class Space(Command):
+    name = "space"
+    help = "show a search space's choices and size, or sample architectures from it"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        show = actions.add_parser("show", help="every choice, its options, and the space's size")
+        show.add_argument("space", help="space name: " + ", ".join(_space_names()))
+        show.add_argument("--img-size", type=int, default=32, help="data resolution (default 32)")
+        sample = actions.add_parser("sample", help="print sampled ArchConfigs with params, FLOPs")
+        sample.add_argument("space", help="space name: " + ", ".join(_space_names()))
+        sample.add_argument("--n", type=int, default=5, help="how many (default 5)")
+        sample.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+        sample.add_argument("--img-size", type=int, default=32, help="data resolution")
+        sample.add_argument("--num-classes", type=int, default=10, help="classes (default 10)")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from search_spaces.spaces import SPACES
+
+        if args.space not in SPACES:
+            raise ConfigError(f"unknown space '{args.space}'; use one of: {', '.join(SPACES)}")
+        if args.img_size < 2:
+            raise ConfigError(f"--img-size must be >= 2, got {args.img_size}")
+        space = SPACES[args.space]
+        if args.action == "show":
+            return self._show(space, args.img_size)
+        if args.n < 1 or args.num_classes < 1:
+            raise ConfigError("--n and --num-classes must be >= 1")
+        return self._sample(space, args)
+
+    def _show(self, space: Any, img_size: int) -> int:
+        choices = space.choices(img_size)
+        print(f"space '{space.name}' (version {space.version}): {space.description}")
+        width = max(len(label) for label in choices)
+        for label, options in choices.items():
+            print(f"  {label:<{width}}  {', '.join(str(o) for o in options)}")
+        size = space.size(img_size)
+        print(
+            f"{len(choices)} choices; {size:,} parameter combinations ({size:.2e}) for "
+            f"{img_size}px data"
+        )
+        return 0
+
+    def _sample(self, space: Any, args: argparse.Namespace) -> int:
+        import optuna
+
+        from nas.cost import count_flops, count_params
+        from search_spaces.model import LightViT
+
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+        for i in range(args.n):
+            trial = study.ask()
+            arch = space.sample(trial, num_classes=args.num_classes, img_size=args.img_size)
+            study.tell(trial, 0.0)
+            model = LightViT(arch)
+            size = (arch.in_chans, arch.img_size, arch.img_size)
+            print(f"[{i + 1}] {arch.describe()}")
+            print(f"    params {count_params(model):,}  FLOPs {count_flops(model, size):,}")
+            print(f"    {arch.to_json()}")
+        return 0
+
+
+def _space_names() -> list[str]:
+    from search_spaces.spaces import SPACES
+
+    return list(SPACES)
+
+
+COMMANDS: list[Command] = [Search(), Export(), Report(), Space()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,11 +2,28 @@
 
 An architecture is a frozen dataclass of JSON values. It round-trips through JSON exactly
 (`ArchConfig.from_json(cfg.to_json()) == cfg`), every trial stores it, and `LightViT(cfg)` builds
-it. Block names (`stem`, `pos_enc`, `mixer`) refer to the registries in `search_spaces.blocks`;
-this module checks structure only and imports nothing but the standard library.
+it. Block names (`stem`, `pos_enc`, `mixer`) refer to the registries in `search_spaces.blocks`.
+This module imports nothing but the standard library; it checks structure and the compatibility
+rules between blocks (below), so that an invalid architecture fails here, with the rule named,
+whoever wrote it.
+
+Compatibility rules:
+  - `heads` divides `dim`; with RoPE the head width is a multiple of 4 (two axes, pairs).
+  - `window` attention needs a window that divides the stage's token grid and is smaller than it.
+  - `sra` needs 2 <= `sr_ratio` <= the stage's grid side.
+  - attention-site position encodings (RoPE, relative bias, FIRE) act inside `mhsa` and `window`
+    attention; an architecture using one has at least one such stage.
+  - token reduction (`merge_r` for ToMe, `keep_rate` < 1 for EViT pruning; one per stage) changes
+    the number of tokens, so it is allowed only in the last stage, with a mixer that needs no
+    grid (`mhsa`, `linear`) and a position encoding added at the input (`none`, `learned`,
+    `sincos`).
+  - `exits` are block numbers (1-based, over all stages) after which an exit classifier sits,
+    strictly increasing and before the last block.
 
 Schema history:
     1: stem, patch_size, pos_enc, stages of (depth, dim, heads, mlp_ratio, mixer, downsample).
+    2: per stage sr_ratio, window, kernel_size, merge_r, keep_rate; exits. Version-1 configs read
+       unchanged (every new field has a default that means "absent").
 """
 
 from __future__ import annotations
@@ -17,11 +34,35 @@ from typing import Any
 
 from search_spaces.typed import TypeCheckError, from_dict, to_dict
 
-__all__ = ["SCHEMA_VERSION", "ArchConfig", "StageConfig", "ArchConfigError"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArchConfig",
+    "StageConfig",
+    "ArchConfigError",
+    "ATTENTION_MIXERS",
+    "POS_ATTENTION_MIXERS",
+    "GRID_FREE_MIXERS",
+    "INPUT_POS_ENCS",
+    "STAGE_POS_ENCS",
+    "ATTENTION_POS_ENCS",
+    "largest_divisor_below",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 ArchConfigError = TypeCheckError
+
+# Mixers whose `heads` field is meaningful.
+ATTENTION_MIXERS = frozenset({"mhsa", "sra", "linear", "window"})
+# Mixers inside which attention-site position encodings act.
+POS_ATTENTION_MIXERS = frozenset({"mhsa", "window"})
+# Mixers that do not need the token grid (so tokens may be merged or pruned before them).
+GRID_FREE_MIXERS = frozenset({"mhsa", "linear"})
+# Where each position encoding acts (mirrors the `site` of the blocks in blocks/pos_enc.py).
+INPUT_POS_ENCS = frozenset({"none", "learned", "sincos"})
+STAGE_POS_ENCS = frozenset({"cpe"})
+ATTENTION_POS_ENCS = frozenset({"rope_axial", "rope_mixed", "rel_bias", "fire"})
 
 
 @dataclass(frozen=True)
@@ -30,7 +71,10 @@ class StageConfig:
 
     `heads` is used by attention mixers only (1 for the others). `downsample` halves the token
     grid with a stride-2 convolution at the start of the stage (hierarchical models, PVT/Swin
-    style); a change of width without downsampling uses a 1x1 projection.
+    style); a change of width without downsampling uses a 1x1 projection. Mixer options:
+    `sr_ratio` (sra), `window` (window), `kernel_size` (dwconv). Token reduction: `merge_r`
+    tokens merged per block (ToMe) or `keep_rate` of the tokens kept after the first block
+    (EViT); 0 and 1.0 mean none.
     """
 
     depth: int
@@ -39,6 +83,11 @@ class StageConfig:
     mlp_ratio: float = 4.0
     mixer: str = "mhsa"
     downsample: bool = False
+    sr_ratio: int = 1
+    window: int = 0
+    kernel_size: int = 3
+    merge_r: int = 0
+    keep_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -49,11 +98,27 @@ class StageConfig:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if self.merge_r < 0:
+            raise ValueError(f"merge_r must be >= 0, got {self.merge_r}")
+        if not 0 < self.keep_rate <= 1:
+            raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
+        if self.merge_r and self.keep_rate < 1:
+            raise ValueError("a stage reduces tokens one way: merge_r or keep_rate, not both")
+        if self.mixer == "sra" and self.sr_ratio < 2:
+            raise ValueError(f"sra needs sr_ratio >= 2, got {self.sr_ratio}")
+        if self.mixer == "window" and self.window < 2:
+            raise ValueError(f"window attention needs window >= 2, got {self.window}")
+
+    @property
+    def reduces_tokens(self) -> bool:
+        return self.merge_r > 0 or self.keep_rate < 1
 
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """A whole model: input, stem, position encoding, stages, classifier.
+    """A whole model: input, stem, position encoding, stages, exits, classifier.
 
     The stem turns a (in_chans, img_size, img_size) image into a grid of tokens with stride
     `patch_size`; each downsampling stage halves that grid.
@@ -66,14 +131,17 @@ class ArchConfig:
     img_size: int = 32
     in_chans: int = 3
     num_classes: int = 10
+    exits: tuple[int, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in READABLE_SCHEMAS:
             raise ValueError(
                 f"schema_version {self.schema_version} is not supported (this version reads "
-                f"{SCHEMA_VERSION}); upgrade lightweight-vit or re-export the architecture"
+                f"{', '.join(map(str, READABLE_SCHEMAS))}); upgrade lightweight-vit"
             )
+        if self.schema_version != SCHEMA_VERSION:  # older schemas read unchanged, then upgrade
+            object.__setattr__(self, "schema_version", SCHEMA_VERSION)
         if not self.stages:
             raise ValueError("an architecture needs at least one stage")
         if self.stages[0].downsample:
@@ -90,6 +158,40 @@ class ArchConfig:
                 if grid < 2:
                     raise ValueError(f"stage {i + 1} downsamples a {grid}x{grid} grid")
                 grid = (grid + 1) // 2
+            self._check_stage(i, stage, grid)
+        if self.pos_enc in ATTENTION_POS_ENCS:
+            if not any(s.mixer in POS_ATTENTION_MIXERS for s in self.stages):
+                raise ValueError(
+                    f"pos_enc '{self.pos_enc}' acts inside attention: use an mhsa or window stage"
+                )
+        exits = list(self.exits)
+        if exits != sorted(set(exits)) or any(e < 1 or e >= self.depth for e in exits):
+            raise ValueError(
+                f"exits {exits} must be increasing block numbers between 1 and {self.depth - 1}"
+            )
+
+    def _check_stage(self, i: int, stage: StageConfig, grid: int) -> None:
+        where = f"stage {i + 1}"
+        if stage.mixer == "window" and (grid % stage.window or stage.window >= grid):
+            raise ValueError(
+                f"{where}: window {stage.window} must divide the {grid}x{grid} grid and be "
+                "smaller than it"
+            )
+        if stage.mixer == "sra" and stage.sr_ratio > grid:
+            raise ValueError(f"{where}: sr_ratio {stage.sr_ratio} exceeds the {grid}x{grid} grid")
+        if self.pos_enc in ("rope_axial", "rope_mixed") and stage.mixer in POS_ATTENTION_MIXERS:
+            if (stage.dim // stage.heads) % 4:
+                raise ValueError(f"{where}: RoPE needs a head width divisible by 4")
+        if stage.reduces_tokens:
+            if i != len(self.stages) - 1:
+                raise ValueError(f"{where}: token reduction is allowed in the last stage only")
+            if stage.mixer not in GRID_FREE_MIXERS:
+                raise ValueError(f"{where}: token reduction needs an mhsa or linear mixer")
+            if self.pos_enc not in INPUT_POS_ENCS:
+                raise ValueError(
+                    f"{where}: token reduction needs a position encoding added at the input "
+                    f"(none, learned, sincos), not '{self.pos_enc}'"
+                )
 
     @property
     def depth(self) -> int:
@@ -97,7 +199,7 @@ class ArchConfig:
         return sum(s.depth for s in self.stages)
 
     def grid_sizes(self) -> list[int]:
-        """Side of the token grid in each stage."""
+        """Side of the token grid at the start of each stage."""
         grid, sizes = self.img_size // self.patch_size, []
         for stage in self.stages:
             if stage.downsample:
@@ -110,7 +212,7 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        """Validate and build; raises `ArchConfigError` naming the first bad key."""
+        """Validate and build; raises `ArchConfigError` naming the first bad key or rule."""
         return from_dict(cls, data, "arch")
 
     def to_json(self, indent: int | None = None) -> str:
@@ -121,18 +223,50 @@ class ArchConfig:
         return cls.from_dict(json.loads(text))
 
     def describe(self) -> str:
-        """The architecture in one line, e.g. `conv/4 · cpe · [mhsa 2x64h2 r4 | pool 1x96↓]`."""
+        """The architecture in one line: `conv/4 · cpe · [mhsa 2x64h2 r4 | pool 1x96↓] · 32px`.
+
+        Mixer options follow the mixer (`sra/2`, `window/4`, `dwconv/7`), token reduction the
+        stage (`tome4`, `evit0.5`), exits the list (`exits@2,4`), and the input size ends it.
+        """
         stages = []
         for s in self.stages:
-            text = f"{s.mixer} {s.depth}x{s.dim}"
+            mixer = {
+                "sra": f"sra/{s.sr_ratio}",
+                "window": f"window/{s.window}",
+                "dwconv": f"dwconv/{s.kernel_size}",
+            }.get(s.mixer, s.mixer)
+            text = f"{mixer} {s.depth}x{s.dim}"
             if s.mixer in ATTENTION_MIXERS:
                 text += f"h{s.heads}"
             text += f" r{s.mlp_ratio:g}"
+            if s.merge_r:
+                text += f" tome{s.merge_r}"
+            if s.keep_rate < 1:
+                text += f" evit{s.keep_rate:g}"
             if s.downsample:
                 text += "↓"
             stages.append(text)
-        return f"{self.stem}/{self.patch_size} · {self.pos_enc} · [{' | '.join(stages)}]"
+        line = f"{self.stem}/{self.patch_size} · {self.pos_enc} · [{' | '.join(stages)}]"
+        if self.exits:
+            line += f" · exits@{','.join(map(str, self.exits))}"
+        return f"{line} · {self.img_size}px"
+
+    def exit_stage_dims(self) -> list[int]:
+        """Width of the tokens at each exit (the width of the stage the exit block is in)."""
+        dims, bounds = [], []
+        total = 0
+        for s in self.stages:
+            total += s.depth
+            bounds.append((total, s.dim))
+        for e in self.exits:
+            dims.append(next(dim for end, dim in bounds if e <= end))
+        return dims
 
 
-# Mixers whose `heads` field is meaningful; kept here so `describe` needs no torch.
-ATTENTION_MIXERS = frozenset({"mhsa"})
+def largest_divisor_below(n: int, limit: int) -> int:
+    """Largest divisor of `n` that is <= `limit` and < `n` (1 if none): window sizes."""
+    best = 1
+    for d in range(2, min(limit, n - 1) + 1):
+        if n % d == 0:
+            best = d
+    return best

@@ -1,9 +1,11 @@
 """LightViT: the one model class that builds any `ArchConfig`, with timm's model surface.
 
-A LightViT is a stem, an optional absolute position encoding, a sequence of stages of
-pre-norm residual blocks (`x = x + mixer(norm(x))`, `x = x + mlp(norm(x))`) whose token mixer,
-width, depth, heads and MLP ratio are set per stage, a final norm, global average pooling and a
-linear classifier. Blocks come from the registries in `search_spaces.blocks`.
+A LightViT is a stem, a position encoding (added at the input, after each stage's first block,
+or inside attention), a sequence of stages of pre-norm residual blocks (`x = x + mixer(norm(x))`,
+optional token merging or pruning, `x = x + mlp(norm(x))`) whose token mixer, width, depth,
+heads and MLP ratio are set per stage, optional early-exit heads after chosen blocks, a final
+norm, size-weighted global average pooling and a linear classifier. Blocks come from the
+registries in `search_spaces.blocks`; `reparameterize()` fuses multi-branch blocks.
 
 `timm.create_model("lightvit", arch=cfg_dict)` builds one; folders written by `lvit export` load
 with `timm.create_model("local-dir:DIR", pretrained=True)` once this module is imported (importing
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,29 +25,63 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from search_spaces.arch import ArchConfig, StageConfig
-from search_spaces.blocks import MIXERS, POS_ENCODINGS, STEMS, lookup
+from search_spaces.blocks import EXITS, MIXERS, POS_ENCODINGS, STEMS, TOKEN_REDUCERS, lookup
+from search_spaces.blocks.exits import pool_tokens
 
 __all__ = ["LightViT", "Block", "Stage", "lightvit", "default_arch"]
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with a pluggable token mixer (the MetaFormer view)."""
+    """Pre-norm transformer block with a pluggable token mixer (the MetaFormer view):
+    `x = x + mixer(norm(x))`, then optional token reduction (ToMe merging or EViT pruning, as
+    in both papers between the mixer and the MLP), then `x = x + mlp(norm(x))`."""
 
     def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, mixer: str, drop_path: float = 0.0
+        self,
+        cfg: StageConfig,
+        grid: tuple[int, int],
+        pos_layer: type | None,
+        drop_path: float = 0.0,
+        prune: bool = False,
     ) -> None:
         super().__init__()
+        dim = cfg.dim
+        options = {
+            "sra": {"sr_ratio": cfg.sr_ratio},
+            "window": {"window": cfg.window},
+            "dwconv": {"kernel_size": cfg.kernel_size},
+        }.get(cfg.mixer, {})
         self.norm1 = nn.LayerNorm(dim)
-        self.mixer = lookup(MIXERS, "mixer", mixer)(dim, heads)
+        self.mixer = lookup(MIXERS, "mixer", cfg.mixer)(
+            dim, cfg.heads, grid=grid, pos_layer=pos_layer, **options
+        )
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.merge = TOKEN_REDUCERS["tome"](cfg.merge_r) if cfg.merge_r else None
+        self.prune = TOKEN_REDUCERS["evit"](cfg.keep_rate) if prune else None
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, hidden_features=int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path1(self.mixer(self.norm1(x), hw))
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.prune is not None:
+            y, importance = self.mixer(self.norm1(x), hw, size, need_importance=True)
+            x = x + self.drop_path1(y)
+            x, size = self.prune(x, importance, _ones_like_tokens(x, size))
+        else:
+            x = x + self.drop_path1(self.mixer(self.norm1(x), hw, size))
+        if self.merge is not None:
+            x, size = self.merge(x, _ones_like_tokens(x, size))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        return x, size
+
+
+def _ones_like_tokens(x: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+    return size if size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
 
 
 class Transition(nn.Module):
@@ -59,7 +96,9 @@ class Transition(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(
-        self, x: torch.Tensor, hw: tuple[int, int]
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         b, n, c = x.shape
         feat = self.conv(x.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
@@ -76,22 +115,30 @@ class Stage(nn.Module):
         super().__init__()
         needs_transition = cfg.downsample or in_dim != cfg.dim
         self.transition = Transition(in_dim, cfg.dim, cfg.downsample) if needs_transition else None
-        self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.mixer, dp) for dp in drop_path
-        )
         pos_cls = lookup(POS_ENCODINGS, "pos_enc", pos_enc)
-        self.pos = pos_cls(cfg.dim, (grid, grid)) if pos_cls.site == "stage" else None
+        attn_pos = pos_cls if pos_cls.site == "attention" else None
+        self.blocks = nn.ModuleList(
+            Block(cfg, (grid, grid), attn_pos, dp, prune=(i == 0 and cfg.keep_rate < 1))
+            for i, dp in enumerate(drop_path)
+        )
+        self.pos = pos_cls(cfg.dim, (grid, grid), cfg.heads) if pos_cls.site == "stage" else None
 
     def forward(
-        self, x: torch.Tensor, hw: tuple[int, int]
-    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+        on_block: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
+    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
         if self.transition is not None:
             x, hw = self.transition(x, hw)
         for i, block in enumerate(self.blocks):
-            x = block(x, hw)
+            x, size = block(x, hw, size)
             if i == 0 and self.pos is not None:
                 x = self.pos(x, hw)
-        return x, hw
+            if on_block is not None:
+                on_block(x, size)
+        return x, hw, size
 
 
 class LightViT(nn.Module):
@@ -125,7 +172,9 @@ class LightViT(nn.Module):
         )
         pos_cls = lookup(POS_ENCODINGS, "pos_enc", cfg.pos_enc)
         self.pos_enc = (
-            pos_cls(stem_dim, (stem_grid, stem_grid)) if pos_cls.site == "input" else None
+            pos_cls(stem_dim, (stem_grid, stem_grid), cfg.stages[0].heads)
+            if pos_cls.site == "input"
+            else None
         )
 
         rates = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
@@ -135,6 +184,9 @@ class LightViT(nn.Module):
             stages.append(Stage(in_dim, stage_cfg, cfg.pos_enc, grid, stage_rates))
             in_dim = stage_cfg.dim
         self.stages = nn.ModuleList(stages)
+        self.exits = nn.ModuleList(
+            EXITS["linear"](dim, cfg.num_classes) for dim in cfg.exit_stage_dims()
+        )
 
         self.num_features = self.head_hidden_size = in_dim
         self.norm = nn.LayerNorm(in_dim)
@@ -146,7 +198,7 @@ class LightViT(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay: those a block lists in
-        `no_weight_decay_params` (position embeddings)."""
+        `no_weight_decay_params` (position embeddings and bias tables)."""
         return {
             f"{module_name}.{param}"
             for module_name, module in self.named_modules()
@@ -163,24 +215,65 @@ class LightViT(nn.Module):
         self.num_classes = num_classes
         self.arch = dataclasses.replace(self.arch, num_classes=num_classes)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.exits = nn.ModuleList(
+            EXITS["linear"](dim, num_classes) for dim in self.arch.exit_stage_dims()
+        )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, C, H, W) -> normalised tokens (B, N, C) of the last stage."""
+    def reparameterize(self) -> None:
+        """Fuse every re-parameterisable block (multi-branch convs) for inference."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reparameterize"):
+                module.reparameterize()
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         feat = self.stem(x)
         hw = (feat.shape[2], feat.shape[3])
         x = feat.flatten(2).transpose(1, 2)
         if self.pos_enc is not None:
             x = self.pos_enc(x, hw)
-        for stage in self.stages:
-            x, hw = stage(x, hw)
-        return self.norm(x)
+        return x, hw
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean(dim=1))
+    def _run(
+        self,
+        x: torch.Tensor,
+        on_block: Callable | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, hw = self._tokens(x)
+        size = None
+        for stage in self.stages:
+            x, hw, size = stage(x, hw, size, on_block)
+        return self.norm(x), size
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) -> normalised tokens (B, N, C) of the last stage. After token
+        merging the tokens have sizes: use `forward` / `forward_head` for size-aware pooling."""
+        return self._run(x)[0]
+
+    def forward_head(
+        self, x: torch.Tensor, pre_logits: bool = False, size: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.head_drop(pool_tokens(x, size))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        feats, size = self._run(x)
+        return self.forward_head(feats, size=size)
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every exit head, in order, then of the final head (dynamic depth)."""
+        outputs: list[torch.Tensor] = []
+        exit_at = dict(zip(self.arch.exits, self.exits, strict=True))
+        count = 0
+
+        def on_block(tokens: torch.Tensor, size: torch.Tensor | None) -> None:
+            nonlocal count
+            count += 1
+            if count in exit_at:
+                outputs.append(exit_at[count](tokens, size))
+
+        feats, size = self._run(x, on_block)
+        outputs.append(self.forward_head(feats, size=size))
+        return outputs
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -203,11 +296,18 @@ def _cfg(arch: ArchConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         "fixed_input_size": False,
         "mean": (0.5,) * arch.in_chans,
         "std": (0.5,) * arch.in_chans,
-        "first_conv": f"stem.{stem_cls.first_conv}" if stem_cls else None,
+        "first_conv": _first_conv(stem_cls),
         "classifier": "head",
         "architecture": "lightvit",
         **kwargs,
     }
+
+
+def _first_conv(stem_cls: type | None) -> str | tuple[str, ...] | None:
+    if stem_cls is None:
+        return None
+    names = stem_cls.first_conv
+    return f"stem.{names}" if isinstance(names, str) else tuple(f"stem.{n}" for n in names)
 
 
 def default_arch() -> ArchConfig:

@@ -10,7 +10,14 @@ import timm
 import torch
 
 import search_spaces  # noqa: F401 - registers lightvit
-from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.arch import (
+    ATTENTION_POS_ENCS,
+    INPUT_POS_ENCS,
+    POS_ATTENTION_MIXERS,
+    STAGE_POS_ENCS,
+    ArchConfig,
+    StageConfig,
+)
 from search_spaces.blocks import MIXERS, POS_ENCODINGS, REGISTRIES, STEMS
 from search_spaces.model import LightViT
 
@@ -39,10 +46,22 @@ def test_stem_forward_backward(name: str, img: int, patch: int) -> None:
     assert torch.isfinite(y).all() and x.grad is not None
 
 
-@pytest.mark.parametrize("name", sorted(POS_ENCODINGS))
+SITES = {name: cls.site for name, cls in POS_ENCODINGS.items()}
+MIXER_OPTIONS = {"sra": {"sr_ratio": 2}, "window": {"window": 2}, "dwconv": {"kernel_size": 5}}
+
+
+def test_pos_enc_sites_match_the_arch_rules() -> None:
+    assert {n for n, s in SITES.items() if s == "input"} == set(INPUT_POS_ENCS)
+    assert {n for n, s in SITES.items() if s == "stage"} == set(STAGE_POS_ENCS)
+    assert {n for n, s in SITES.items() if s == "attention"} == set(ATTENTION_POS_ENCS)
+    for name in POS_ATTENTION_MIXERS:
+        assert MIXERS[name].accepts_pos
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SITES.items() if s != "attention"))
 @pytest.mark.parametrize("hw", [(4, 4), (6, 6)])  # (6, 6): a resolution it was not built for
-def test_pos_enc_forward_backward(name: str, hw: tuple[int, int]) -> None:
-    block = POS_ENCODINGS[name](16, (4, 4))
+def test_token_pos_enc_forward_backward(name: str, hw: tuple[int, int]) -> None:
+    block = POS_ENCODINGS[name](16, (4, 4), 2)
     x = torch.randn(2, hw[0] * hw[1], 16, requires_grad=True)
     y = block(x, hw)
     assert y.shape == x.shape
@@ -50,10 +69,63 @@ def test_pos_enc_forward_backward(name: str, hw: tuple[int, int]) -> None:
     assert torch.isfinite(y).all() and x.grad is not None
 
 
+@pytest.mark.parametrize("name", sorted(n for n, s in SITES.items() if s == "attention"))
+@pytest.mark.parametrize("hw", [(4, 4), (6, 6)])
+def test_attention_pos_enc_inside_attention(name: str, hw: tuple[int, int]) -> None:
+    mixer = MIXERS["mhsa"](16, 2, grid=(4, 4), pos_layer=POS_ENCODINGS[name])
+    assert mixer.pos is not None
+    x = torch.randn(2, hw[0] * hw[1], 16, requires_grad=True)
+    y = mixer(x, hw)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert torch.isfinite(y).all() and x.grad is not None
+    bias = mixer.pos.bias(hw)
+    assert bias is None or bias.shape == (2, hw[0] * hw[1], hw[0] * hw[1])
+    assert all(p.grad is not None for p in mixer.pos.parameters())
+
+
+@pytest.mark.parametrize("name", ["rope_axial", "rope_mixed"])
+def test_rope_logits_depend_only_on_the_offset(name: str) -> None:
+    rope = POS_ENCODINGS[name](16, (5, 5), 2)
+    hw = (5, 5)
+    n = hw[0] * hw[1]
+    q = torch.randn(1, 2, 1, 8).expand(1, 2, n, 8)  # the same query and key at every position
+    k = torch.randn(1, 2, 1, 8).expand(1, 2, n, 8)
+    rq, rk = rope.rotate(q, k, hw)
+    logits = (rq @ rk.transpose(-2, -1))[0]  # (heads, N, N)
+    coords = [(i // 5, i % 5) for i in range(n)]
+    by_offset: dict[tuple[int, int], torch.Tensor] = {}
+    for i, (yi, xi) in enumerate(coords):
+        for j, (yj, xj) in enumerate(coords):
+            offset = (yi - yj, xi - xj)
+            if offset in by_offset:
+                assert torch.allclose(logits[:, i, j], by_offset[offset], atol=1e-5)
+            else:
+                by_offset[offset] = logits[:, i, j]
+    assert len({tuple(v.tolist()) for v in by_offset.values()}) > 1  # it does depend on offset
+
+
+def test_cpe_is_translation_equivariant_away_from_the_borders() -> None:
+    cpe = POS_ENCODINGS["cpe"](8, (8, 8))
+    grid = torch.randn(1, 8, 8, 8)  # (B, C, H, W)
+    shifted = grid.roll(shifts=1, dims=3)  # one token to the right
+
+    def run(g: torch.Tensor) -> torch.Tensor:
+        out = cpe(g.flatten(2).transpose(1, 2), (8, 8))
+        return out.transpose(1, 2).reshape(1, 8, 8, 8)
+
+    with torch.no_grad():
+        expected = run(grid).roll(shifts=1, dims=3)
+        got = run(shifted)
+    # interior: away from the wrapped column and the zero-padded border
+    assert torch.allclose(got[..., 1:-1, 2:-1], expected[..., 1:-1, 2:-1], atol=1e-6)
+    assert not torch.allclose(got, expected, atol=1e-6)  # the borders do differ
+
+
 @pytest.mark.parametrize("name", sorted(MIXERS))
-@pytest.mark.parametrize("hw", [(4, 4), (3, 5)])
+@pytest.mark.parametrize("hw", [(4, 4), (6, 6)])
 def test_mixer_forward_backward(name: str, hw: tuple[int, int]) -> None:
-    block = MIXERS[name](16, 2)
+    block = MIXERS[name](16, 2, grid=(4, 4), **MIXER_OPTIONS.get(name, {}))
     x = torch.randn(2, hw[0] * hw[1], 16, requires_grad=True)
     y = block(x, hw)
     assert y.shape == x.shape
@@ -71,8 +143,9 @@ def test_pooling_mixer_is_zero_on_a_constant_grid() -> None:
     ("stem", "pos_enc", "mixer"), list(itertools.product(STEMS, POS_ENCODINGS, MIXERS))
 )
 def test_every_combination_builds_a_model(stem: str, pos_enc: str, mixer: str) -> None:
+    first = StageConfig(1, 16, 2, 2.0, mixer, **MIXER_OPTIONS.get(mixer, {}))
     arch = ArchConfig(
-        stages=(StageConfig(1, 16, 2, 2.0, mixer), StageConfig(1, 24, 1, 2.0, "pool", True)),
+        stages=(first, StageConfig(1, 24, 2, 2.0, "mhsa", downsample=True)),
         stem=stem,
         pos_enc=pos_enc,
         img_size=16,

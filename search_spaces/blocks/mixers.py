@@ -1,34 +1,263 @@
 """Token mixers: (B, N, C) tokens on an (H, W) grid -> (B, N, C).
 
-Every mixer takes `(dim, heads)`; the block around it adds the residual and the MLP. Mixers that
-use `heads` are listed in `search_spaces.arch.ATTENTION_MIXERS`.
+Every mixer is built as `cls(dim, heads, grid=(H, W), pos_layer=None, **options)` and called as
+`mixer(x, hw, size=None)`; the block around it adds the residual and the MLP. `size` (B, N, 1)
+counts the original tokens each token stands for after token merging (ToMe's proportional
+attention); mixers that need the grid are never given merged tokens (see the rules in
+`search_spaces.arch`). `pos_layer` is the class of an attention-site position encoding; mixers
+that accept one set `accepts_pos = True` and build it for their attention grid.
+
+timm's `Attention` has no hook for a logit bias, custom RoPE coordinates and the attention
+received per token together, so the attention mixers here share one small SDPA core.
 """
 
 from __future__ import annotations
 
 import torch
-from timm.layers import Attention
+import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.blocks._registry import register
 
-__all__ = ["MIXERS", "MultiHeadSelfAttention", "PoolingMixer"]
+__all__ = [
+    "MIXERS",
+    "MultiHeadSelfAttention",
+    "SpatialReductionAttention",
+    "LinearAttention",
+    "WindowAttention",
+    "PoolingMixer",
+    "DepthwiseConvMixer",
+]
 
 MIXERS: dict[str, type[nn.Module]] = {}
 
 
-@register(MIXERS, "mhsa")
-class MultiHeadSelfAttention(Attention):
-    """Global multi-head self-attention (timm's `Attention`, fused SDPA where available).
+def _to_grid(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
 
-    Paper: "Attention Is All You Need", arXiv 1706.03762; as used in ViT, arXiv 2010.11929.
+
+def _to_tokens(feat: torch.Tensor) -> torch.Tensor:
+    return feat.flatten(2).transpose(1, 2)
+
+
+class _Attention(nn.Module):
+    """q, k, v projections, optional position encoding, SDPA, output projection."""
+
+    accepts_pos = False
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        grid: tuple[int, int],
+        pos_layer: type | None,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.pos = (
+            pos_layer(dim, grid, heads) if (pos_layer is not None and self.accepts_pos) else None
+        )
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+        need_importance: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention over x (B, N, C) whose tokens lie on grid `hw` (for the encoding)."""
+        b, n, c = x.shape
+        q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+        bias = None
+        if self.pos is not None:
+            q, k = self.pos.rotate(q, k, hw)
+            bias = self.pos.bias(hw)
+        if size is not None:  # ToMe proportional attention: a key counts as many as it merged
+            log_size = size.log().transpose(1, 2)[:, None]  # (B, 1, 1, N)
+            bias = log_size if bias is None else bias + log_size
+        if need_importance:  # explicit attention map, to score tokens (EViT)
+            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+            if bias is not None:
+                logits = logits + bias
+            attn = logits.softmax(dim=-1)
+            out = attn @ v
+            importance = attn.mean(dim=(1, 2))  # (B, N): attention each token receives
+        else:
+            mask = bias.to(q.dtype).expand(b, self.heads, n, n) if bias is not None else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return (out, importance) if need_importance else out
+
+
+@register(MIXERS, "mhsa")
+class MultiHeadSelfAttention(_Attention):
+    """Global multi-head self-attention over all tokens (fused SDPA).
+
+    Papers: "Attention Is All You Need", arXiv 1706.03762; as used in ViT, arXiv 2010.11929.
     """
 
-    def __init__(self, dim: int, heads: int = 1) -> None:
-        super().__init__(dim, num_heads=heads, qkv_bias=True)
+    accepts_pos = True
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x)
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+    ) -> None:
+        super().__init__(dim, heads, grid, pos_layer)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+        need_importance: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.attend(x, hw, size, need_importance)
+
+
+@register(MIXERS, "window")
+class WindowAttention(_Attention):
+    """Local attention inside non-overlapping `window` x `window` windows of the token grid
+    (Swin's window attention, without the shift); position encodings act per window.
+
+    Paper: "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
+    arXiv 2103.14030.
+    """
+
+    accepts_pos = True
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        window: int = 2,
+    ) -> None:
+        super().__init__(dim, heads, (window, window), pos_layer)
+        self.window = window
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, n, c = x.shape
+        w = self.window
+        h_win, w_win = hw[0] // w, hw[1] // w
+        if hw[0] % w or hw[1] % w:
+            raise ValueError(f"window {w} does not divide the {hw[0]}x{hw[1]} token grid")
+        windows = (
+            x.reshape(b, h_win, w, w_win, w, c)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(b * h_win * w_win, w * w, c)
+        )
+        out = self.attend(windows, (w, w))
+        return out.reshape(b, h_win, w_win, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, n, c)
+
+
+@register(MIXERS, "sra")
+class SpatialReductionAttention(nn.Module):
+    """Spatial-reduction attention: queries from every token, keys and values from the grid
+    shrunk by a stride-`sr_ratio` convolution and LayerNorm, cutting the cost by sr_ratio^2.
+
+    Paper: "Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without
+    Convolutions" (PVT), arXiv 2102.12122.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        sr_ratio: int = 2,
+    ) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.reduce = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+        reduced = self.norm(_to_tokens(self.reduce(_to_grid(x, hw))))
+        k, v = (
+            t.reshape(b, -1, self.heads, self.head_dim).transpose(1, 2)
+            for t in self.kv(reduced).chunk(2, dim=-1)
+        )
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+@register(MIXERS, "linear")
+class LinearAttention(nn.Module):
+    """ReLU linear attention: softmax(QK^T)V replaced by relu(Q)(relu(K)^T V), normalised by
+    relu(Q)(relu(K)^T 1), linear in the number of tokens. Merged tokens (ToMe) weigh their keys
+    by their size, the linear-attention form of proportional attention.
+
+    Paper: "EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction",
+    arXiv 2205.14756.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.eps = heads, dim // heads, eps
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+        need_importance: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        b, n, c = x.shape
+        q, k, v = (
+            t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+            for t in self.qkv(x).chunk(3, dim=-1)
+        )
+        q, k = F.relu(q), F.relu(k)
+        if size is not None:
+            k = k * size[:, None]  # (B, 1, N, 1)
+        kv = k.transpose(-2, -1) @ v  # (B, heads, hd, hd)
+        numerator = q @ kv
+        denominator = q @ k.sum(dim=2, keepdim=True).transpose(-2, -1) + self.eps  # (B, h, N, 1)
+        out = self.proj((numerator / denominator).transpose(1, 2).reshape(b, n, c))
+        if not need_importance:
+            return out
+        # attention token j receives, averaged over queries and heads, without the N x N map:
+        # sum_i (q_i . k_j) / z_i = (sum_i q_i / z_i) . k_j
+        weights = (q / denominator).sum(dim=2, keepdim=True)  # (B, heads, 1, hd)
+        importance = (weights @ k.transpose(-2, -1)).squeeze(2).mean(dim=1) / n  # (B, N)
+        return out, importance
 
 
 @register(MIXERS, "pool")
@@ -38,13 +267,53 @@ class PoolingMixer(nn.Module):
     Paper: "MetaFormer Is Actually What You Need for Vision" (PoolFormer), arXiv 2111.11418.
     """
 
-    def __init__(self, dim: int, heads: int = 1, pool_size: int = 3) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        pool_size: int = 3,
+    ) -> None:
         super().__init__()
         self.pool = nn.AvgPool2d(
             pool_size, stride=1, padding=pool_size // 2, count_include_pad=False
         )
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        feat = x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
-        return (self.pool(feat) - feat).flatten(2).transpose(1, 2)
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        feat = _to_grid(x, hw)
+        return _to_tokens(self.pool(feat) - feat)
+
+
+@register(MIXERS, "dwconv")
+class DepthwiseConvMixer(nn.Module):
+    """Depthwise k x k convolution with BatchNorm as the token mixer.
+
+    Papers: "RepViT: Revisiting Mobile CNN From ViT Perspective", arXiv 2307.09283 (3x3);
+    "A ConvNet for the 2020s" (ConvNeXt), arXiv 2201.03545 (7x7).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.BatchNorm2d(dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return _to_tokens(self.norm(self.conv(_to_grid(x, hw))))

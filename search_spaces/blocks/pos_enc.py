@@ -1,23 +1,67 @@
 """Position encodings, on token sequences (B, N, C) laid out on an (H, W) grid.
 
-Each encoding takes `(dim, grid)` and says where the model applies it in `site`:
-    "input": once, to the stem's tokens (absolute encodings);
-    "stage": after the first block of every stage (conditional encodings, as CPVT places its PEG).
+Each encoding takes `(dim, grid, heads)` and says where the model applies it in `site`:
+    "input": once, to the stem's tokens (absolute encodings: `forward(x, hw) -> x`);
+    "stage": after the first block of every stage (conditional encodings, as CPVT places its PEG);
+    "attention": inside every attention mixer that supports it (`POS_ATTENTION_MIXERS`), one
+        instance per mixer, built for that mixer's attention grid (the window, for window
+        attention). Such encodings implement `rotate(q, k, hw)` and/or `bias(hw)`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed, trunc_normal_
+from timm.layers.pos_embed_sincos import apply_rot_embed
 from torch import nn
 
 from search_spaces.blocks._registry import register
 
-__all__ = ["POS_ENCODINGS", "NoPosEnc", "LearnedPosEnc", "ConditionalPosEnc"]
+__all__ = [
+    "POS_ENCODINGS",
+    "AttentionPosEnc",
+    "NoPosEnc",
+    "LearnedPosEnc",
+    "SinCosPosEnc",
+    "ConditionalPosEnc",
+    "RoPE",
+    "RoPEAxial",
+    "RoPEMixed",
+    "RelPosBias",
+    "FIRE",
+    "grid_coords",
+]
 
 POS_ENCODINGS: dict[str, type[nn.Module]] = {}
+
+
+def grid_coords(hw: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(N, 2) float (row, col) coordinates of a row-major token grid."""
+    ys, xs = torch.meshgrid(
+        torch.arange(hw[0], device=device), torch.arange(hw[1], device=device), indexing="ij"
+    )
+    return torch.stack([ys.flatten(), xs.flatten()], dim=-1).float()
+
+
+class AttentionPosEnc(nn.Module):
+    """Base of attention-site encodings: identity rotation, no bias."""
+
+    site: ClassVar[str] = "attention"
+
+    def rotate(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        hw: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def bias(self, hw: tuple[int, int]) -> torch.Tensor | None:
+        """Additive attention-logit bias of shape (heads, N, N), or None."""
+        return None
 
 
 @register(POS_ENCODINGS, "none")
@@ -27,7 +71,7 @@ class NoPosEnc(nn.Module):
 
     site: ClassVar[str] = "input"
 
-    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+    def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
         super().__init__()
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -46,7 +90,7 @@ class LearnedPosEnc(nn.Module):
     site: ClassVar[str] = "input"
     no_weight_decay_params: ClassVar[tuple[str, ...]] = ("pos_embed",)
 
-    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+    def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
         super().__init__()
         self.grid = tuple(grid)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
@@ -61,6 +105,28 @@ class LearnedPosEnc(nn.Module):
         return x + pos
 
 
+@register(POS_ENCODINGS, "sincos")
+class SinCosPosEnc(nn.Module):
+    """Fixed 2-D sine-cosine position embedding added to the tokens (timm's
+    `build_sincos2d_pos_embed`), computed for whatever grid arrives; no parameters.
+
+    Paper: "An Empirical Study of Training Self-Supervised Vision Transformers" (MoCo v3),
+    arXiv 2104.02057.
+    """
+
+    site: ClassVar[str] = "input"
+
+    def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"2-D sincos needs a width divisible by 4, got {dim}")
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        pos = build_sincos2d_pos_embed(list(hw), self.dim, temperature=10000.0, dtype=x.dtype)
+        return x + pos.to(x.device).unsqueeze(0)
+
+
 @register(POS_ENCODINGS, "cpe")
 class ConditionalPosEnc(nn.Module):
     """Conditional position encoding: the positional encoding generator (PEG), a residual 3x3
@@ -72,7 +138,9 @@ class ConditionalPosEnc(nn.Module):
 
     site: ClassVar[str] = "stage"
 
-    def __init__(self, dim: int, grid: tuple[int, int], kernel_size: int = 3) -> None:
+    def __init__(
+        self, dim: int, grid: tuple[int, int], heads: int = 1, kernel_size: int = 3
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
@@ -80,3 +148,141 @@ class ConditionalPosEnc(nn.Module):
         b, n, c = x.shape
         feat = x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
         return x + self.proj(feat).flatten(2).transpose(1, 2)
+
+
+class RoPE(AttentionPosEnc):
+    """2-D rotary position embedding: each pair of query/key channels is rotated by the angle
+    `row * f_y + col * f_x`, so attention logits depend only on the offset between positions.
+
+    Frequencies have shape (heads, head_dim / 2, 2): one (f_y, f_x) per channel pair and head.
+    Paper: "Rotary Position Embedding for Vision Transformer" (RoPE-ViT), arXiv 2403.13298.
+    """
+
+    def __init__(self, freqs: torch.Tensor, learnable: bool) -> None:
+        super().__init__()
+        if learnable:
+            self.freqs = nn.Parameter(freqs)
+        else:
+            self.register_buffer("freqs", freqs, persistent=False)
+
+    def rotate(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        hw: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        coords = grid_coords(hw, q.device)  # (N, 2)
+        angles = torch.einsum("nc,hpc->hnp", coords, self.freqs)  # (heads, N, head_dim / 2)
+        sin = angles.sin().repeat_interleave(2, dim=-1)
+        cos = angles.cos().repeat_interleave(2, dim=-1)
+        return apply_rot_embed(q, sin, cos), apply_rot_embed(k, sin, cos)
+
+
+@register(POS_ENCODINGS, "rope_axial")
+class RoPEAxial(RoPE):
+    """RoPE-Axial: half of the channel pairs rotate with the row, half with the column, at
+    fixed frequencies theta^(-4i/head_dim) (theta = 100, as RoPE-ViT uses for images).
+
+    Paper: "Rotary Position Embedding for Vision Transformer", arXiv 2403.13298.
+    """
+
+    def __init__(
+        self, dim: int, grid: tuple[int, int], heads: int = 1, theta: float = 100.0
+    ) -> None:
+        quarter = _rope_head_dim(dim, heads) // 4
+        mags = theta ** (-torch.arange(quarter).float() / quarter)
+        freqs = torch.zeros(heads, 2 * quarter, 2)
+        freqs[:, :quarter, 0] = mags  # rows
+        freqs[:, quarter:, 1] = mags  # columns
+        super().__init__(freqs, learnable=False)
+
+
+@register(POS_ENCODINGS, "rope_mixed")
+class RoPEMixed(RoPE):
+    """RoPE-Mixed: learnable frequencies that mix both axes, initialised per head at a random
+    direction (two orthogonal directions per magnitude, theta = 10), trained with the model.
+
+    Paper: "Rotary Position Embedding for Vision Transformer", arXiv 2403.13298.
+    """
+
+    def __init__(
+        self, dim: int, grid: tuple[int, int], heads: int = 1, theta: float = 10.0
+    ) -> None:
+        quarter = _rope_head_dim(dim, heads) // 4
+        mags = theta ** (-torch.arange(quarter).float() / quarter)
+        phase = torch.rand(heads, 1) * 2 * math.pi
+        dirs = torch.cat([phase, phase + math.pi / 2], dim=1)  # two orthogonal directions
+        angle = dirs.repeat_interleave(quarter, dim=1)  # (heads, head_dim / 2)
+        mag = mags.repeat(2)[None]  # (1, head_dim / 2)
+        super().__init__(
+            torch.stack([mag * angle.sin(), mag * angle.cos()], dim=-1), learnable=True
+        )
+
+
+def _rope_head_dim(dim: int, heads: int) -> int:
+    head_dim = dim // heads
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
+    return head_dim
+
+
+@register(POS_ENCODINGS, "rel_bias")
+class RelPosBias(AttentionPosEnc):
+    """Relative position bias: a learned table of one logit bias per head and 2-D offset
+    (2H-1 x 2W-1 entries), added to the attention logits; bicubically resized when the grid
+    differs from the one it was built for.
+
+    Papers: "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
+    arXiv 2103.14030; "LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference",
+    arXiv 2104.01136.
+    """
+
+    no_weight_decay_params: ClassVar[tuple[str, ...]] = ("table",)
+
+    def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.table = nn.Parameter(torch.zeros(heads, 2 * grid[0] - 1, 2 * grid[1] - 1))
+        trunc_normal_(self.table, std=0.02)
+
+    def bias(self, hw: tuple[int, int]) -> torch.Tensor:
+        table = self.table
+        if tuple(hw) != self.grid:
+            table = nn.functional.interpolate(
+                table[None],
+                size=(2 * hw[0] - 1, 2 * hw[1] - 1),
+                mode="bicubic",
+                align_corners=True,
+            )[0]
+        coords = grid_coords(hw, table.device).long()
+        offset = coords[:, None, :] - coords[None, :, :]  # (N, N, 2), in [-(H-1), H-1]
+        return table[:, offset[..., 0] + hw[0] - 1, offset[..., 1] + hw[1] - 1]
+
+
+@register(POS_ENCODINGS, "fire")
+class FIRE(AttentionPosEnc):
+    """FIRE, functional interpolation for relative positions: the logit bias is a small MLP of
+    the progressively interpolated offset psi(|d|) / psi(max(L, extent)), psi(x) = log(c x + 1),
+    with c and L learned, so it is defined for any grid (length generalisation).
+
+    Two-dimensional here: the MLP takes the signed, normalised row and column offsets and gives
+    one bias per head. Paper: "Functional Interpolation for Relative Positions Improves Long
+    Context Transformers", arXiv 2310.04418.
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1, hidden: int = 32) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads))
+        self.log_c = nn.Parameter(torch.zeros(()))  # c = exp(log_c) > 0, starts at 1
+        self.threshold = nn.Parameter(torch.tensor(float(max(grid))))  # L
+
+    def _psi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.log_c.exp() * x)
+
+    def bias(self, hw: tuple[int, int]) -> torch.Tensor:
+        coords = grid_coords(hw, self.log_c.device)
+        offset = coords[:, None, :] - coords[None, :, :]  # (N, N, 2)
+        extent = torch.tensor([hw[0], hw[1]], device=offset.device, dtype=offset.dtype)
+        norm = self._psi(torch.maximum(self.threshold.abs(), extent))
+        feats = offset.sign() * self._psi(offset.abs()) / norm
+        return self.mlp(feats).permute(2, 0, 1)  # (heads, N, N)

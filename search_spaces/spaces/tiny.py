@@ -7,13 +7,15 @@ width, token mixer (MHSA or pooling), heads (attention only) and MLP ratio.
 
 from __future__ import annotations
 
+from typing import Any
+
 from search_spaces.arch import ArchConfig, StageConfig
-from search_spaces.spaces.base import SearchSpace, TrialLike
+from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike
 
 __all__ = ["TinySpace"]
 
 
-class TinySpace(SearchSpace):
+class TinySpace(StagedSpace):
     name = "tiny"
     version = 1
     description = "1-2 stages of MHSA or pooling blocks; patch or conv stem; none/learned/CPE"
@@ -27,35 +29,44 @@ class TinySpace(SearchSpace):
     mlp_ratios = (2.0, 3.0, 4.0)
     max_depth = 3
 
-    def sample(
-        self, trial: TrialLike, *, num_classes: int, in_chans: int = 3, img_size: int = 32
-    ) -> ArchConfig:
-        stem = trial.suggest_categorical("stem", self.stems)
-        patch = trial.suggest_categorical("patch_size", self.patch_sizes)
-        pos_enc = trial.suggest_categorical("pos_enc", self.pos_encs)
+    def sample_globals(self, trial: TrialLike, img_size: int) -> dict[str, Any]:
+        g = {
+            "stem": trial.suggest_categorical("stem", self.stems),
+            "patch_size": trial.suggest_categorical("patch_size", self.patch_sizes),
+            "pos_enc": trial.suggest_categorical("pos_enc", self.pos_encs),
+            "img_size": img_size,
+        }
         num_stages = trial.suggest_int("num_stages", 1, 2)
-        stages = []
-        for i in range(1, num_stages + 1):
-            mixer = trial.suggest_categorical(f"stage{i}.mixer", self.mixers)
-            heads = (
-                trial.suggest_categorical(f"stage{i}.heads", self.heads) if mixer == "mhsa" else 1
-            )
-            stages.append(
-                StageConfig(
-                    depth=trial.suggest_int(f"stage{i}.depth", 1, self.max_depth),
-                    dim=trial.suggest_categorical(f"stage{i}.dim", self.dims),
-                    heads=heads,
-                    mlp_ratio=trial.suggest_categorical(f"stage{i}.mlp_ratio", self.mlp_ratios),
-                    mixer=mixer,
-                    downsample=i > 1,
-                )
-            )
+        g.update(num_stages=num_stages, downsample=[i > 0 for i in range(num_stages)])
+        return g
+
+    def sample_stage(self, trial: TrialLike, ctx: StageContext) -> StageConfig:
+        i = ctx.index
+        mixer = trial.suggest_categorical(f"stage{i}.mixer", self.mixers)
+        heads = trial.suggest_categorical(f"stage{i}.heads", self.heads) if mixer == "mhsa" else 1
+        return StageConfig(
+            depth=trial.suggest_int(f"stage{i}.depth", 1, self.max_depth),
+            dim=trial.suggest_categorical(f"stage{i}.dim", self.dims),
+            heads=heads,
+            mlp_ratio=trial.suggest_categorical(f"stage{i}.mlp_ratio", self.mlp_ratios),
+            mixer=mixer,
+            downsample=ctx.downsample,
+        )
+
+    def finish(
+        self,
+        trial: TrialLike,
+        g: dict[str, Any],
+        stages: tuple[StageConfig, ...],
+        num_classes: int,
+        in_chans: int,
+    ) -> ArchConfig:
         return ArchConfig(
-            stages=tuple(stages),
-            stem=stem,
-            patch_size=patch,
-            pos_enc=pos_enc,
-            img_size=img_size,
+            stages=stages,
+            stem=g["stem"],
+            patch_size=g["patch_size"],
+            pos_enc=g["pos_enc"],
+            img_size=g["img_size"],
             in_chans=in_chans,
             num_classes=num_classes,
         )

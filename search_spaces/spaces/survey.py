@@ -1,0 +1,180 @@
+"""`survey`: every family of building blocks from the lightweight-ViT literature in one space.
+
+Global choices: stem (patch, conv, overlap, multiscale, repconv, mv2) and its stride, input
+resolution (3/4 or all of the data's), position encoding (none, learned, sincos, cpe,
+rope_axial, rope_mixed, rel_bias, fire), macro structure (isotropic: one stage; hierarchical:
+2-3 stages, each after the first halving the grid). Per stage: token mixer (mhsa, sra, linear,
+window, pool, dwconv), depth, width, heads (attention mixers), MLP ratio, the mixer's own option
+(sra ratio, window size, kernel size), and in the last stage a token reduction (none, ToMe
+merging, EViT pruning) where the rules allow it. Finally 0-2 early exits placed at a quarter,
+half or three quarters of the depth.
+
+Compatibility rules (`search_spaces.arch`) are kept inside `sample`, so every draw builds:
+  - window sizes become the largest divisor of the stage's grid that is no larger than the
+    choice and smaller than the grid; a grid with none (a prime side, or 2) makes the stage mhsa;
+  - the sra ratio is capped at the grid side; a 1x1 grid makes the stage mhsa;
+  - token reduction is only offered in the last stage with an mhsa or linear mixer and an
+    input-site position encoding;
+  - an attention-site position encoding (RoPE, relative bias, FIRE) with no mhsa or window stage
+    to act in becomes `none`;
+  - exits that land on the same block, or on the last one, are dropped.
+Several parameter sets can therefore give the same architecture; `sample` is deterministic, so
+`FixedTrial(params)` always rebuilds the same one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces.arch import (
+    ATTENTION_MIXERS,
+    ATTENTION_POS_ENCS,
+    GRID_FREE_MIXERS,
+    INPUT_POS_ENCS,
+    POS_ATTENTION_MIXERS,
+    ArchConfig,
+    StageConfig,
+    largest_divisor_below,
+)
+from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike
+
+__all__ = ["SurveySpace"]
+
+
+class SurveySpace(StagedSpace):
+    version = 1
+
+    stems = ("patch", "conv", "overlap", "multiscale", "repconv", "mv2")
+    patch_sizes = (2, 4)
+    resolutions = (0.75, 1.0)
+    pos_encs = ("none", "learned", "sincos", "cpe", "rope_axial", "rope_mixed", "rel_bias", "fire")
+    mixers = ("mhsa", "sra", "linear", "window", "pool", "dwconv")
+    dims = (32, 48, 64, 96, 128, 160)
+    heads = (1, 2, 4)
+    mlp_ratios = (2.0, 3.0, 4.0)
+    sr_ratios = (2, 4)
+    windows = (2, 4)
+    kernel_sizes = (3, 5, 7)
+    merge_rs = (1, 2, 4, 8)
+    keep_rates = (0.5, 0.7)
+    exit_positions = (0.25, 0.5, 0.75)
+    isotropic_depth = (2, 8)
+    hierarchical_depth = (1, 4)
+
+    def __init__(
+        self,
+        name: str = "survey",
+        macros: tuple[str, ...] = ("isotropic", "hierarchical"),
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.macros = macros
+        self.description = description or (
+            "every block family: 6 stems, 8 position encodings, 6 mixers, ToMe/EViT, exits, "
+            + " or ".join(macros)
+            + " macro structure, 2 input resolutions"
+        )
+
+    def sample_globals(self, trial: TrialLike, img_size: int) -> dict[str, Any]:
+        stem = trial.suggest_categorical("stem", self.stems)
+        patch = trial.suggest_categorical("patch_size", self.patch_sizes)
+        scale = trial.suggest_categorical("resolution", self.resolutions)
+        pos_enc = trial.suggest_categorical("pos_enc", self.pos_encs)
+        macro = (
+            trial.suggest_categorical("macro", self.macros)
+            if len(self.macros) > 1
+            else self.macros[0]
+        )
+        num_stages = 1 if macro == "isotropic" else trial.suggest_int("num_stages", 2, 3)
+        size = max(patch, round(img_size * scale / patch) * patch)
+        return {
+            "stem": stem,
+            "patch_size": patch,
+            "img_size": size,
+            "pos_enc": pos_enc,
+            "macro": macro,
+            "num_stages": num_stages,
+            "downsample": [i > 0 for i in range(num_stages)],
+        }
+
+    def sample_stage(self, trial: TrialLike, ctx: StageContext) -> StageConfig:
+        i, grid = ctx.index, ctx.grid
+        mixer = trial.suggest_categorical(f"stage{i}.mixer", self.mixers)
+        if ctx.index == 1 and ctx.is_last:  # isotropic: one stage, its own depth range
+            depth = trial.suggest_int("depth", *self.isotropic_depth)
+        else:
+            depth = trial.suggest_int(f"stage{i}.depth", *self.hierarchical_depth)
+        dim = trial.suggest_categorical(f"stage{i}.dim", self.dims)
+        heads = (
+            trial.suggest_categorical(f"stage{i}.heads", self.heads)
+            if mixer in ATTENTION_MIXERS
+            else 1
+        )
+        mlp_ratio = trial.suggest_categorical(f"stage{i}.mlp_ratio", self.mlp_ratios)
+        options: dict[str, Any] = {}
+        if mixer == "sra":
+            sr = trial.suggest_categorical(f"stage{i}.sr_ratio", self.sr_ratios)
+            if grid >= 2:
+                options["sr_ratio"] = min(sr, grid)
+            else:
+                mixer = "mhsa"
+        elif mixer == "window":
+            w = largest_divisor_below(
+                grid, trial.suggest_categorical(f"stage{i}.window", self.windows)
+            )
+            if w >= 2:
+                options["window"] = w
+            else:
+                mixer = "mhsa"
+        elif mixer == "dwconv":
+            options["kernel_size"] = trial.suggest_categorical(
+                f"stage{i}.kernel_size", self.kernel_sizes
+            )
+        if ctx.is_last and mixer in GRID_FREE_MIXERS and ctx.pos_enc in INPUT_POS_ENCS:
+            reduction = trial.suggest_categorical(f"stage{i}.reduction", ("none", "tome", "evit"))
+            if reduction == "tome":
+                options["merge_r"] = trial.suggest_categorical(f"stage{i}.merge_r", self.merge_rs)
+            elif reduction == "evit":
+                options["keep_rate"] = trial.suggest_categorical(
+                    f"stage{i}.keep_rate", self.keep_rates
+                )
+        return StageConfig(
+            depth=depth,
+            dim=dim,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            mixer=mixer,
+            downsample=ctx.downsample,
+            **options,
+        )
+
+    def finish(
+        self,
+        trial: TrialLike,
+        g: dict[str, Any],
+        stages: tuple[StageConfig, ...],
+        num_classes: int,
+        in_chans: int,
+    ) -> ArchConfig:
+        pos_enc = g["pos_enc"]
+        if pos_enc in ATTENTION_POS_ENCS and not any(
+            s.mixer in POS_ATTENTION_MIXERS for s in stages
+        ):
+            pos_enc = "none"
+        depth = sum(s.depth for s in stages)
+        exits = set()
+        for e in range(1, trial.suggest_int("num_exits", 0, 2) + 1):
+            at = trial.suggest_categorical(f"exit{e}.at", self.exit_positions)
+            block = round(at * depth)
+            if 1 <= block < depth:
+                exits.add(block)
+        return ArchConfig(
+            stages=stages,
+            stem=g["stem"],
+            patch_size=g["patch_size"],
+            pos_enc=pos_enc,
+            img_size=g["img_size"],
+            in_chans=in_chans,
+            num_classes=num_classes,
+            exits=tuple(sorted(exits)),
+        )
