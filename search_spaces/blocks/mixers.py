@@ -41,6 +41,18 @@ def _to_tokens(feat: torch.Tensor) -> torch.Tensor:
     return feat.flatten(2).transpose(1, 2)
 
 
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, heads, N, C / heads)."""
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, hd) -> (B, N, heads * hd)."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
 class _Attention(nn.Module):
     """q, k, v projections, optional position encoding, SDPA, output projection."""
 
@@ -62,10 +74,6 @@ class _Attention(nn.Module):
             pos_layer(dim, grid, heads) if (pos_layer is not None and self.accepts_pos) else None
         )
 
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, N, hd)
-
     def attend(
         self,
         x: torch.Tensor,
@@ -75,7 +83,7 @@ class _Attention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Self-attention over x (B, N, C) whose tokens lie on grid `hw` (for the encoding)."""
         b, n, c = x.shape
-        q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+        q, k, v = (_split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         bias = None
         if self.pos is not None:
             q, k = self.pos.rotate(q, k, hw)
@@ -93,7 +101,7 @@ class _Attention(nn.Module):
         else:
             mask = bias.to(q.dtype).expand(b, self.heads, n, n) if bias is not None else None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = self.proj(out.transpose(1, 2).reshape(b, n, c))
+        out = self.proj(_merge_heads(out))
         return (out, importance) if need_importance else out
 
 
@@ -185,7 +193,7 @@ class SpatialReductionAttention(nn.Module):
         sr_ratio: int = 2,
     ) -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
+        self.heads = heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.reduce = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
@@ -198,15 +206,10 @@ class SpatialReductionAttention(nn.Module):
         hw: tuple[int, int],
         size: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, n, c = x.shape
-        q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+        q = _split_heads(self.q(x), self.heads)
         reduced = self.norm(_to_tokens(self.reduce(_to_grid(x, hw))))
-        k, v = (
-            t.reshape(b, -1, self.heads, self.head_dim).transpose(1, 2)
-            for t in self.kv(reduced).chunk(2, dim=-1)
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        k, v = (_split_heads(t, self.heads) for t in self.kv(reduced).chunk(2, dim=-1))
+        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 @register(MIXERS, "linear")
@@ -228,7 +231,7 @@ class LinearAttention(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.heads, self.head_dim, self.eps = heads, dim // heads, eps
+        self.heads, self.eps = heads, eps
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
@@ -239,18 +242,15 @@ class LinearAttention(nn.Module):
         size: torch.Tensor | None = None,
         need_importance: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        b, n, c = x.shape
-        q, k, v = (
-            t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-            for t in self.qkv(x).chunk(3, dim=-1)
-        )
+        n = x.shape[1]
+        q, k, v = (_split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         q, k = F.relu(q), F.relu(k)
         if size is not None:
             k = k * size[:, None]  # (B, 1, N, 1)
         kv = k.transpose(-2, -1) @ v  # (B, heads, hd, hd)
         numerator = q @ kv
         denominator = q @ k.sum(dim=2, keepdim=True).transpose(-2, -1) + self.eps  # (B, h, N, 1)
-        out = self.proj((numerator / denominator).transpose(1, 2).reshape(b, n, c))
+        out = self.proj(_merge_heads(numerator / denominator))
         if not need_importance:
             return out
         # attention token j receives, averaged over queries and heads, without the N x N map:

@@ -189,8 +189,7 @@ class RoPEAxial(RoPE):
     def __init__(
         self, dim: int, grid: tuple[int, int], heads: int = 1, theta: float = 100.0
     ) -> None:
-        quarter = _rope_head_dim(dim, heads) // 4
-        mags = theta ** (-torch.arange(quarter).float() / quarter)
+        quarter, mags = _rope_magnitudes(dim, heads, theta)
         freqs = torch.zeros(heads, 2 * quarter, 2)
         freqs[:, :quarter, 0] = mags  # rows
         freqs[:, quarter:, 1] = mags  # columns
@@ -208,8 +207,7 @@ class RoPEMixed(RoPE):
     def __init__(
         self, dim: int, grid: tuple[int, int], heads: int = 1, theta: float = 10.0
     ) -> None:
-        quarter = _rope_head_dim(dim, heads) // 4
-        mags = theta ** (-torch.arange(quarter).float() / quarter)
+        quarter, mags = _rope_magnitudes(dim, heads, theta)
         phase = torch.rand(heads, 1) * 2 * math.pi
         dirs = torch.cat([phase, phase + math.pi / 2], dim=1)  # two orthogonal directions
         angle = dirs.repeat_interleave(quarter, dim=1)  # (heads, head_dim / 2)
@@ -219,11 +217,13 @@ class RoPEMixed(RoPE):
         )
 
 
-def _rope_head_dim(dim: int, heads: int) -> int:
+def _rope_magnitudes(dim: int, heads: int, theta: float) -> tuple[int, torch.Tensor]:
+    """A quarter of the head width, and that many frequency magnitudes theta^(-i / quarter)."""
     head_dim = dim // heads
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs a head width divisible by 4, got {head_dim}")
-    return head_dim
+    quarter = head_dim // 4
+    return quarter, theta ** (-torch.arange(quarter).float() / quarter)
 
 
 @register(POS_ENCODINGS, "rel_bias")
