@@ -171,7 +171,7 @@ class _Objective:
         torch.manual_seed(seed)
         check_start = time.perf_counter()
         model = LightViT(arch)
-        input_size = (data.in_chans, data.img_size, data.img_size)
+        input_size = (arch.in_chans, arch.img_size, arch.img_size)
         lat = cfg.latency
         latency = cost.measure_latency(
             model,
@@ -192,15 +192,15 @@ class _Objective:
         trial.set_user_attr("costs", costs)
 
         reasons = []
-        for name, value, budget, unit in (
-            ("params", costs["params"], cfg.budget.max_params, ""),
-            ("latency_ms", latency.median_ms, cfg.budget.max_latency_ms, " ms"),
+        for name, value, budget, fmt in (
+            ("params", costs["params"], cfg.budget.max_params, "{:,}"),
+            ("latency_ms", latency.median_ms, cfg.budget.max_latency_ms, "{:.3g} ms"),
         ):
             if budget is None:
                 continue
             trial.set_constraint(name, float(value - budget))  # samplers read these
             if value > budget:
-                reasons.append(f"{name} {value:g}{unit} > {budget:g}{unit}")
+                reasons.append(f"{name.split('_')[0]} {fmt.format(value)} > {fmt.format(budget)}")
         trial.set_user_attr("budget_check_seconds", round(time.perf_counter() - check_start, 3))
         if reasons:
             trial.set_user_attr("status", "infeasible")
@@ -232,6 +232,7 @@ class _Objective:
                         "val_acc": acc,
                     },
                 ),
+                img_size=arch.img_size,
             )
         except TrainingDiverged as e:
             trial.set_user_attr("status", "failed")

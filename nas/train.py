@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch import nn
 
 from nas.config import TrainConfig
 from nas.data import Dataset, batches
 
-__all__ = ["TrainResult", "TrainingDiverged", "train_model", "evaluate"]
+__all__ = ["TrainResult", "TrainingDiverged", "train_model", "evaluate", "resize"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,14 +32,29 @@ class TrainResult:
     images_per_second: float = 0.0
 
 
+def resize(x: torch.Tensor, img_size: int | None) -> torch.Tensor:
+    """Images resized (bilinear, antialiased) to `img_size` x `img_size`; unchanged if equal."""
+    if img_size is None or x.shape[-1] == img_size and x.shape[-2] == img_size:
+        return x
+    return F.interpolate(
+        x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False
+    )
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy in eval mode."""
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 256,
+    img_size: int | None = None,
+) -> float:
+    """Top-1 accuracy in eval mode (inputs resized to `img_size` when given)."""
     was_training = model.training
     model.eval()
     correct = 0
     for xb, yb in batches(x, y, batch_size):
-        correct += (model(xb).argmax(dim=1) == yb).sum().item()
+        correct += (model(resize(xb, img_size)).argmax(dim=1) == yb).sum().item()
     model.train(was_training)
     return correct / len(y)
 
@@ -56,8 +72,12 @@ def train_model(
     cfg: TrainConfig,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    img_size: int | None = None,
 ) -> TrainResult:
     """Train `model` in place for `cfg.epochs` epochs; `on_epoch(epoch, val_acc)` after each.
+
+    `img_size` is the model's input resolution when it differs from the data's (the survey
+    space searches the resolution): images are resized to it, for training and validation.
 
     Raises `TrainingDiverged` on a non-finite loss. `on_epoch` may raise to stop early.
     """
@@ -88,7 +108,7 @@ def train_model(
                 augment_pad=data.augment_pad,
                 generator=generator,
             ):
-                loss = criterion(model(xb), yb)
+                loss = criterion(model(resize(xb, img_size)), yb)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
@@ -100,7 +120,7 @@ def train_model(
                 loss_sum += loss.item() * len(yb)
                 seen += len(yb)
             train_seconds = time.perf_counter() - epoch_start
-            result.val_acc = evaluate(model, data.val_x, data.val_y)
+            result.val_acc = evaluate(model, data.val_x, data.val_y, img_size=img_size)
             result.history.append(
                 {
                     "epoch": epoch,

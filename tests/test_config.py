@@ -77,3 +77,13 @@ def test_quickstart_config_is_valid() -> None:
     config = load_config(Path(__file__).resolve().parents[1] / "experiments/quickstart.yaml")
     assert config.data.name == "digits" and config.space == "tiny"
     assert config.budget.max_params and config.budget.max_latency_ms
+
+
+def test_every_shipped_experiment_config_is_valid() -> None:
+    from nas.config import load_config
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    configs = sorted(folder.glob("*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        load_config(path)

@@ -209,3 +209,27 @@ def test_pareto_plot_handles_a_study_with_only_rejections(tmp_path) -> None:
     run = run_search(config)
     assert run.trained == 0 and run.rejected == 2
     assert os.path.getsize(pareto_plot(run.study, str(tmp_path / "p.png"))) > 0
+
+
+def test_a_survey_search_trains_exports_and_reloads(tmp_path) -> None:
+    """The survey space end to end: searched resolutions, exits and token reduction included."""
+    budget = "budget: {max_params: 400000, max_latency_ms: 100.0}"
+    path = write_config(tmp_path, "survey", space="space: survey", budget=budget)
+    config = load_config(path).replace_study(n_trials=5)
+    run = run_search(config)
+    completed = run.study.get_trials(states=(TrialState.COMPLETE,))
+    assert completed
+    val = load_dataset(config.data)
+    for t in completed[:2]:
+        arch = ArchConfig.from_dict(t.user_attrs["arch"])
+        assert t.user_attrs["costs"]["latency"]["conditions"]["input_size"] == [
+            3,
+            arch.img_size,
+            arch.img_size,
+        ]
+        out = tmp_path / f"export-{t.number}"
+        export_trial(run.study, t.number, str(out))
+        model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+        assert model.pretrained_cfg["input_size"] == (3, arch.img_size, arch.img_size)
+        acc = evaluate(model, val.val_x, val.val_y, img_size=arch.img_size)
+        assert acc == pytest.approx(t.values[0], abs=1e-9)

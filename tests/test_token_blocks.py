@@ -136,3 +136,15 @@ def test_model_reparameterize_keeps_logits() -> None:
     assert sum(p.numel() for p in model.parameters()) < sum(
         p.numel() for p in LightViT(arch).parameters()
     )
+
+
+def test_every_token_reducer_and_exit_runs_forward_and_backward() -> None:
+    assert set(TOKEN_REDUCERS) == {"tome", "evit"} and set(EXITS) == {"linear"}
+    x = torch.randn(2, 16, 8, requires_grad=True)
+    size = torch.ones(2, 16, 1)
+    merged, merged_size = TOKEN_REDUCERS["tome"](3)(x, size)
+    pruned, pruned_size = TOKEN_REDUCERS["evit"](0.5)(x, torch.rand(2, 16), size)
+    logits = EXITS["linear"](8, 4)(merged, merged_size)
+    assert merged.shape == (2, 13, 8) and pruned.shape == (2, 9, 8) and logits.shape == (2, 4)
+    (merged.sum() + pruned.sum() + logits.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
