@@ -4,6 +4,7 @@
     lvit export --trial N --out DIR   write a trained trial as a timm model folder
     lvit report                   Pareto-front plot and table of a study
     lvit space show|sample NAME   a search space's choices and size, or sampled architectures
+    lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
 
 `--storage` (an Optuna storage URL) is shared by the commands that read a study.
 Errors in the input print one line, `lvit: error: ...`, and exit with code 2.
@@ -269,13 +270,209 @@ class Space(Command):
         return 0
 
 
+class Latency(Command):
+    name = "latency"
+    help = "measure latency, build a latency lookup table, or validate one"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from nas.cost import DEVICES, DTYPES
+
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        measure = actions.add_parser("measure", help="latency of one architecture or export")
+        measure.add_argument("target", help="an ArchConfig JSON file or an `lvit export` folder")
+        build = actions.add_parser("build-lut", help="measure every unit a space can produce")
+        build.add_argument(
+            "--space", required=True, help="space name: " + ", ".join(_space_names())
+        )
+        build.add_argument("--out", required=True, help="output JSON, e.g. luts/cpu-1t.json")
+        build.add_argument("--img-size", type=int, default=32, help="data resolution (32)")
+        build.add_argument("--num-classes", type=int, default=10, help="classes (10)")
+        build.add_argument(
+            "--calibration",
+            type=int,
+            default=100,
+            help="whole architectures measured to calibrate the sum (100)",
+        )
+        build.add_argument("--seed", type=int, default=0, help="seed of those architectures")
+        validate = actions.add_parser("validate", help="predicted against measured latency")
+        validate.add_argument("--lut", required=True, help="a table from build-lut")
+        validate.add_argument("--n", type=int, default=100, help="architectures (100)")
+        validate.add_argument("--seed", type=int, default=1, help="sampler seed (1)")
+        validate.add_argument(
+            "--plot", default=None, help="scatter PNG (default: next to the table)"
+        )
+        for sub_parser in (measure, build):
+            sub_parser.add_argument("--device", default="cpu", choices=DEVICES)
+            sub_parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1)")
+            sub_parser.add_argument("--batch", type=int, default=1, help="batch size (1)")
+        measure.add_argument("--dtype", default="float32", choices=list(DTYPES))
+        measure.add_argument("--runs", type=int, default=50, help="timed runs per round (50)")
+        measure.add_argument("--warmup", type=int, default=10, help="untimed runs (10)")
+        measure.add_argument(
+            "--max-seconds", type=float, default=5.0, help="time cap of the repetitions (5)"
+        )
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        for name in ("threads", "batch", "n", "calibration"):
+            if getattr(args, name, 1) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        return {"measure": self._measure, "build-lut": self._build, "validate": self._validate}[
+            args.action
+        ](args)
+
+    def _measure(self, args: argparse.Namespace) -> int:
+        from nas.cost import check_device, measure_latency
+
+        try:
+            check_device(args.device, args.dtype)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        model, arch = _load_target(args.target)
+        result = measure_latency(
+            model,
+            (arch.in_chans, arch.img_size, arch.img_size),
+            device=args.device,
+            threads=args.threads,
+            batch_size=args.batch,
+            dtype=args.dtype,
+            warmup=args.warmup,
+            runs=args.runs,
+            max_seconds=args.max_seconds,
+        )
+        print(f"{arch.describe()}")
+        print(
+            f"latency {result.median_ms:.4f} ms median (quartiles {result.p25_ms:.4f}-"
+            f"{result.p75_ms:.4f} ms, spread {100 * result.spread:.1f}%, {result.runs} runs)"
+        )
+        for key, value in result.conditions.items():
+            print(f"  {key}: {value}")
+        return 0
+
+    def _build(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.cost import check_device
+        from nas.lut import build_lut
+        from search_spaces.spaces import SPACES
+
+        if args.space not in SPACES:
+            raise ConfigError(f"unknown space '{args.space}'; use one of: {', '.join(SPACES)}")
+        try:
+            check_device(args.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        bars: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                for bar in bars.values():
+                    bar.close()
+                label = {"units": "units", "calibration": "whole models"}[phase]
+                bars[phase] = tqdm(total=total, desc=label, unit="", dynamic_ncols=True)
+            bars[phase].update(done - bars[phase].n)
+
+        print(
+            f"lvit latency build-lut: space '{args.space}' on {args.device}, {args.threads} "
+            f"thread(s), batch {args.batch}, {args.img_size}px data, {args.num_classes} "
+            "classes; enumerating units...",
+            file=sys.stderr,
+        )
+        try:
+            table = build_lut(
+                SPACES[args.space],
+                device=args.device,
+                threads=args.threads,
+                img_size=args.img_size,
+                num_classes=args.num_classes,
+                batch_size=args.batch,
+                calibration_archs=args.calibration,
+                seed=args.seed,
+                progress=progress,
+                measure_kwargs={"warmup": 3, "runs": 10, "max_seconds": 0.3, "target_spread": 0.1},
+            )
+        finally:
+            for bar in bars.values():
+                bar.close()
+        table.save(args.out)
+        cal = table.calibration
+        print(
+            f"Wrote {args.out}: {len(table.entries)} units measured on {table.meta['hardware']}"
+            f" in {_duration(table.meta['seconds'])}; calibration latency = {cal['a']:.3f} x "
+            f"sum + {cal['b']:.3f} ms (fitted on {cal['n']} whole models)"
+        )
+        print(f"Check it:  lvit latency validate --lut {args.out} --n 100")
+        return 0
+
+    def _validate(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.lut import LatencyTable, LutError, validate
+        from search_spaces.spaces import SPACES
+
+        try:
+            table = LatencyTable.load(args.lut)
+            space = SPACES[table.space]
+            table.check(
+                space=space.name,
+                space_version=space.version,
+                device=table.device,
+                threads=table.threads,
+                path=args.lut,
+            )
+        except LutError as e:
+            raise ConfigError(str(e)) from None
+        bar = tqdm(total=args.n, desc="architectures", dynamic_ncols=True)
+        try:
+            result = validate(
+                table,
+                space,
+                args.n,
+                seed=args.seed,
+                progress=lambda _, done, total: bar.update(done - bar.n),
+            )
+        finally:
+            bar.close()
+        plot = args.plot or os.path.splitext(args.lut)[0] + "-validation.png"
+        result.plot(
+            plot,
+            f"{table.space} on {table.meta.get('hardware', table.device)}, "
+            f"{table.threads} thread(s)",
+        )
+        print(result.summary())
+        print(f"Wrote {plot}")
+        return 0
+
+
+def _load_target(target: str) -> tuple[Any, Any]:
+    """A model and its ArchConfig from an ArchConfig JSON file or an exported folder."""
+    import timm
+
+    import search_spaces  # noqa: F401 - registers lightvit
+    from search_spaces.arch import ArchConfig, ArchConfigError
+    from search_spaces.model import LightViT
+
+    if os.path.isdir(target):
+        if not os.path.isfile(os.path.join(target, "config.json")):
+            raise ConfigError(f"{target} has no config.json; pass an `lvit export` folder")
+        model = timm.create_model(f"local-dir:{os.path.abspath(target)}", pretrained=True)
+        return model, model.arch
+    if not os.path.isfile(target):
+        raise ConfigError(f"{target} not found; pass an ArchConfig JSON file or an export folder")
+    try:
+        with open(target) as f:
+            arch = ArchConfig.from_json(f.read())
+    except (ValueError, ArchConfigError) as e:
+        raise ConfigError(f"{target}: {e}") from None
+    return LightViT(arch), arch
+
+
 def _space_names() -> list[str]:
     from search_spaces.spaces import SPACES
 
     return list(SPACES)
 
 
-COMMANDS: list[Command] = [Search(), Export(), Report(), Space()]
+COMMANDS: list[Command] = [Search(), Export(), Report(), Space(), Latency()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,9 @@ A config has five sections (all optional but `study.name`):
     data:    name, img_size, val_fraction, seed, (synthetic only) num_classes, num_samples
     train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad,
              threads
-    budget:  max_params, max_latency_ms
-    latency: device, threads, batch_size, warmup, runs, max_seconds
+    budget:  max_params, max_latency_ms, latency_source (measured | {lut: PATH})
+    latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
+             measure
 """
 
 from __future__ import annotations
@@ -144,39 +145,71 @@ class TrainConfig:
 @dataclass(frozen=True)
 class BudgetConfig:
     """Budgets checked before any training; a candidate over one is recorded, never trained.
-    Null means no budget."""
+    Null means no budget. `latency_source` says where the latency figure comes from:
+    `measured` (each candidate measured on this machine, as `latency` says) or `{lut: PATH}` (a
+    lookup table from `lvit latency build-lut`, built on the target device)."""
 
     max_params: int | None = None
     max_latency_ms: float | None = None
+    latency_source: str | dict[str, str] = "measured"
 
     def __post_init__(self) -> None:
         if self.max_params is not None:
             _positive("budget", max_params=self.max_params)
         if self.max_latency_ms is not None:
             _positive("budget", max_latency_ms=self.max_latency_ms)
+        source = self.latency_source
+        if isinstance(source, str) and source != "measured":
+            raise ValueError(
+                f"budget.latency_source must be measured or {{lut: PATH}}, got {source!r}"
+            )
+        if isinstance(source, dict) and (set(source) != {"lut"} or not source["lut"]):
+            raise ValueError(
+                "budget.latency_source takes one key, lut, naming a table file: "
+                "{lut: luts/cpu-1t.json}"
+            )
+
+    @property
+    def lut_path(self) -> str | None:
+        return self.latency_source["lut"] if isinstance(self.latency_source, dict) else None
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """How latency is measured: eval mode, no_grad, `warmup` untimed runs, then up to `runs`
-    timed runs (stopping early after `max_seconds`); the median is the figure."""
+    """How latency is measured: on `device` (cpu: torch eager; cuda; onnxruntime: ONNX Runtime
+    on the CPU) in eval mode under no_grad, `warmup` untimed runs, then rounds of `runs` timed
+    runs until the spread is at most `target_spread` or `max_seconds` pass; the median is the
+    figure. `measure: false` skips the measurement when a lookup table gives the latency. The
+    device and threads also say which lookup tables fit."""
 
     device: str = "cpu"
     threads: int = 1
     batch_size: int = 1
+    dtype: str = "float32"
     warmup: int = 10
     runs: int = 50
     max_seconds: float = 2.0
+    target_spread: float = 0.05
+    measure: bool = True
 
     def __post_init__(self) -> None:
-        if self.device != "cpu":
-            raise ValueError(f"latency.device '{self.device}' is not supported yet; use 'cpu'")
+        from nas.cost import DEVICES, DTYPES
+
+        if self.device not in DEVICES:
+            raise ValueError(
+                f"latency.device '{self.device}' is unknown; use one of: " + ", ".join(DEVICES)
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"latency.dtype '{self.dtype}' is unknown; use one of: " + ", ".join(DTYPES)
+            )
         _positive(
             "latency",
             threads=self.threads,
             batch_size=self.batch_size,
             runs=self.runs,
             max_seconds=self.max_seconds,
+            target_spread=self.target_spread,
         )
         if self.warmup < 0:
             raise ValueError(f"latency.warmup must be >= 0, got {self.warmup}")
@@ -194,6 +227,11 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}")
+        if self.budget.lut_path is None and not self.latency.measure:
+            raise ValueError(
+                "latency.measure is false but budget.latency_source is measured: "
+                "give a table with latency_source: {lut: PATH}, or measure"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -95,8 +95,6 @@ def load_trial_model(
 
 def _model_card(trial: optuna.trial.FrozenTrial, study_name: str, arch: ArchConfig) -> str:
     costs, data, train = (trial.user_attrs.get(k, {}) for k in ("costs", "data", "train"))
-    lat = costs.get("latency", {})
-    cond = lat.get("conditions", {})
     rows = "\n".join(
         f"| {i + 1} | {s.mixer} | {s.depth} | {s.dim} | "
         f"{s.heads if s.mixer in ATTENTION_MIXERS else '-'} | {s.mlp_ratio:g} | "
@@ -129,9 +127,7 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 ## Costs
 - parameters: {costs.get("params")}
 - FLOPs: {costs.get("flops")} ({costs.get("flops_counting", "")})
-- latency: {lat.get("median_ms")} ms median (quartiles {lat.get("p25_ms")}-{lat.get("p75_ms")} ms,
-  {lat.get("runs")} runs) on {cond.get("cpu")}, {cond.get("threads")} thread(s), batch
-  {cond.get("batch_size")}, {cond.get("dtype")}, {cond.get("mode")}, torch {cond.get("torch")}
+- latency: {_latency_line(costs)}
 
 ## Training
 - data: {data.get("name")} ({data.get("train_size")} train / {data.get("val_size")} val images,
@@ -141,6 +137,28 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
   {trial.user_attrs.get("seed")}
 - validation accuracy: {trial.values[0]:.4f}
 """
+
+
+def _latency_line(costs: dict) -> str:
+    lines = []
+    lat = costs.get("latency")
+    if lat:
+        cond = lat.get("conditions", {})
+        lines.append(
+            f"{lat.get('median_ms')} ms measured, median (quartiles {lat.get('p25_ms')}-"
+            f"{lat.get('p75_ms')} ms, {lat.get('runs')} runs) on {cond.get('device')} "
+            f"({cond.get('hardware', cond.get('cpu'))}), {cond.get('threads')} thread(s), "
+            f"batch {cond.get('batch_size')}, {cond.get('dtype')}, {cond.get('mode')}, "
+            f"torch {cond.get('torch')}"
+        )
+    if "latency_predicted_ms" in costs:
+        lut = costs.get("latency_lut", {})
+        lines.append(
+            f"{costs['latency_predicted_ms']} ms predicted by the lookup table "
+            f"{lut.get('path')} ({lut.get('device')}, {lut.get('hardware')}, "
+            f"{lut.get('threads')} thread(s))"
+        )
+    return "; ".join(lines) or "not recorded"
 
 
 def export_trial(

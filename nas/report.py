@@ -69,7 +69,7 @@ def front_table(study: optuna.Study) -> str:
     front = pareto_front(study)
     trained = sum(r.accuracy is not None for r in recs)
     lines = [
-        f"Pareto front of study '{study.study_name}' (accuracy up, CPU latency down): "
+        f"Pareto front of study '{study.study_name}' (accuracy up, latency down): "
         f"{len(front)} of {trained} trained trials; {len(recs) - trained} rejected by the budgets",
         f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  "
         "architecture",
@@ -82,6 +82,18 @@ def front_table(study: optuna.Study) -> str:
     if not front:
         lines.append("  (no trained trial yet: loosen the budgets or run more trials)")
     return "\n".join(lines)
+
+
+def latency_label(study: optuna.Study) -> str:
+    """What the latency axis shows: the device, threads and batch, measured or predicted."""
+    config = study.user_attrs.get("config", {})
+    lat, budget = config.get("latency", {}), config.get("budget", {})
+    source = budget.get("latency_source", "measured")
+    how = "predicted by a lookup table" if isinstance(source, dict) else "measured, median"
+    return (
+        f"latency on {lat.get('device', 'cpu')}, {lat.get('threads', 1)} thread(s), batch "
+        f"{lat.get('batch_size', 1)} (ms, {how})"
+    )
 
 
 def _budgets(study: optuna.Study) -> dict[str, Any]:
@@ -162,7 +174,7 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
                 label="latency budget" if axis is ax else None,
             )
     ax.set_ylabel("validation accuracy")
-    ax_rej.set_xlabel("CPU latency, batch 1 (ms, median)")
+    ax_rej.set_xlabel(latency_label(study))
     ax.set_title(f"{study.study_name}: {len(trained)} trained, {len(rejected)} rejected")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

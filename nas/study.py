@@ -1,12 +1,14 @@
 """The search: an Optuna study over a search space, under a parameter and a latency budget.
 
-Two objectives, validation accuracy (maximise) and measured CPU latency (minimise), searched by
+Two objectives, validation accuracy (maximise) and latency on the target device (minimise:
+measured, or predicted by a lookup table built there, as `budget.latency_source` says), searched by
 an Optuna sampler (TPE by default) that sees the budgets as Optuna constraints
 (`trial.set_constraint`, one per budget: feasible when <= 0), so it learns where they bind.
 
 Per trial:
   1. sample an `ArchConfig` from the space and store it (user attribute `arch`);
-  2. build the model and measure its cost: params, FLOPs, latency with its conditions (`costs`);
+  2. build the model and cost it: params, FLOPs, the predicted latency (with a table) and/or the
+     measured latency with its conditions (`costs`; `costs.latency_ms` is the one that counts);
   3. check every budget; a candidate over budget is recorded as PRUNED with `status: infeasible`
      and its constraint values, and is never trained (the sampler still learns from it);
   4. proxy-train, record the per-epoch curve (`train`), and keep the trained weights as a
@@ -155,6 +157,7 @@ class _Objective:
         self.space = get_space(config.space)
         self.artifact_store = artifact_store
         self.on_event = on_event
+        self.table = _load_table(config, data, self.space) if config.budget.lut_path else None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         cfg, data = self.config, self.data
@@ -172,29 +175,45 @@ class _Objective:
         check_start = time.perf_counter()
         model = LightViT(arch)
         input_size = (arch.in_chans, arch.img_size, arch.img_size)
-        lat = cfg.latency
-        latency = cost.measure_latency(
-            model,
-            input_size,
-            threads=lat.threads,
-            batch_size=lat.batch_size,
-            warmup=lat.warmup,
-            runs=lat.runs,
-            max_seconds=lat.max_seconds,
-        )
         costs = {
             "params": cost.count_params(model),
             "flops": cost.count_flops(model, input_size),
             "flops_counting": "2 x multiply-adds of matmuls, convs and attention (torch)",
-            "latency_ms": latency.median_ms,
-            "latency": latency.to_dict(),
         }
+        if self.table is not None:
+            costs["latency_predicted_ms"] = round(self.table.predict(arch), 4)
+            costs["latency_lut"] = {
+                "path": cfg.budget.lut_path,
+                "device": self.table.device,
+                "threads": self.table.threads,
+                "hardware": self.table.meta.get("hardware"),
+            }
+        if cfg.latency.measure:
+            lat = cfg.latency
+            measured = cost.measure_latency(
+                model,
+                input_size,
+                device=lat.device,
+                threads=lat.threads,
+                batch_size=lat.batch_size,
+                dtype=lat.dtype,
+                warmup=lat.warmup,
+                runs=lat.runs,
+                max_seconds=lat.max_seconds,
+                target_spread=lat.target_spread,
+            )
+            costs["latency_measured_ms"] = measured.median_ms
+            costs["latency"] = measured.to_dict()
+        source = "lut" if self.table is not None else "measured"
+        costs["latency_source"] = source
+        costs["latency_ms"] = costs[f"latency_{'predicted' if source == 'lut' else 'measured'}_ms"]
+        latency_ms = costs["latency_ms"]
         trial.set_user_attr("costs", costs)
 
         reasons = []
         for name, value, budget, fmt in (
             ("params", costs["params"], cfg.budget.max_params, "{:,}"),
-            ("latency_ms", latency.median_ms, cfg.budget.max_latency_ms, "{:.3g} ms"),
+            ("latency_ms", latency_ms, cfg.budget.max_latency_ms, "{:.3g} ms"),
         ):
             if budget is None:
                 continue
@@ -270,7 +289,29 @@ class _Objective:
                 "seconds": result.seconds,
             },
         )
-        return result.val_acc, latency.median_ms
+        return result.val_acc, latency_ms
+
+
+def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
+    """The search's latency table, refused (with the command that builds the right one) when it
+    was made for another space version, device, thread count, data size or class count."""
+    from nas.lut import LatencyTable, LutError
+
+    path = config.budget.lut_path
+    try:
+        table = LatencyTable.load(path)
+        table.check(
+            space=space.name,
+            space_version=space.version,
+            device=config.latency.device,
+            threads=config.latency.threads,
+            img_size=data.img_size,
+            num_classes=data.num_classes,
+            path=path,
+        )
+    except LutError as e:
+        raise ConfigError(str(e)) from None
+    return table
 
 
 def run_search(

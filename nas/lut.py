@@ -1,0 +1,759 @@
+"""Latency lookup tables: latency predicted from per-unit measurements taken on the target device.
+
+A LightViT's forward pass is a chain of units, each fully described by its configuration and
+input shape: the stem, an input position encoding, transitions between stages, blocks (mixer,
+width, heads, MLP ratio, mixer option, attention-site encoding, token count, token reduction),
+CPE layers, and the head. `units(arch)` lists them for an `ArchConfig` without building it.
+
+`build_lut` enumerates every unit a search space can produce (using the space's staged
+structure, so every stage sub-tree is walked once), measures each unit alone on the device, then
+measures whole architectures and fits `latency = sum over unit groups of scale_g * sum_g + b`, the
+calibration that absorbs what the plain sum misses (the model's own Python overhead, and units
+that run slower inside a model than alone because other units' weights evict theirs). The
+table records the device, hardware, threads, library versions and space version, and refuses to
+serve a different space version, device or thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from search_spaces.arch import (
+    ATTENTION_MIXERS,
+    ATTENTION_POS_ENCS,
+    INPUT_POS_ENCS,
+    POS_ATTENTION_MIXERS,
+    STAGE_POS_ENCS,
+    ArchConfig,
+    StageConfig,
+)
+
+__all__ = [
+    "LUT_FORMAT",
+    "LatencyTable",
+    "LutError",
+    "Validation",
+    "build_lut",
+    "measure_unit",
+    "space_units",
+    "unit_key",
+    "units",
+    "validate",
+]
+
+LUT_FORMAT = "lightweight-vit-latency-lut/1"
+
+Unit = tuple[str, dict[str, Any]]
+
+
+class LutError(ValueError):
+    """A table that cannot serve this request; the message says how to build the right one."""
+
+
+def unit_key(kind: str, config: dict[str, Any]) -> str:
+    return kind + json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def _stem_units(
+    arch_stem: str,
+    in_chans: int,
+    dim: int,
+    patch: int,
+    img: int,
+    pos_enc: str,
+) -> list[Unit]:
+    grid = img // patch
+    out: list[Unit] = [
+        ("stem", {"stem": arch_stem, "in_chans": in_chans, "dim": dim, "patch": patch, "img": img})
+    ]
+    if pos_enc in INPUT_POS_ENCS and pos_enc != "none":
+        out.append(("pos", {"pos_enc": pos_enc, "dim": dim, "grid": grid}))
+    return out
+
+
+def _stage_units(
+    stage: StageConfig,
+    grid: int,
+    pos_enc: str,
+    in_dim: int,
+) -> tuple[list[Unit], int, bool]:
+    """Units of one stage entered at `grid` (before its own downsampling) with width `in_dim`.
+    Returns the units, the token count leaving the stage, and whether tokens carry sizes."""
+    out: list[Unit] = []
+    if stage.downsample or in_dim != stage.dim:
+        out.append(
+            (
+                "transition",
+                {
+                    "in_dim": in_dim,
+                    "out_dim": stage.dim,
+                    "downsample": stage.downsample,
+                    "grid": grid,
+                },
+            )
+        )
+        if stage.downsample:
+            grid = (grid + 1) // 2
+    tokens, sized = grid * grid, False
+    options = {
+        "sra": {"sr_ratio": stage.sr_ratio},
+        "window": {"window": stage.window},
+        "dwconv": {"kernel_size": stage.kernel_size},
+    }.get(stage.mixer, {})
+    attn_pos = (
+        pos_enc
+        if stage.mixer in POS_ATTENTION_MIXERS and pos_enc in ATTENTION_POS_ENCS
+        else "none"
+    )
+    heads = stage.heads if stage.mixer in ATTENTION_MIXERS else 1
+    for b in range(stage.depth):
+        keep = stage.keep_rate if b == 0 else 1.0
+        out.append(
+            (
+                "block",
+                {
+                    "mixer": stage.mixer,
+                    "dim": stage.dim,
+                    "heads": heads,
+                    "mlp_ratio": stage.mlp_ratio,
+                    "grid": grid,
+                    "tokens": tokens,
+                    "sized": sized,
+                    "attn_pos": attn_pos,
+                    "merge_r": stage.merge_r,
+                    "keep_rate": keep,
+                    **options,
+                },
+            )
+        )
+        if keep < 1:
+            tokens, sized = math.ceil(keep * tokens) + 1, True
+        if stage.merge_r:
+            tokens, sized = tokens - min(stage.merge_r, tokens // 2), True
+        if b == 0 and pos_enc in STAGE_POS_ENCS:
+            out.append(("cpe", {"pos_enc": pos_enc, "dim": stage.dim, "grid": grid}))
+    return out, tokens, sized
+
+
+def units(arch: ArchConfig) -> list[Unit]:
+    """The units of `arch`'s forward pass, in order (exit heads are not on the forward path)."""
+    first = arch.stages[0]
+    out = _stem_units(
+        arch.stem, arch.in_chans, first.dim, arch.patch_size, arch.img_size, arch.pos_enc
+    )
+    grid, in_dim = arch.img_size // arch.patch_size, first.dim
+    tokens, sized = grid * grid, False
+    for stage in arch.stages:
+        stage_out, tokens, sized = _stage_units(stage, grid, arch.pos_enc, in_dim)
+        out += stage_out
+        if stage.downsample:
+            grid = (grid + 1) // 2
+        in_dim = stage.dim
+    out.append(
+        (
+            "head",
+            {"dim": in_dim, "tokens": tokens, "sized": sized, "num_classes": arch.num_classes},
+        )
+    )
+    return out
+
+
+def space_units(
+    space: Any,
+    img_size: int,
+    in_chans: int,
+    num_classes: int,
+) -> dict[str, Unit]:
+    """Every unit `space` can produce for data of `img_size` and `num_classes` (a superset:
+    combinations the space's fix-ups later rule out are included)."""
+    from search_spaces.spaces.base import enumerate_leaves
+
+    found: dict[str, Unit] = {}
+    seen: set[tuple] = set()  # cheap keys, so each unit is serialised once
+    stage_memo: dict[Any, list[StageConfig]] = {}
+    walked: set[Any] = set()  # (ctx, entry grid, previous widths) already turned into units
+
+    def add(items: Iterable[Unit]) -> None:
+        for kind, cfg in items:
+            cheap = (kind, *cfg.items())
+            if cheap not in seen:
+                seen.add(cheap)
+                found[unit_key(kind, cfg)] = (kind, cfg)
+
+    for _, g in enumerate_leaves(lambda t: space.sample_globals(t, img_size)):
+        prev_dims: frozenset[int] | None = None
+        entry_grid = g["img_size"] // g["patch_size"]
+        for ctx in space.contexts(g):
+            if ctx not in stage_memo:
+                leaves = enumerate_leaves(lambda t, c=ctx: space.sample_stage(t, c))
+                stage_memo[ctx] = sorted({s for _, s in leaves}, key=repr)
+            stages = stage_memo[ctx]
+            if prev_dims is None:
+                for dim in sorted({s.dim for s in stages}):
+                    add(
+                        _stem_units(
+                            g["stem"], in_chans, dim, g["patch_size"], g["img_size"], g["pos_enc"]
+                        )
+                    )
+            if (ctx, entry_grid, prev_dims) not in walked:
+                walked.add((ctx, entry_grid, prev_dims))
+                for stage in stages:
+                    for in_dim in sorted(prev_dims or {stage.dim}):
+                        stage_out, tokens, sized = _stage_units(
+                            stage, entry_grid, g["pos_enc"], in_dim
+                        )
+                        add(stage_out)
+                        if ctx.is_last:
+                            add(
+                                [
+                                    (
+                                        "head",
+                                        {
+                                            "dim": stage.dim,
+                                            "tokens": tokens,
+                                            "sized": sized,
+                                            "num_classes": num_classes,
+                                        },
+                                    )
+                                ]
+                            )
+            prev_dims, entry_grid = frozenset(s.dim for s in stages), ctx.grid
+    return found
+
+
+@dataclass
+class LatencyTable:
+    """A built table: unit latencies in ms plus the calibration and the conditions."""
+
+    space: str
+    space_version: int
+    device: str
+    threads: int
+    batch_size: int
+    img_size: int
+    num_classes: int
+    in_chans: int
+    entries: dict[str, float]
+    calibration: dict[str, Any] = field(default_factory=lambda: {"a": 1.0, "b": 0.0})
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, arch: ArchConfig) -> float:
+        """Predicted latency of `arch` in ms: the calibrated sum of its units."""
+        cal = self.calibration
+        scale = cal.get("scale", {})
+        return (
+            sum(scale.get(g, cal["a"]) * ms for g, ms in self.group_sums(arch).items()) + cal["b"]
+        )
+
+    def group_sums(self, arch: ArchConfig) -> dict[str, float]:
+        """Measured unit latencies of `arch` summed per group (`stem`, `block:mhsa`, ...)."""
+        sums: dict[str, float] = {}
+        for kind, cfg in units(arch):
+            key = unit_key(kind, cfg)
+            try:
+                ms = self.entries[key]
+            except KeyError:
+                raise LutError(
+                    f"the table has no entry for {kind} {cfg}; it was built for space "
+                    f"'{self.space}' with {self.img_size}px data and {self.num_classes} classes: "
+                    + self.rebuild_hint(img_size=arch.img_size, num_classes=arch.num_classes)
+                ) from None
+            group = f"block:{cfg['mixer']}" if kind == "block" else kind
+            sums[group] = sums.get(group, 0.0) + ms
+        return sums
+
+    def rebuild_hint(self, **wanted: Any) -> str:
+        """The command that builds a table for `wanted` (space, device, threads, img_size,
+        num_classes), defaulting to this table's own settings."""
+        w = {
+            "space": self.space,
+            "device": self.device,
+            "threads": self.threads,
+            "img_size": self.img_size,
+            "num_classes": self.num_classes,
+            **{k: v for k, v in wanted.items() if v is not None},
+        }
+        return (
+            f"build one with `lvit latency build-lut --space {w['space']} --device "
+            f"{w['device']} --threads {w['threads']} --img-size {w['img_size']} "
+            f"--num-classes {w['num_classes']} --out luts/NAME.json`"
+        )
+
+    def check(
+        self,
+        *,
+        space: str,
+        space_version: int,
+        device: str,
+        threads: int,
+        img_size: int | None = None,
+        num_classes: int | None = None,
+        path: str = "",
+    ) -> None:
+        """Refuse a request this table was not built for, naming the difference and the fix."""
+        wanted = {
+            "space": space,
+            "space version": space_version,
+            "device": device,
+            "threads": threads,
+        }
+        have = {
+            "space": self.space,
+            "space version": self.space_version,
+            "device": self.device,
+            "threads": self.threads,
+        }
+        if img_size is not None:
+            wanted["data size"], have["data size"] = img_size, self.img_size
+        if num_classes is not None:
+            wanted["classes"], have["classes"] = num_classes, self.num_classes
+        diffs = [f"{k} {have[k]} (needed {wanted[k]})" for k in wanted if wanted[k] != have[k]]
+        if diffs:
+            raise LutError(
+                f"latency table {path} was built for {'; '.join(diffs)}; "
+                + self.rebuild_hint(
+                    space=space,
+                    device=device,
+                    threads=threads,
+                    img_size=img_size,
+                    num_classes=num_classes,
+                )
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": LUT_FORMAT,
+            "space": self.space,
+            "space_version": self.space_version,
+            "device": self.device,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "img_size": self.img_size,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "calibration": self.calibration,
+            "meta": self.meta,
+            "entries": self.entries,
+        }
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.part"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=1, sort_keys=True)
+        os.replace(tmp, path)  # never a half-written table
+
+    @classmethod
+    def load(cls, path: str) -> LatencyTable:
+        if not os.path.isfile(path):
+            raise LutError(
+                f"latency table not found: {path} (build one with `lvit latency build-lut`)"
+            )
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise LutError(f"{path} is not a latency table: {e}") from None
+        if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
+            raise LutError(f"{path} is not a latency table of format {LUT_FORMAT}")
+        fields = (
+            "space",
+            "space_version",
+            "device",
+            "threads",
+            "batch_size",
+            "img_size",
+            "num_classes",
+            "in_chans",
+            "entries",
+            "calibration",
+            "meta",
+        )
+        return cls(**{k: data[k] for k in fields})
+
+
+CHUNK = 2000  # units per worker process
+
+
+def build_lut(
+    space: Any,
+    *,
+    device: str,
+    threads: int,
+    img_size: int,
+    num_classes: int,
+    in_chans: int = 3,
+    batch_size: int = 1,
+    calibration_archs: int = 100,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+    measure_kwargs: dict[str, Any] | None = None,
+) -> LatencyTable:
+    """Measure every unit of `space` on `device`, then calibrate on whole architectures.
+
+    The whole architectures are measured first, in this process while it is fresh; the units
+    then run in fresh worker processes, a chunk each: a process that has built and freed
+    thousands of modules runs whole models measurably slower (17% here), which would bias the
+    calibration.
+    `progress(phase, done, total)` is called as measurements finish.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import optuna
+    import timm
+    import torch
+
+    from nas import cost
+    from search_spaces.model import LightViT
+
+    cost.check_device(device)
+    found = space_units(space, img_size, in_chans, num_classes)
+    kwargs = {
+        "warmup": 5,
+        "runs": 20,
+        "max_seconds": 0.5,
+        "target_spread": 0.05,
+        **(measure_kwargs or {}),
+    }
+    items = sorted(found.items())
+
+    # whole architectures first, in this process while it is fresh, as the search measures them
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    archs, measured = [], []
+    for i in range(calibration_archs):
+        trial = study.ask()
+        arch = space.sample(trial, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+        study.tell(trial, 0.0)
+        result = cost.measure_latency(
+            LightViT(arch),
+            (in_chans, arch.img_size, arch.img_size),
+            device=device,
+            threads=threads,
+            batch_size=batch_size,
+        )
+        archs.append(arch)
+        measured.append(result.median_ms)
+        if progress is not None:
+            progress("calibration", i + 1, calibration_archs)
+
+    # then every unit, in fresh worker processes
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    entries: dict[str, float] = {}
+    start = time.perf_counter()
+    if progress is not None:
+        progress("units", 0, len(items))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+        for chunk in chunks:
+            entries.update(
+                pool.submit(_measure_units, chunk, device, threads, batch_size, kwargs).result()
+            )
+            if progress is not None:
+                progress("units", len(entries), len(items))
+    unit_seconds = time.perf_counter() - start
+    table = LatencyTable(
+        space.name,
+        space.version,
+        device,
+        threads,
+        batch_size,
+        img_size,
+        num_classes,
+        in_chans,
+        entries,
+    )
+    table.calibration = fit_calibration([table.group_sums(a) for a in archs], measured)
+    table.meta = {
+        "hardware": cost.device_name(device),
+        "cpu": cost.cpu_name(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "optuna": optuna.__version__,
+        "units": len(entries),
+        "unit_measurement": kwargs,
+        "calibration_archs": calibration_archs,
+        "seconds": round(time.perf_counter() - start, 1),
+        "unit_seconds": round(unit_seconds, 1),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return table
+
+
+def fit_calibration(
+    group_sums: list[dict[str, float]], measured: list[float], ridge: float = 1.0
+) -> dict[str, Any]:
+    """Fit `latency = sum_g scale_g * sum_g + b` in relative error.
+
+    A unit measured alone runs faster than inside the model (its weights stay in cache), and by
+    how much depends on its kind: a head or a transition loses more than a large block. So each
+    group (stem, pos, transition, cpe, head, block:<mixer>) gets its own scale, pulled towards
+    the single global scale `a` by a ridge penalty so that rare groups stay sensible.
+    """
+    import numpy as np
+
+    m = np.asarray(measured)
+    groups = sorted({g for sums in group_sums for g in sums})
+    totals = np.asarray([sum(s.values()) for s in group_sums])
+    (a, b), *_ = np.linalg.lstsq(
+        np.stack([totals / m, 1.0 / m], axis=1), np.ones_like(m), rcond=None
+    )
+    x = np.asarray([[s.get(g, 0.0) for g in groups] for s in group_sums])
+    design = np.concatenate([x / m[:, None], (1.0 / m)[:, None]], axis=1)
+    target = np.ones_like(m)
+    penalty = np.sqrt(ridge) * np.eye(len(groups), len(groups) + 1)
+    design = np.concatenate([design, penalty])
+    target = np.concatenate([target, np.sqrt(ridge) * np.full(len(groups), a)])
+    weights, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return {
+        "a": round(float(a), 6),
+        "b": round(float(weights[-1]), 6),
+        "scale": {g: round(float(w), 6) for g, w in zip(groups, weights[:-1], strict=True)},
+        "n": len(measured),
+        "ridge": ridge,
+        "global_b": round(float(b), 6),
+    }
+
+
+class _HeadUnit:
+    """LightViT's final norm, size-weighted pooling and classifier, as one timed unit."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        import torch
+
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, num_classes) if num_classes else torch.nn.Identity()
+
+    def __call__(self, x: Any, size: Any) -> Any:
+        from search_spaces.blocks.exits import pool_tokens
+
+        return self.head(pool_tokens(self.norm(x), size))
+
+
+def _unit_call(
+    kind: str,
+    cfg: dict[str, Any],
+    batch_size: int,
+    device: Any,
+) -> Callable[[], Any]:
+    """Build one unit with random weights and inputs of its recorded shape."""
+    import torch
+
+    from search_spaces.blocks import POS_ENCODINGS, STEMS
+    from search_spaces.model import Block, Transition
+
+    def tokens(n: int, dim: int) -> torch.Tensor:
+        return torch.randn(batch_size, n, dim, device=device)
+
+    if kind == "stem":
+        module = STEMS[cfg["stem"]](cfg["in_chans"], cfg["dim"], cfg["patch"], cfg["img"])
+        x = torch.randn(batch_size, cfg["in_chans"], cfg["img"], cfg["img"], device=device)
+        args: tuple = (x,)
+    elif kind in ("pos", "cpe"):
+        grid = cfg["grid"]
+        module = POS_ENCODINGS[cfg["pos_enc"]](cfg["dim"], (grid, grid))
+        args = (tokens(grid * grid, cfg["dim"]), (grid, grid))
+    elif kind == "transition":
+        grid = cfg["grid"]
+        module = Transition(cfg["in_dim"], cfg["out_dim"], cfg["downsample"])
+        args = (tokens(grid * grid, cfg["in_dim"]), (grid, grid))
+    elif kind == "block":
+        grid, n = cfg["grid"], cfg["tokens"]
+        options = {k: cfg[k] for k in ("sr_ratio", "window", "kernel_size") if k in cfg}
+        stage = StageConfig(
+            depth=1,
+            dim=cfg["dim"],
+            heads=cfg["heads"],
+            mlp_ratio=cfg["mlp_ratio"],
+            mixer=cfg["mixer"],
+            merge_r=cfg["merge_r"],
+            keep_rate=cfg["keep_rate"],
+            **options,
+        )
+        pos = POS_ENCODINGS[cfg["attn_pos"]] if cfg["attn_pos"] != "none" else None
+        module = Block(stage, (grid, grid), pos, prune=cfg["keep_rate"] < 1)
+        size = torch.ones(batch_size, n, 1, device=device) if cfg["sized"] else None
+        args = (tokens(n, cfg["dim"]), (grid, grid), size)
+    elif kind == "head":
+        module = _HeadUnit(cfg["dim"], cfg["num_classes"])
+        n = cfg["tokens"]
+        size = torch.ones(batch_size, n, 1, device=device) if cfg["sized"] else None
+        args = (tokens(n, cfg["dim"]), size)
+    else:
+        raise ValueError(f"unknown unit kind {kind!r}")
+    if isinstance(module, torch.nn.Module):
+        module = module.to(device).eval()
+    else:
+        module.norm, module.head = module.norm.to(device), module.head.to(device)
+    return lambda: module(*args)
+
+
+def measure_unit(
+    kind: str, cfg: dict[str, Any], *, device: str, threads: int, batch_size: int, **kwargs: Any
+) -> float:
+    """Median latency in ms of one unit alone on `device` (eval mode, no_grad)."""
+    import torch
+
+    from nas import cost
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            fn = _unit_call(
+                kind, cfg, batch_size, torch.device("cuda" if device == "cuda" else "cpu")
+            )
+            timer = cost._cuda_events if device == "cuda" else None
+            times = cost.time_calls(fn, timer=timer, **kwargs)
+    finally:
+        torch.set_num_threads(previous)
+    return round(cost._quartiles(times)[1], 5)
+
+
+@dataclass
+class Validation:
+    """Predicted against measured latency over sampled architectures."""
+
+    predicted: list[float]
+    measured: list[float]
+    archs: list[str]
+    predict_ms: float  # median time to predict one architecture (units + lookups)
+    measure_s: float  # median time to build and measure one architecture
+
+    @property
+    def kendall_tau(self) -> float:
+        from scipy.stats import kendalltau
+
+        return float(kendalltau(self.predicted, self.measured).statistic)
+
+    @property
+    def errors(self) -> list[float]:
+        return [(p - m) / m for p, m in zip(self.predicted, self.measured, strict=True)]
+
+    @property
+    def mape(self) -> float:
+        return sum(abs(e) for e in self.errors) / len(self.errors)
+
+    @property
+    def within_10(self) -> float:
+        return sum(abs(e) <= 0.10 for e in self.errors) / len(self.errors)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.measured)} architectures: Kendall's tau {self.kendall_tau:.3f}, "
+            f"MAPE {100 * self.mape:.1f}%, within +-10%: {100 * self.within_10:.1f}%; "
+            f"LUT check {self.predict_ms:.2f} ms, measured check {self.measure_s:.2f} s "
+            "(medians per architecture)"
+        )
+
+    def plot(self, path: str, title: str) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 6))
+        ax.scatter(self.measured, self.predicted, s=14, alpha=0.7)
+        low = min(self.measured + self.predicted) * 0.9
+        high = max(self.measured + self.predicted) * 1.1
+        ax.plot([low, high], [low, high], color="black", lw=1, label="predicted = measured")
+        ax.fill_between(
+            [low, high],
+            [low * 0.9, high * 0.9],
+            [low * 1.1, high * 1.1],
+            color="tab:green",
+            alpha=0.15,
+            label="within +-10%",
+        )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured latency (ms, median)")
+        ax.set_ylabel("LUT-predicted latency (ms)")
+        ax.set_title(
+            f"{title}\ntau {self.kendall_tau:.3f}, MAPE {100 * self.mape:.1f}%, "
+            f"{100 * self.within_10:.0f}% within +-10%",
+            fontsize=10,
+        )
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def validate(
+    table: LatencyTable,
+    space: Any,
+    n: int,
+    *,
+    seed: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
+    measure_kwargs: dict[str, Any] | None = None,
+) -> Validation:
+    """Sample `n` architectures (seeded), predict each with the table and measure it."""
+    import statistics
+
+    import optuna
+
+    from nas import cost
+    from search_spaces.model import LightViT
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    predicted, measured, archs, predict_times, measure_times = [], [], [], [], []
+    for i in range(n):
+        trial = study.ask()
+        arch = space.sample(
+            trial, num_classes=table.num_classes, in_chans=table.in_chans, img_size=table.img_size
+        )
+        study.tell(trial, 0.0)
+        start = time.perf_counter()
+        predicted.append(table.predict(arch))
+        predict_times.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        model = LightViT(arch)
+        result = cost.measure_latency(
+            model,
+            (arch.in_chans, arch.img_size, arch.img_size),
+            device=table.device,
+            threads=table.threads,
+            batch_size=table.batch_size,
+            **(measure_kwargs or {}),
+        )
+        measure_times.append(time.perf_counter() - start)
+        measured.append(result.median_ms)
+        archs.append(arch.describe())
+        if progress is not None:
+            progress("validate", i + 1, n)
+    return Validation(
+        predicted,
+        measured,
+        archs,
+        statistics.median(predict_times),
+        statistics.median(measure_times),
+    )
+
+
+def _measure_units(
+    items: list[tuple[str, Unit]],
+    device: str,
+    threads: int,
+    batch_size: int,
+    kwargs: dict[str, Any],
+) -> dict[str, float]:
+    """Worker: measure a chunk of units."""
+    return {
+        key: measure_unit(
+            kind, cfg, device=device, threads=threads, batch_size=batch_size, **kwargs
+        )
+        for key, (kind, cfg) in items
+    }

@@ -1,0 +1,244 @@
+"""Latency: one measuring function, lookup tables that match the model, refuse the wrong
+conditions, and feed the search; the `lvit latency` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from nas.cli import main
+from nas.config import load_config
+from nas.cost import time_calls
+from nas.lut import LatencyTable, LutError, space_units, unit_key, units
+from nas.study import run_search
+from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.model import Block, LightViT, Stage, Transition
+from search_spaces.spaces import get_space
+from tests.conftest import write_config
+
+
+def _sampled(space: str, n: int, img_size: int, seed: int = 0) -> list[ArchConfig]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(get_space(space).sample(trial, num_classes=4, img_size=img_size))
+        study.tell(trial, 0.0)
+    return out
+
+
+def _traced_units(arch: ArchConfig) -> list[tuple[str, int, bool]]:
+    """(kind, tokens in, sized) of every block and transition the model really runs."""
+    model = LightViT(arch).eval()
+    seen: list[tuple[str, int, bool]] = []
+
+    def hook(module, args):
+        kind = "block" if isinstance(module, Block) else "transition"
+        size = args[2] if len(args) > 2 else None
+        seen.append((kind, args[0].shape[1], size is not None))
+
+    for m in model.modules():
+        if isinstance(m, (Block, Transition)):
+            m.register_forward_pre_hook(hook)
+    with torch.no_grad():
+        model(torch.randn(1, 3, arch.img_size, arch.img_size))
+    assert sum(isinstance(m, Stage) for m in model.modules()) == len(arch.stages)
+    return seen
+
+
+def test_units_follow_the_model_forward() -> None:
+    for arch in _sampled("survey", 40, 32):
+        listed = [
+            (kind, cfg.get("tokens", cfg.get("grid", 0) ** 2), cfg.get("sized", False))
+            for kind, cfg in units(arch)
+            if kind in ("block", "transition")
+        ]
+        assert listed == _traced_units(arch), arch.describe()
+        kinds = [kind for kind, _ in units(arch)]
+        assert kinds[0] == "stem" and kinds[-1] == "head"
+        assert kinds.count("cpe") == (len(arch.stages) if arch.pos_enc == "cpe" else 0)
+
+
+def test_the_space_enumeration_covers_every_sampled_architecture() -> None:
+    found = space_units(get_space("survey"), 16, 3, 4)
+    for arch in _sampled("survey", 300, 16, seed=5):
+        for kind, cfg in units(arch):
+            assert unit_key(kind, cfg) in found, (kind, cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatencyTable, Path]:
+    """A real table for the tiny space at 16px, built by the command users run."""
+    path = tmp_path_factory.mktemp("lut") / "tiny.json"
+    assert (
+        main(
+            [
+                "latency",
+                "build-lut",
+                "--space",
+                "tiny",
+                "--img-size",
+                "16",
+                "--num-classes",
+                "4",
+                "--calibration",
+                "3",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    return LatencyTable.load(str(path)), path
+
+
+def test_a_built_table_predicts_every_architecture_of_its_space(tiny_table) -> None:
+    table, path = tiny_table
+    assert len(table.entries) == len(space_units(get_space("tiny"), 16, 3, 4))
+    loaded = LatencyTable.load(str(path))
+    assert loaded.entries == table.entries and loaded.calibration == table.calibration
+    assert loaded.meta["hardware"] and loaded.meta["torch"] == torch.__version__
+    for arch in _sampled("tiny", 50, 16):
+        assert loaded.predict(arch) > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"space_version": 99}, "space version 1 (needed 99)"),
+        ({"device": "cuda"}, "device cpu (needed cuda)"),
+        ({"threads": 2}, "threads 1 (needed 2)"),
+        ({"img_size": 32}, "data size 16 (needed 32)"),
+    ],
+)
+def test_a_table_refuses_other_conditions_and_says_how_to_build_one(
+    tiny_table, change, message
+) -> None:
+    table, _ = tiny_table
+    wanted = {
+        "space": "tiny",
+        "space_version": 1,
+        "device": "cpu",
+        "threads": 1,
+        "img_size": 16,
+        "num_classes": 4,
+        **change,
+    }
+    with pytest.raises(LutError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        table.check(**wanted, path="t.json")
+    assert "lvit latency build-lut --space tiny" in str(err.value)
+
+
+def test_a_search_with_a_lookup_table_records_predicted_and_measured(tiny_table, tmp_path):
+    _, path = tiny_table
+    budget = (
+        f"budget: {{max_params: 60000, max_latency_ms: 50.0, latency_source: {{lut: {path}}}}}"
+    )
+    config = load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=3)
+    run = run_search(config)
+    for t in run.study.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ):
+        costs = t.user_attrs["costs"]
+        assert costs["latency_source"] == "lut"
+        assert costs["latency_ms"] == costs["latency_predicted_ms"] > 0
+        assert costs["latency_measured_ms"] > 0 and costs["latency_lut"]["path"] == str(path)
+
+    (tmp_path / "q").mkdir()
+    quiet = write_config(
+        tmp_path / "q", budget=budget, latency="latency: {threads: 1, measure: false}"
+    )
+    run = run_search(load_config(quiet).replace_study(n_trials=2, name="q"))
+    for t in run.study.trials:
+        assert "latency_measured_ms" not in t.user_attrs["costs"]
+
+
+def test_a_search_refuses_a_table_for_other_threads(tiny_table, tmp_path, capsys) -> None:
+    _, path = tiny_table
+    budget = f"budget: {{max_latency_ms: 5.0, latency_source: {{lut: {path}}}}}"
+    config = write_config(tmp_path, budget=budget, latency="latency: {threads: 2}")
+    assert main(["search", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "threads 1 (needed 2)" in err and "--threads 2" in err
+
+
+def test_time_calls_repeats_until_the_spread_is_small_or_time_runs_out() -> None:
+    steady = time_calls(
+        lambda: None, warmup=0, runs=10, max_seconds=5.0, target_spread=0.05, timer=lambda fn: 1.0
+    )
+    assert len(steady) == 10  # one round: spread 0
+    noisy_values = iter([1.0, 3.0] * 10_000)
+    noisy = time_calls(
+        lambda: None,
+        warmup=0,
+        runs=10,
+        max_seconds=0.05,
+        target_spread=0.05,
+        timer=lambda fn: next(noisy_values),
+    )
+    assert len(noisy) > 10  # kept going until the time cap
+
+
+def test_latency_measure_command_on_json_and_export(tmp_path, capsys) -> None:
+    arch = ArchConfig(stages=(StageConfig(1, 16, 2, 2.0),), img_size=16, patch_size=4)
+    path = tmp_path / "arch.json"
+    path.write_text(arch.to_json())
+    assert main(["latency", "measure", str(path), "--runs", "5", "--max-seconds", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "ms median (quartiles" in out and "spread" in out
+    assert "threads: 1" in out and "batch_size: 1" in out and "device: cpu" in out
+    assert (
+        main(
+            [
+                "latency",
+                "measure",
+                str(path),
+                "--device",
+                "onnxruntime",
+                "--runs",
+                "5",
+                "--max-seconds",
+                "0.2",
+            ]
+        )
+        == 0
+    )
+    assert "onnxruntime: " in capsys.readouterr().out
+    assert main(["latency", "measure", str(tmp_path / "none.json")]) == 2
+    assert "not found" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["latency", "measure", str(path), "--device", "cuda"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_latency_measure_on_an_export_folder(finished_study, tmp_path, capsys) -> None:
+    from nas.export import export_trial
+
+    _, study = finished_study
+    trained = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    export_trial(study, trained.number, str(tmp_path / "e"))
+    assert (
+        main(["latency", "measure", str(tmp_path / "e"), "--runs", "5", "--max-seconds", "0.2"])
+        == 0
+    )
+    assert trained.user_attrs["arch_line"] in capsys.readouterr().out
+
+
+def test_build_and_validate_commands(tiny_table, tmp_path, capsys) -> None:
+    _, out = tiny_table
+    table = json.loads(out.read_text())
+    assert table["device"] == "cpu" and table["threads"] == 1 and table["space"] == "tiny"
+    assert table["calibration"]["n"] == 3 and table["meta"]["units"] == len(table["entries"])
+    plot = tmp_path / "v.png"
+    assert main(["latency", "validate", "--lut", str(out), "--n", "6", "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "6 architectures: Kendall's tau" in text and "within +-10%" in text
+    png = plot
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["latency", "validate", "--lut", str(tmp_path / "bad.json")]) == 2
+    assert "is not a latency table" in capsys.readouterr().err
