@@ -395,10 +395,12 @@ class Latency(Command):
                 bar.close()
         table.save(args.out)
         cal = table.calibration
+        scales = ", ".join(f"{g} {w:.2f}" for g, w in cal["scale"].items())
         print(
             f"Wrote {args.out}: {len(table.entries)} units measured on {table.meta['hardware']}"
-            f" in {_duration(table.meta['seconds'])}; calibration latency = {cal['a']:.3f} x "
-            f"sum + {cal['b']:.3f} ms (fitted on {cal['n']} whole models)"
+            f" in {_duration(table.meta['seconds'])}; calibrated on {cal['n']} whole models: "
+            f"latency = sum of units x their group's scale + {cal['b']:.3f} ms; scales: "
+            f"{scales}"
         )
         print(f"Check it:  lvit latency validate --lut {args.out} --n 100")
         return 0
