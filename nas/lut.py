@@ -6,12 +6,12 @@ width, heads, MLP ratio, mixer option, attention-site encoding, token count, tok
 CPE layers, and the head. `units(arch)` lists them for an `ArchConfig` without building it.
 
 `build_lut` enumerates every unit a search space can produce (using the space's staged
-structure, so every stage sub-tree is walked once), measures each unit alone on the device, then
-measures whole architectures and fits `latency = sum over unit groups of scale_g * sum_g + b`, the
-calibration that absorbs what the plain sum misses (the model's own Python overhead, and units
-that run slower inside a model than alone because other units' weights evict theirs). The
+structure, so every stage sub-tree is walked once), measures whole sampled architectures, then
+each unit alone on the device, and fits `latency = sum over unit groups of scale_g * sum_g + b`,
+the calibration that absorbs what the plain sum misses (the model's own Python overhead, and
+units that run slower inside a model than alone because other units' weights evict theirs). The
 table records the device, hardware, threads, library versions and space version, and refuses to
-serve a different space version, device or thread count.
+serve a different space version, device, thread count, data size or class count.
 """
 
 from __future__ import annotations
