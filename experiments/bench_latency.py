@@ -42,53 +42,83 @@ def main() -> int:
     lut_path = args.lut or f"luts/cpu-{args.threads}t-{args.space}-{args.img_size}px.json"
     if os.path.isfile(lut_path):
         table = LatencyTable.load(lut_path)
-        table.check(space=space.name, space_version=space.version, device="cpu",
-                    threads=args.threads, img_size=args.img_size, num_classes=args.num_classes,
-                    path=lut_path)
+        table.check(
+            space=space.name,
+            space_version=space.version,
+            device="cpu",
+            threads=args.threads,
+            img_size=args.img_size,
+            num_classes=args.num_classes,
+            path=lut_path,
+        )
     else:
         bar = tqdm(desc="building the table", unit="")
-        table = build_lut(space, device="cpu", threads=args.threads, img_size=args.img_size,
-                          num_classes=args.num_classes,
-                          progress=lambda _, done, total: (setattr(bar, "total", total),
-                                                           bar.update(done - bar.n)),
-                          measure_kwargs={"warmup": 3, "runs": 10, "max_seconds": 0.3,
-                                          "target_spread": 0.1})
+        table = build_lut(
+            space,
+            device="cpu",
+            threads=args.threads,
+            img_size=args.img_size,
+            num_classes=args.num_classes,
+            progress=lambda _, done, total: (
+                setattr(bar, "total", total),
+                bar.update(done - bar.n),
+            ),
+            measure_kwargs={"warmup": 3, "runs": 10, "max_seconds": 0.3, "target_spread": 0.1},
+        )
         bar.close()
         table.save(lut_path)
 
     bar = tqdm(total=args.n, desc="predict + measure", unit="arch")
     start = time.perf_counter()
-    result = validate(table, space, args.n, seed=args.seed,
-                      progress=lambda _, done, total: bar.update(done - bar.n))
+    result = validate(
+        table,
+        space,
+        args.n,
+        seed=args.seed,
+        progress=lambda _, done, total: bar.update(done - bar.n),
+    )
     bar.close()
     check_ms = _full_check_ms(space, table, args)
     os.makedirs(args.out, exist_ok=True)
     stem = f"{args.space}-cpu-{args.threads}t"
-    plot = result.plot(os.path.join(args.out, f"{stem}.png"),
-                       f"{args.space}: LUT vs measured, {cpu_name()}, {args.threads} thread(s)")
+    plot = result.plot(
+        os.path.join(args.out, f"{stem}.png"),
+        f"{args.space}: LUT vs measured, {cpu_name()}, {args.threads} thread(s)",
+    )
     with open(os.path.join(args.out, f"{stem}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["architecture", "predicted_ms", "measured_ms", "error"])
-        for row in zip(result.archs, result.predicted, result.measured, result.errors,
-                       strict=True):
+        for row in zip(
+            result.archs, result.predicted, result.measured, result.errors, strict=True
+        ):
             writer.writerow([row[0], f"{row[1]:.4f}", f"{row[2]:.4f}", f"{row[3]:.4f}"])
     summary = {
-        "space": args.space, "threads": args.threads, "n": args.n, "seed": args.seed,
-        "kendall_tau": round(result.kendall_tau, 4), "mape": round(result.mape, 4),
+        "space": args.space,
+        "threads": args.threads,
+        "n": args.n,
+        "seed": args.seed,
+        "kendall_tau": round(result.kendall_tau, 4),
+        "mape": round(result.mape, 4),
         "within_10pct": round(result.within_10, 4),
         "lut_check_ms_median": round(result.predict_ms, 3),
         "measured_check_s_median": round(result.measure_s, 3),
         "full_check_with_lut_ms_median": round(check_ms, 2),
-        "table": {"path": lut_path, "units": len(table.entries), "calibration": table.calibration,
-                  "build_seconds": table.meta.get("seconds")},
+        "table": {
+            "path": lut_path,
+            "units": len(table.entries),
+            "calibration": table.calibration,
+            "build_seconds": table.meta.get("seconds"),
+        },
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
         "seconds": round(time.perf_counter() - start, 1),
     }
     with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(result.summary())
-    print(f"full budget check with the table (build the model, count params and FLOPs, look up "
-          f"latency): {check_ms:.1f} ms median")
+    print(
+        f"full budget check with the table (build the model, count params and FLOPs, look up "
+        f"latency): {check_ms:.1f} ms median"
+    )
     print(f"table {lut_path}: {len(table.entries)} units, calibration {table.calibration}")
     print(f"Wrote {plot} and {stem}.csv, {stem}.json in {args.out}")
     return 0
