@@ -63,7 +63,7 @@ class Search(Command):
 
         from nas.config import load_config
         from nas.report import front_table
-        from nas.study import create_or_resume_study, finished_count, run_search
+        from nas.study import create_or_resume_study, finished_count, prepare_inputs, run_search
 
         config = load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
@@ -96,9 +96,11 @@ class Search(Command):
             elif kind == "failed":
                 bar.write(f"  #{n:<3} failed    {info['reason']} (will be retried)")
 
+        inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
         print(
             f"lvit search: study '{config.study.name}' in {config.study.storage_url}, space "
-            f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px, "
+            f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px "
+            f"({len(inputs.data.train_y)} train / {len(inputs.data.val_y)} val images), "
             f"{target} candidates",
             file=sys.stderr,
         )
@@ -114,7 +116,7 @@ class Search(Command):
             dynamic_ncols=True,
         )
         try:
-            run = run_search(config, on_event=on_event, study=study)
+            run = run_search(config, on_event=on_event, study=study, inputs=inputs)
         finally:
             bar.close()
         print()

@@ -39,7 +39,7 @@ __all__ = [
     "load_config",
 ]
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "imagefolder", "cifar10")
 
 
 class ConfigError(ValueError):
@@ -95,8 +95,11 @@ class StudyConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data set: `digits` (scikit-learn's bundled 8x8 digits, resized) or `synthetic`
-    (generated class patterns, for tests; `num_classes` and `num_samples` apply to it only)."""
+    """The data set: `digits` (scikit-learn's bundled 8x8 digits, resized), `synthetic`
+    (generated class patterns, for tests; `num_classes` and `num_samples` apply to it only),
+    `imagefolder` (a folder of class sub-folders, or with `train/` and `val/` inside) or
+    `cifar10` (the batches already on disk: the python or the binary version) at `path`.
+    `max_train` caps the training split (a seeded, class-balanced subset) for quick proxies."""
 
     name: str = "digits"
     img_size: int = 32
@@ -104,6 +107,8 @@ class DataConfig:
     seed: int = 0
     num_classes: int = 4
     num_samples: int = 400
+    path: str | None = None
+    max_train: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -115,6 +120,10 @@ class DataConfig:
             raise ValueError(f"data.val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
+        if self.name in ("imagefolder", "cifar10") and not self.path:
+            raise ValueError(f"data.path is required for {self.name}: the folder on disk")
+        if self.max_train is not None:
+            _positive("data", max_train=self.max_train)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,21 @@
 """Data sets held in memory as normalised tensors, with a fixed-seed train/val split.
 
 `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; no download),
-scaled to [0, 1], resized bilinearly to `img_size` and repeated to 3 channels.
+scaled to [0, 1], resized bilinearly to `img_size` and repeated to 3 channels; augmentation:
+random translations (crop with padding), no flips (digits are not mirror-symmetric).
 `synthetic`: generated class patterns (a smooth random template per class plus noise), for tests.
+`imagefolder`: a user's folder, `<path>/<class>/<image>` (split by `val_fraction`, seeded and
+stratified) or `<path>/train/<class>/...` and `<path>/val/<class>/...`; images are decoded once,
+converted to RGB and resized to `img_size`. Augmentation: random crop (padding img_size / 8) and
+horizontal flips.
+`cifar10`: the CIFAR-10 batches already on disk, never downloaded: the binary version
+(`data_batch_1.bin` ... `data_batch_5.bin`) or the python version (`data_batch_1` ...
+`data_batch_5`, read with an unpickler that admits only the NumPy arrays they hold). The
+validation split is carved from the training batches (`val_fraction`, seeded), so the test
+batch stays untouched. Augmentation: random crop (padding 4 at 32px) and horizontal flips.
+
+Data sets are held in memory once per process (no copy per trial, no worker processes);
+`max_train` caps the training split for quick proxies.
 
 Normalisation statistics come from the training split and travel with the data set, so that
 exported models carry the mean and std they were trained with.
@@ -10,16 +23,19 @@ exported models carry the mean and std they were trained with.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.config import DataConfig
+from nas.config import ConfigError, DataConfig
 
-__all__ = ["Dataset", "load_dataset", "batches"]
+__all__ = ["Dataset", "DataError", "load_dataset", "batches"]
 
 
 @dataclass
@@ -33,6 +49,10 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment_pad: int  # random-crop padding in pixels (0: no augmentation)
+    flip: bool = False  # random horizontal flips
+    pad_fill: str = "zero"  # what the padding holds: "zero" (the mean) or "min" (background)
+    classes: tuple[str, ...] = ()
+    source: str = ""
 
     @property
     def in_chans(self) -> int:
@@ -52,8 +72,16 @@ class Dataset:
             "input_size": [self.in_chans, self.img_size, self.img_size],
             "mean": list(self.mean),
             "std": list(self.std),
-            "augment": f"random crop, padding {self.augment_pad}" if self.augment_pad else "none",
+            "augment": self.augment_description(),
+            "classes": list(self.classes),
+            "source": self.source,
         }
+
+    def augment_description(self) -> str:
+        parts = [f"random crop, padding {self.augment_pad}"] if self.augment_pad else []
+        if self.flip:
+            parts.append("horizontal flip")
+        return ", ".join(parts) or "none"
 
 
 def _split(n: int, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -69,13 +97,31 @@ def _split(n: int, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[
 
 
 def _finish(
-    name: str, images: torch.Tensor, labels: np.ndarray, cfg: DataConfig, augment_pad: int
+    name: str,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    cfg: DataConfig,
+    augment_pad: int,
+    *,
+    flip: bool = False,
+    pad_fill: str = "zero",
+    split: tuple[np.ndarray, np.ndarray] | None = None,
+    classes: tuple[str, ...] = (),
+    source: str = "",
 ) -> Dataset:
-    """Resize, split, normalise with the training split's per-channel statistics."""
-    images = F.interpolate(
-        images, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False
-    )
-    train_idx, val_idx = _split(len(labels), labels, cfg.val_fraction, cfg.seed)
+    """Resize, split (unless `split` gives the indices), cap, normalise with the training
+    split's per-channel statistics."""
+    if images.shape[-1] != cfg.img_size or images.shape[-2] != cfg.img_size:
+        images = F.interpolate(
+            images,
+            size=(cfg.img_size, cfg.img_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+    train_idx, val_idx = split or _split(len(labels), labels, cfg.val_fraction, cfg.seed)
+    if cfg.max_train is not None and cfg.max_train < len(train_idx):
+        train_idx = _balanced_subset(train_idx, labels, cfg.max_train, cfg.seed)
     train_x, val_x = images[train_idx], images[val_idx]
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
@@ -94,7 +140,22 @@ def _finish(
         mean=tuple(round(float(m), 6) for m in mean),
         std=tuple(round(float(s), 6) for s in std),
         augment_pad=augment_pad,
+        flip=flip,
+        pad_fill=pad_fill,
+        classes=classes,
+        source=source,
     )
+
+
+def _balanced_subset(idx: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded subset of `n` indices with the classes in proportion."""
+    rng = np.random.default_rng(seed + 1)
+    picked = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        take = max(1, round(n * len(members) / len(idx)))
+        picked.append(rng.permutation(members)[:take])
+    return rng.permutation(np.concatenate(picked))[:n]
 
 
 def _digits(cfg: DataConfig) -> Dataset:
@@ -103,7 +164,16 @@ def _digits(cfg: DataConfig) -> Dataset:
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     images = images.expand(-1, 3, -1, -1)
-    return _finish("digits", images, digits.target, cfg, augment_pad=max(1, cfg.img_size // 16))
+    return _finish(
+        "digits",
+        images,
+        digits.target,
+        cfg,
+        augment_pad=max(1, cfg.img_size // 16),
+        pad_fill="min",
+        classes=tuple(str(c) for c in range(10)),
+        source="scikit-learn load_digits",
+    )
 
 
 def _synthetic(cfg: DataConfig) -> Dataset:
@@ -116,22 +186,187 @@ def _synthetic(cfg: DataConfig) -> Dataset:
         rng.normal(scale=0.8, size=(cfg.num_samples, 3, 16, 16)), dtype=torch.float32
     )
     images = templates[torch.as_tensor(labels)] + noise
-    return _finish("synthetic", images, labels, cfg, augment_pad=0)
+    return _finish("synthetic", images, labels, cfg, augment_pad=0, source="generated")
 
 
-_LOADERS = {"digits": _digits, "synthetic": _synthetic}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_images(root: Path, classes: list[str], size: int) -> tuple[torch.Tensor, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name  # may be absent (a val/ folder without some class)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            except (OSError, UnidentifiedImageError) as e:
+                raise DataError(f"cannot read image {path}: {e}") from None
+            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()))
+            labels.append(label)
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    x = torch.stack(images).permute(0, 3, 1, 2).float() / 255.0
+    return x, np.asarray(labels)
+
+
+def _imagefolder(cfg: DataConfig) -> Dataset:
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise DataError(
+            f"data.path {root} is not a folder; imagefolder needs <path>/<class>/"
+            "<image> or <path>/train/<class>/... and <path>/val/<class>/..."
+        )
+    pad = max(1, cfg.img_size // 8)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        classes = [p.name for p in _class_folders(root / "train")]
+        val_classes = [p.name for p in _class_folders(root / "val")]
+        if not classes or set(val_classes) - set(classes):
+            raise DataError(
+                f"{root}/val has classes that {root}/train lacks, or train is empty: "
+                f"train {classes}, val {val_classes}"
+            )
+        train_x, train_y = _read_images(root / "train", classes, cfg.img_size)
+        val_x, val_y = _read_images(root / "val", classes, cfg.img_size)  # labels by train's
+        images = torch.cat([train_x, val_x])
+        labels = np.concatenate([train_y, val_y])
+        split = (np.arange(len(train_y)), np.arange(len(train_y), len(labels)))
+    else:
+        classes = [p.name for p in _class_folders(root)]
+        if len(classes) < 2:
+            raise DataError(f"{root} needs at least two class sub-folders, found {classes}")
+        images, labels = _read_images(root, classes, cfg.img_size)
+        split = None
+    return _finish(
+        "imagefolder",
+        images,
+        labels,
+        cfg,
+        augment_pad=pad,
+        flip=True,
+        split=split,
+        classes=tuple(classes),
+        source=str(root.resolve()),
+    )
+
+
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's python batches hold: dicts, lists, bytes and NumPy arrays."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name} in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _cifar_python(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    data, labels = [], []
+    for path in files:
+        with open(path, "rb") as f:
+            try:
+                batch = _ArrayUnpickler(f, encoding="bytes").load()
+            except (pickle.UnpicklingError, EOFError, ValueError) as e:
+                raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+        data.append(np.asarray(batch[b"data"], dtype=np.uint8))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return np.concatenate(data), np.concatenate(labels)
+
+
+def _cifar_binary(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.concatenate([np.fromfile(path, dtype=np.uint8) for path in files])
+    if raw.size % 3073:
+        raise DataError(f"CIFAR-10 binary batches must hold 3073-byte records: {files[0].parent}")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:], records[:, 0].astype(np.int64)
+
+
+def _cifar10(cfg: DataConfig) -> Dataset:
+    root = Path(cfg.path)
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    for folder in (root, root / "cifar-10-batches-py", root / "cifar-10-batches-bin"):
+        if all((folder / n).is_file() for n in names):
+            data, labels = _cifar_python([folder / n for n in names])
+            break
+        if all((folder / f"{n}.bin").is_file() for n in names):
+            data, labels = _cifar_binary([folder / f"{n}.bin" for n in names])
+            break
+    else:
+        raise DataError(
+            f"no CIFAR-10 batches under {root}: expected data_batch_1 ... data_batch_5 (python "
+            "version) or data_batch_1.bin ... data_batch_5.bin (binary version), in that folder "
+            "or in cifar-10-batches-py/ or cifar-10-batches-bin/ inside it; this tool never "
+            "downloads data"
+        )
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()).float() / 255.0
+    return _finish(
+        "cifar10",
+        images,
+        labels,
+        cfg,
+        augment_pad=max(1, cfg.img_size // 8),
+        flip=True,
+        classes=CIFAR_CLASSES,
+        source=str(folder.resolve()),
+    )
+
+
+class DataError(ConfigError):
+    """The data on disk cannot be used; the message names the path and what was expected."""
+
+
+_LOADERS = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "imagefolder": _imagefolder,
+    "cifar10": _cifar10,
+}
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     return _LOADERS[cfg.name](cfg)
 
 
-def _random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad by `pad` with the background (the minimum value) and crop back at a random offset per
-    image: random translations of up to `pad` pixels."""
+def _random_crop(
+    x: torch.Tensor, pad: int, generator: torch.Generator, fill: str = "zero"
+) -> torch.Tensor:
+    """Pad by `pad` (with zeros, the mean after normalisation, or with the minimum, the
+    background of digits) and crop back at a random offset per image: random translations."""
     n, _, h, w = x.shape
-    fill = x.amin(dim=(0, 2, 3), keepdim=True)
-    padded = fill.expand(n, -1, h + 2 * pad, w + 2 * pad).clone()
+    value = (
+        x.amin(dim=(0, 2, 3), keepdim=True) if fill == "min" else x.new_zeros(1, x.shape[1], 1, 1)
+    )
+    padded = value.expand(n, -1, h + 2 * pad, w + 2 * pad).clone()
     padded[:, :, pad : pad + h, pad : pad + w] = x
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
     return torch.stack(
@@ -146,6 +381,8 @@ def batches(
     *,
     shuffle: bool = False,
     augment_pad: int = 0,
+    flip: bool = False,
+    pad_fill: str = "zero",
     generator: torch.Generator | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches from in-memory tensors (no copy of the data set; no worker processes)."""
@@ -154,5 +391,8 @@ def batches(
         idx = order[start : start + batch_size]
         xb = x[idx]
         if augment_pad:
-            xb = _random_crop(xb, augment_pad, generator)
+            xb = _random_crop(xb, augment_pad, generator, pad_fill)
+        if flip:
+            mirror = torch.rand(len(idx), generator=generator) < 0.5
+            xb = torch.where(mirror[:, None, None, None], xb.flip(-1), xb)
         yield xb, y[idx]

@@ -46,7 +46,9 @@ from search_spaces.spaces import get_space
 
 __all__ = [
     "OBJECTIVES",
+    "Inputs",
     "SearchRun",
+    "prepare_inputs",
     "create_or_resume_study",
     "run_search",
     "trial_seed",
@@ -148,16 +150,16 @@ class _Objective:
     def __init__(
         self,
         config: SearchConfig,
-        data: Dataset,
+        inputs: Inputs,
         artifact_store: FileSystemArtifactStore,
         on_event: Callable[[str, dict[str, Any]], None],
     ) -> None:
         self.config = config
-        self.data = data
+        self.data = inputs.data
         self.space = get_space(config.space)
         self.artifact_store = artifact_store
         self.on_event = on_event
-        self.table = _load_table(config, data, self.space) if config.budget.lut_path else None
+        self.table = inputs.table
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         cfg, data = self.config, self.data
@@ -314,22 +316,40 @@ def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
     return table
 
 
+@dataclass
+class Inputs:
+    """What a search reads from disk: the data set and the latency table (if any)."""
+
+    data: Dataset
+    table: Any = None
+
+
+def prepare_inputs(config: SearchConfig) -> Inputs:
+    """Load the data and the latency table; a bad path or table fails here, before any study
+    is created or changed."""
+    data = load_dataset(config.data)
+    table = _load_table(config, data, get_space(config.space)) if config.budget.lut_path else None
+    return Inputs(data, table)
+
+
 def run_search(
     config: SearchConfig,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     study: optuna.Study | None = None,
+    inputs: Inputs | None = None,
 ) -> SearchRun:
     """Run (or resume) the search until the study has `config.study.n_trials` finished trials.
 
     `on_event(kind, info)` is called with kind in training/epoch/trained/rejected/failed.
-    `study` is the one `create_or_resume_study(config)` returns, when the caller has it already.
+    `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
+    return, when the caller has them already.
     """
+    inputs = inputs or prepare_inputs(config)
     if study is None:
         study = create_or_resume_study(config)
     artifact_dir = study.user_attrs["artifact_dir"]
     os.makedirs(artifact_dir, exist_ok=True)
     store = FileSystemArtifactStore(artifact_dir)
-    data = load_dataset(config.data)
     run = SearchRun(study=study)
 
     def record(kind: str, info: dict[str, Any]) -> None:
@@ -342,7 +362,7 @@ def run_search(
         if on_event is not None:
             on_event(kind, info)
 
-    objective = _Objective(config, data, store, record)
+    objective = _Objective(config, inputs, store, record)
     start = time.perf_counter()
     try:
         # one trial per optimize() call so that failed trials are retried, not counted

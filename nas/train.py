@@ -106,6 +106,8 @@ def train_model(
                 cfg.batch_size,
                 shuffle=True,
                 augment_pad=data.augment_pad,
+                flip=data.flip,
+                pad_fill=data.pad_fill,
                 generator=generator,
             ):
                 loss = criterion(model(resize(xb, img_size)), yb)
