@@ -94,7 +94,7 @@ class Search(Command):
                 bar.write(f"  #{n:<3} rejected  {info['reason']}  {info['arch'].describe()}")
                 bar.update(1)
             elif kind == "failed":
-                bar.write(f"  #{n:<3} failed    {info['reason']} (will be retried)")
+                bar.write(f"  #{n:<3} failed    {info['reason']} (recorded; the search goes on)")
 
         inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
         print(

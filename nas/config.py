@@ -128,7 +128,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Proxy training of each candidate: AdamW, linear warm-up then cosine decay."""
+    """Proxy training of each candidate: AdamW, linear warm-up then cosine decay, label
+    smoothing, gradient clipping. `device`: auto (a GPU when there is one), cpu or cuda; `amp`:
+    bfloat16 autocast on the GPU (ignored on the CPU)."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -138,6 +140,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_grad: float = 1.0
     threads: int = 0  # 0: all cores
+    device: str = "auto"
+    amp: bool = True
 
     def __post_init__(self) -> None:
         _positive("train", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
@@ -149,6 +153,8 @@ class TrainConfig:
             )
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0, got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass(frozen=True)

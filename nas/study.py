@@ -40,7 +40,7 @@ from nas import cost
 from nas.config import ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
 from nas.storage import open_storage, redact
-from nas.train import TrainingDiverged, train_model
+from nas.train import TrainingFailed, resolve_device, train_model
 from search_spaces.model import LightViT
 from search_spaces.spaces import get_space
 
@@ -255,7 +255,7 @@ class _Objective:
                 ),
                 img_size=arch.img_size,
             )
-        except TrainingDiverged as e:
+        except TrainingFailed as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", str(e))
             self.on_event("failed", {"trial": trial.number, "reason": str(e)})
@@ -267,6 +267,8 @@ class _Objective:
                 "history": result.history,
                 "seconds": round(result.seconds, 2),
                 "images_per_second": round(result.images_per_second, 1),
+                "device": result.device,
+                "amp": cfg.train.amp and result.device.startswith("cuda"),
             },
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -327,6 +329,10 @@ class Inputs:
 def prepare_inputs(config: SearchConfig) -> Inputs:
     """Load the data and the latency table; a bad path or table fails here, before any study
     is created or changed."""
+    try:
+        resolve_device(config.train.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     data = load_dataset(config.data)
     table = _load_table(config, data, get_space(config.space)) if config.budget.lut_path else None
     return Inputs(data, table)
@@ -371,7 +377,7 @@ def run_search(
                 raise RuntimeError(
                     f"{run.failed} trials failed in this run; see their fail_reason"
                 )
-            study.optimize(objective, n_trials=1, catch=(TrainingDiverged,))
+            study.optimize(objective, n_trials=1, catch=(TrainingFailed,))
     finally:
         run.seconds = time.perf_counter() - start
     return run

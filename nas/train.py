@@ -17,11 +17,32 @@ from torch import nn
 from nas.config import TrainConfig
 from nas.data import Dataset, batches
 
-__all__ = ["TrainResult", "TrainingDiverged", "train_model", "evaluate", "resize"]
+__all__ = [
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingFailed",
+    "evaluate",
+    "resize",
+    "resolve_device",
+    "train_model",
+]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingFailed(RuntimeError):
+    """Training of one candidate could not finish; the message is the reason recorded."""
+
+
+class TrainingDiverged(TrainingFailed):
     """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the GPU when torch sees one, else the CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is cuda but torch sees no GPU; use auto or cpu")
+    return torch.device(name)
 
 
 @dataclass
@@ -30,6 +51,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, val_acc, seconds
     seconds: float = 0.0
     images_per_second: float = 0.0
+    device: str = "cpu"
 
 
 def resize(x: torch.Tensor, img_size: int | None) -> torch.Tensor:
@@ -52,9 +74,11 @@ def evaluate(
     """Top-1 accuracy in eval mode (inputs resized to `img_size` when given)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for xb, yb in batches(x, y, batch_size):
-        correct += (model(resize(xb, img_size)).argmax(dim=1) == yb).sum().item()
+        logits = model(resize(xb.to(device), img_size))
+        correct += (logits.argmax(dim=1).cpu() == yb).sum().item()
     model.train(was_training)
     return correct / len(y)
 
@@ -79,8 +103,15 @@ def train_model(
     `img_size` is the model's input resolution when it differs from the data's (the survey
     space searches the resolution): images are resized to it, for training and validation.
 
-    Raises `TrainingDiverged` on a non-finite loss. `on_epoch` may raise to stop early.
+    Trains on `cfg.device` (with bfloat16 autocast on a GPU when `cfg.amp`) and leaves the model
+    on the CPU. Raises `TrainingFailed` (`TrainingDiverged` on a non-finite loss, or out of
+    memory) with the reason. `on_epoch` may raise to stop early.
     """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    autocast = torch.autocast(
+        "cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
+    )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     previous_threads = torch.get_num_threads()
@@ -110,7 +141,9 @@ def train_model(
                 pad_fill=data.pad_fill,
                 generator=generator,
             ):
-                loss = criterion(model(resize(xb, img_size)), yb)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                with autocast:
+                    loss = criterion(model(resize(xb, img_size)), yb)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
@@ -134,10 +167,19 @@ def train_model(
             )
             if on_epoch is not None:
                 on_epoch(epoch, result.val_acc)
+    except torch.OutOfMemoryError as e:
+        model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise TrainingFailed(
+            f"out of memory in epoch {len(result.history) + 1} on {device}: "
+            f"{str(e).splitlines()[0][:160]}"
+        ) from None
     finally:
         torch.set_num_threads(previous_threads)
         result.seconds = time.perf_counter() - start
         images = sum(len(data.train_y) for _ in result.history)
         result.images_per_second = images / result.seconds if result.seconds else 0.0
-    model.eval()
+    result.device = str(device)
+    model.to("cpu").eval()
     return result

@@ -42,3 +42,46 @@ def test_a_diverging_loss_is_reported() -> None:
         model.head.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1"):
         train_model(model, data, TrainConfig(epochs=1), seed=0)
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch) -> None:
+    """Out of memory (or a diverging loss) ends that trial as FAIL with its reason; the study
+    still reaches its count of finished candidates."""
+    import optuna
+
+    import nas.study
+    from nas.config import load_config
+    from nas.study import run_search
+    from nas.train import TrainingFailed
+    from tests.conftest import write_config
+
+    real, calls = nas.study.train_model, []
+
+    def flaky(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TrainingFailed("out of memory in epoch 1 on cpu: simulated")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(nas.study, "train_model", flaky)
+    budget = "budget: {max_params: 1000000, max_latency_ms: 100.0}"
+    config = load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=2)
+    run = run_search(config)
+    failed = run.study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == 1 and run.failed == 1
+    assert failed[0].user_attrs["fail_reason"] == "out of memory in epoch 1 on cpu: simulated"
+    assert len(run.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+
+
+def test_training_reports_its_device_and_refuses_a_missing_gpu() -> None:
+    from nas.train import resolve_device
+
+    data = load_dataset(DataConfig(name="synthetic", img_size=16, num_samples=64))
+    arch = ArchConfig(stages=(StageConfig(1, 16, 1, 2.0, "pool"),), img_size=16)
+    model = LightViT(arch)
+    result = train_model(model, data, TrainConfig(epochs=1, device="cpu"), seed=0)
+    assert result.device == "cpu" and next(model.parameters()).device.type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no GPU"):
+            resolve_device("cuda")
