@@ -130,7 +130,9 @@ class DataConfig:
 class TrainConfig:
     """Proxy training of each candidate: AdamW, linear warm-up then cosine decay, label
     smoothing, gradient clipping. `device`: auto (a GPU when there is one), cpu or cuda; `amp`:
-    bfloat16 autocast on the GPU (ignored on the CPU)."""
+    bfloat16 autocast on the GPU (ignored on the CPU). Architectures with early exits train
+    them jointly, each exit's loss weighted by `exit_weight` against the final head's 1; after
+    training their thresholds are calibrated for at most `exit_max_drop` of accuracy lost."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -142,6 +144,8 @@ class TrainConfig:
     threads: int = 0  # 0: all cores
     device: str = "auto"
     amp: bool = True
+    exit_weight: float = 0.5
+    exit_max_drop: float = 0.01
 
     def __post_init__(self) -> None:
         _positive("train", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
@@ -153,6 +157,8 @@ class TrainConfig:
             )
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0, got {self.threads}")
+        if self.exit_weight < 0 or not 0 <= self.exit_max_drop < 1:
+            raise ValueError("train.exit_weight must be >= 0 and exit_max_drop in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 

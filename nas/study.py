@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from nas import cost
 from nas.config import ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
+from nas.exits import calibrate_exits
 from nas.storage import open_storage, redact
 from nas.train import TrainingFailed, resolve_device, train_model
 from search_spaces.model import LightViT
@@ -271,6 +272,16 @@ class _Objective:
                 "amp": cfg.train.amp and result.device.startswith("cuda"),
             },
         )
+        if arch.exits:
+            report = calibrate_exits(
+                model,
+                data.val_x,
+                data.val_y,
+                max_drop=cfg.train.exit_max_drop,
+                img_size=arch.img_size,
+                threads=cfg.latency.threads,
+            )
+            trial.set_user_attr("exits", report.to_dict())
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.safetensors")
             save_file(

@@ -109,6 +109,7 @@ def train_model(
     """
     device = resolve_device(cfg.device)
     model.to(device)
+    exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
     )
@@ -143,7 +144,13 @@ def train_model(
             ):
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 with autocast:
-                    loss = criterion(model(resize(xb, img_size)), yb)
+                    if exits:
+                        *early, final = model.forward_exits(resize(xb, img_size))
+                        loss = criterion(final, yb) + cfg.exit_weight * sum(
+                            criterion(logits, yb) for logits in early
+                        )
+                    else:
+                        loss = criterion(model(resize(xb, img_size)), yb)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)

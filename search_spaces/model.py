@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -123,22 +123,25 @@ class Stage(nn.Module):
         )
         self.pos = pos_cls(cfg.dim, (grid, grid), cfg.heads) if pos_cls.site == "stage" else None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        hw: tuple[int, int],
-        size: torch.Tensor | None = None,
-        on_block: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
-    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
+    def iter_blocks(
+        self, x: torch.Tensor, hw: tuple[int, int], size: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]]:
+        """Run the stage, yielding (tokens, grid, sizes) after every block."""
         if self.transition is not None:
             x, hw = self.transition(x, hw)
         for i, block in enumerate(self.blocks):
             x, size = block(x, hw, size)
             if i == 0 and self.pos is not None:
                 x = self.pos(x, hw)
-            if on_block is not None:
-                on_block(x, size)
-        return x, hw, size
+            yield x, hw, size
+
+    def forward(
+        self, x: torch.Tensor, hw: tuple[int, int], size: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
+        out = (x, hw, size)
+        for out in self.iter_blocks(x, hw, size):  # noqa: B007 - the last block's output counts
+            pass
+        return out
 
 
 class LightViT(nn.Module):
@@ -233,16 +236,23 @@ class LightViT(nn.Module):
             x = self.pos_enc(x, hw)
         return x, hw
 
-    def _run(
-        self,
-        x: torch.Tensor,
-        on_block: Callable | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, hw = self._tokens(x)
-        size = None
+    def iter_blocks(
+        self, x: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+        """Run the model block by block, yielding (block number from 1, tokens, sizes)."""
+        tokens, hw = self._tokens(x)
+        size, count = None, 0
         for stage in self.stages:
-            x, hw, size = stage(x, hw, size, on_block)
-        return self.norm(x), size
+            out = (tokens, hw, size)
+            for out in stage.iter_blocks(tokens, hw, size):
+                count += 1
+                yield count, out[0], out[2]
+            tokens, hw, size = out
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for _, tokens, size in self.iter_blocks(x):  # noqa: B007 - the last block counts
+            pass
+        return self.norm(tokens), size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, C, H, W) -> normalised tokens (B, N, C) of the last stage. After token
@@ -261,19 +271,29 @@ class LightViT(nn.Module):
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every exit head, in order, then of the final head (dynamic depth)."""
-        outputs: list[torch.Tensor] = []
         exit_at = dict(zip(self.arch.exits, self.exits, strict=True))
-        count = 0
-
-        def on_block(tokens: torch.Tensor, size: torch.Tensor | None) -> None:
-            nonlocal count
-            count += 1
+        outputs: list[torch.Tensor] = []
+        for count, tokens, size in self.iter_blocks(x):
             if count in exit_at:
                 outputs.append(exit_at[count](tokens, size))
-
-        feats, size = self._run(x, on_block)
-        outputs.append(self.forward_head(feats, size=size))
+        outputs.append(self.forward_head(self.norm(tokens), size=size))
         return outputs
+
+    def forward_dynamic(
+        self, x: torch.Tensor, thresholds: list[float]
+    ) -> tuple[torch.Tensor, int]:
+        """Early-exit inference: stop at the first exit whose softmax confidence reaches its
+        threshold (for a batch: when every image does), else run to the final head. Returns the
+        logits and the exit taken (`len(exits)` for the final head). Only the blocks up to that
+        exit run."""
+        exit_at = {block: i for i, block in enumerate(self.arch.exits)}
+        for count, tokens, size in self.iter_blocks(x):
+            k = exit_at.get(count)
+            if k is not None:
+                logits = self.exits[k](tokens, size)
+                if logits.softmax(dim=-1).amax(dim=-1).min() >= thresholds[k]:
+                    return logits, k
+        return self.forward_head(self.norm(tokens), size=size), len(self.arch.exits)
 
 
 def _init_weights(module: nn.Module) -> None:

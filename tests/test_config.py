@@ -25,7 +25,7 @@ def test_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert err == (
         f"lvit: error: {path}: unknown key 'train.epoch' (did you mean 'epochs'?); "
         "allowed keys: epochs, batch_size, lr, weight_decay, warmup_epochs, "
-        "label_smoothing, clip_grad, threads, device, amp"
+        "label_smoothing, clip_grad, threads, device, amp, exit_weight, exit_max_drop"
     )
 
 

@@ -1,0 +1,143 @@
+"""Early exits after training: per-exit accuracy, confidence thresholds calibrated on the
+validation split for a target accuracy drop, and the latency they buy.
+
+An image leaves at the first exit whose softmax confidence reaches that exit's threshold
+(`LightViT.forward_dynamic`). Thresholds are chosen exit by exit, in order, as the lowest value
+on a grid that keeps the validation accuracy of the dynamic model within `max_drop` of the
+full-depth accuracy. The expected latency is the sum over exits of the share of images leaving
+there times the measured latency of the path that stops there; it is checked against measuring
+the dynamic path on the validation images one by one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from nas.cost import measure_latency
+from nas.data import batches
+from nas.train import resize
+
+__all__ = ["ExitReport", "calibrate_exits"]
+
+GRID = [round(0.30 + 0.01 * i, 2) for i in range(71)]  # 0.30 ... 1.00
+NEVER = 2.0  # a threshold no softmax confidence reaches
+
+
+@dataclass
+class ExitReport:
+    thresholds: list[float | None]  # None: the exit never fires
+    exit_accuracy: list[float]  # each exit alone on the whole validation split, then the final
+    share: list[float]  # share of validation images leaving at each exit, then the final head
+    full_accuracy: float
+    dynamic_accuracy: float
+    path_latency_ms: list[float]  # latency of the path that stops at each exit, then full depth
+    expected_latency_ms: float
+    measured_dynamic_ms: float  # mean of the dynamic path measured image by image
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class _StopAt(torch.nn.Module):
+    """The dynamic path forced to leave at exit `k` (or run to the end)."""
+
+    def __init__(self, model: torch.nn.Module, k: int) -> None:
+        super().__init__()
+        self.model = model
+        n = len(model.arch.exits)
+        self.thresholds = [NEVER] * n
+        if k < n:
+            self.thresholds[k] = -1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_dynamic(x, self.thresholds)[0]
+
+
+@torch.no_grad()
+def _all_outputs(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, img_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence and correctness (outputs x images) of every exit and the final head."""
+    confidence, correct = [], []
+    for xb, yb in batches(x, y, 256):
+        outputs = model.forward_exits(resize(xb, img_size))
+        probs = torch.stack([o.softmax(dim=-1) for o in outputs])
+        confidence.append(probs.amax(dim=-1))
+        correct.append(probs.argmax(dim=-1) == yb[None])
+    return torch.cat(confidence, dim=1), torch.cat(correct, dim=1)
+
+
+def _dynamic(
+    confidence: torch.Tensor,
+    correct: torch.Tensor,
+    thresholds: list[float],
+) -> tuple[float, list[float]]:
+    """Accuracy and exit shares of the dynamic model for given thresholds."""
+    n_out, n = confidence.shape
+    leave = torch.full((n,), n_out - 1, dtype=torch.long)
+    for k in reversed(range(n_out - 1)):
+        leave = torch.where(confidence[k] >= thresholds[k], torch.full_like(leave, k), leave)
+    acc = correct[leave, torch.arange(n)].float().mean().item()
+    share = [(leave == k).float().mean().item() for k in range(n_out)]
+    return acc, share
+
+
+@torch.no_grad()
+def calibrate_exits(
+    model: torch.nn.Module,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    max_drop: float = 0.01,
+    img_size: int | None = None,
+    threads: int = 1,
+    measure_images: int = 100,
+) -> ExitReport:
+    """Calibrate the exit thresholds of a trained model and measure what they buy (CPU,
+    `threads` threads, batch 1)."""
+    model.eval()
+    confidence, correct = _all_outputs(model, val_x, val_y, img_size)
+    n_exits = confidence.shape[0] - 1
+    full = correct[-1].float().mean().item()
+    thresholds = [NEVER] * n_exits
+    for k in range(n_exits):
+        for value in GRID:
+            trial = thresholds[:k] + [value] + thresholds[k + 1 :]
+            if _dynamic(confidence, correct, trial)[0] >= full - max_drop - 1e-9:
+                thresholds = trial
+                break
+    accuracy, share = _dynamic(confidence, correct, thresholds)
+    size = img_size or val_x.shape[-1]
+    input_size = (val_x.shape[1], size, size)
+    paths = [
+        measure_latency(_StopAt(model, k), input_size, threads=threads).median_ms
+        for k in range(n_exits + 1)
+    ]
+    expected = sum(s * ms for s, ms in zip(share, paths, strict=True))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = []
+        for i in range(min(measure_images, len(val_y))):
+            image = resize(val_x[i : i + 1], img_size)
+            model.forward_dynamic(image, thresholds)  # warm
+            start = time.perf_counter()
+            model.forward_dynamic(image, thresholds)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    return ExitReport(
+        thresholds=[min(t, 1.0) if t != NEVER else None for t in thresholds],
+        exit_accuracy=correct.float().mean(dim=1).tolist(),
+        share=share,
+        full_accuracy=full,
+        dynamic_accuracy=accuracy,
+        path_latency_ms=paths,
+        expected_latency_ms=expected,
+        measured_dynamic_ms=statistics.mean(times),
+    )

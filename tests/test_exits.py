@@ -1,0 +1,109 @@
+"""Early exits: trained jointly, calibrated for a target accuracy drop, really stopping early,
+and the latency they buy recorded with every trial that has them."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from nas.config import DataConfig, TrainConfig, load_config
+from nas.data import load_dataset
+from nas.exits import calibrate_exits
+from nas.study import create_or_resume_study, run_search
+from nas.train import evaluate, train_model
+from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.model import Block, LightViT
+from search_spaces.spaces import get_space
+from tests.conftest import write_config
+
+ARCH = ArchConfig(
+    stages=(StageConfig(1, 32, 2, 2.0, "pool"), StageConfig(2, 32, 2, 2.0)),
+    img_size=16,
+    patch_size=4,
+    pos_enc="none",
+    exits=(1,),
+    num_classes=4,
+)
+
+
+def _blocks_run(model: LightViT, fn) -> int:
+    ran = []
+    handles = [
+        m.register_forward_hook(lambda *a: ran.append(1))
+        for m in model.modules()
+        if isinstance(m, Block)
+    ]
+    fn()
+    for h in handles:
+        h.remove()
+    return len(ran)
+
+
+def test_the_dynamic_path_stops_at_the_first_confident_exit() -> None:
+    model = LightViT(ARCH).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        early, final = model.forward_exits(x)
+        logits, k = model.forward_dynamic(x, [-1.0])
+        assert k == 0 and torch.allclose(logits, early)
+        assert _blocks_run(model, lambda: model.forward_dynamic(x, [-1.0])) == 1
+        logits, k = model.forward_dynamic(x, [2.0])
+        assert k == 1 and torch.allclose(logits, model(x)) and torch.allclose(logits, final)
+        assert _blocks_run(model, lambda: model.forward_dynamic(x, [2.0])) == 3
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DataConfig(name="synthetic", img_size=16, num_samples=240, num_classes=4))
+
+
+def _exit_accuracy(model: LightViT, data) -> float:
+    with torch.no_grad():
+        early = model.forward_exits(data.val_x)[0]
+    return (early.argmax(dim=1) == data.val_y).float().mean().item()
+
+
+def test_exits_are_trained_jointly(data) -> None:
+    trained, ignored = LightViT(ARCH), LightViT(ARCH)
+    train_model(trained, data, TrainConfig(epochs=4, exit_weight=0.5, device="cpu"), seed=0)
+    train_model(ignored, data, TrainConfig(epochs=4, exit_weight=0.0, device="cpu"), seed=0)
+    assert _exit_accuracy(trained, data) > _exit_accuracy(ignored, data) + 0.2
+    assert evaluate(trained, data.val_x, data.val_y) > 0.6
+
+
+def test_calibration_keeps_the_accuracy_drop_and_buys_latency(data) -> None:
+    model = LightViT(ARCH)
+    train_model(model, data, TrainConfig(epochs=4, device="cpu"), seed=0)
+    report = calibrate_exits(model, data.val_x, data.val_y, max_drop=0.02, measure_images=20)
+    assert sum(report.share) == pytest.approx(1.0)
+    assert report.dynamic_accuracy >= report.full_accuracy - 0.02 - 1e-9
+    assert len(report.exit_accuracy) == 2 and len(report.path_latency_ms) == 2
+    assert report.path_latency_ms[0] < report.path_latency_ms[1]
+    low, high = min(report.path_latency_ms), max(report.path_latency_ms)
+    assert low <= report.expected_latency_ms <= high
+    assert report.measured_dynamic_ms > 0
+    strict = calibrate_exits(model, data.val_x, data.val_y, max_drop=0.0, measure_images=5)
+    assert strict.dynamic_accuracy >= strict.full_accuracy - 1e-9
+
+
+def test_a_search_records_the_exits_of_a_trial(tmp_path) -> None:
+    space = get_space("survey")
+    sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    while True:  # a small survey architecture with an exit
+        trial = sampler.ask()
+        arch = space.sample(trial, num_classes=4, img_size=16)
+        sampler.tell(trial, 0.0)
+        if arch.exits and arch.depth <= 4 and max(s.dim for s in arch.stages) <= 64:
+            break
+    budget = "budget: {max_params: 10000000, max_latency_ms: 1000.0}"
+    config = load_config(write_config(tmp_path, space="space: survey", budget=budget))
+    config = config.replace_study(n_trials=1)
+    study = create_or_resume_study(config)
+    study.enqueue_trial(trial.params)
+    run = run_search(config, study=study)
+    done = run.study.trials[0]
+    assert done.user_attrs["arch"]["exits"] == list(arch.exits)
+    report = done.user_attrs["exits"]
+    assert len(report["share"]) == len(arch.exits) + 1
+    assert report["expected_latency_ms"] <= max(report["path_latency_ms"]) + 1e-9
