@@ -5,6 +5,7 @@
     lvit report                   Pareto-front plot and table of a study
     lvit space show|sample NAME   a search space's choices and size, or sampled architectures
     lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
+    lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
 
 `--storage` (an Optuna storage URL) is shared by the commands that read a study.
 Errors in the input print one line, `lvit: error: ...`, and exit with code 2.
@@ -476,7 +477,54 @@ def _space_names() -> list[str]:
     return list(SPACES)
 
 
-COMMANDS: list[Command] = [Search(), Export(), Report(), Space(), Latency()]
+class Teacher(Command):
+    name = "teacher"
+    help = "train a teacher for knowledge distillation on a search config's data"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        train = actions.add_parser("train", help="train a timm model or an ArchConfig as teacher")
+        train.add_argument("config", help="search config whose data and recipe to use")
+        which = train.add_mutually_exclusive_group(required=True)
+        which.add_argument("--model", help="a timm model name, e.g. resnet18")
+        which.add_argument("--arch", help="an ArchConfig JSON file")
+        train.add_argument("--out", required=True, help="output folder (a timm folder)")
+        train.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.config import load_config
+        from nas.data import load_dataset
+        from nas.distill import train_teacher
+
+        config = load_config(args.config)
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        data = load_dataset(config.data)
+        epochs = args.epochs or config.train.epochs
+        bar = tqdm(total=epochs, desc=f"teacher {args.model or args.arch}", unit="epoch")
+        try:
+            result, info = train_teacher(
+                config,
+                data,
+                args.out,
+                model_name=args.model,
+                arch_path=args.arch,
+                epochs=args.epochs,
+                on_epoch=lambda epoch, acc: (bar.update(1), bar.set_postfix_str(f"acc {acc:.3f}")),
+            )
+        finally:
+            bar.close()
+        print(
+            f"Wrote teacher {info['model']} ({info['params']:,} params) to {args.out}: "
+            f"{data.name} validation accuracy {result.val_acc:.4f} after {epochs} epochs "
+            f"({_duration(result.seconds)}). Use it with  distill: {{teacher: {args.out}}}"
+        )
+        return 0
+
+
+COMMANDS: list[Command] = [Search(), Export(), Report(), Space(), Latency(), Teacher()]
 
 
 def build_parser() -> argparse.ArgumentParser:

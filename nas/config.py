@@ -3,7 +3,7 @@
 Unknown keys, wrong types and bad values fail loudly with one line that names the file and the
 dotted key (`experiments/x.yaml: train.epochs must be an integer, got 'ten' (str)`).
 
-A config has five sections (all optional but `study.name`):
+A config has these sections (all optional but `study.name`):
 
     study:   name, storage, artifacts, n_trials, seed, sampler, sampler_args
     space:   a registered search space name
@@ -13,6 +13,7 @@ A config has five sections (all optional but `study.name`):
     budget:  max_params, max_latency_ms, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
              measure
+    distill: teacher, alpha, temperature
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "BudgetConfig",
     "LatencyConfig",
+    "DistillConfig",
     "load_config",
 ]
 
@@ -237,6 +239,23 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a teacher, a timm folder (`lvit teacher train` writes one):
+    the student's loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student)
+    on temperature-T softmaxes (Hinton et al., "Distilling the Knowledge in a Neural Network",
+    arXiv 1503.02531). No teacher: no distillation."""
+
+    teacher: str | None = None
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha}")
+        _positive("distill", temperature=self.temperature)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     study: StudyConfig
     space: str = "tiny"
@@ -244,6 +263,7 @@ class SearchConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:

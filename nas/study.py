@@ -161,6 +161,7 @@ class _Objective:
         self.artifact_store = artifact_store
         self.on_event = on_event
         self.table = inputs.table
+        self.teacher = inputs.teacher
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         cfg, data = self.config, self.data
@@ -255,6 +256,8 @@ class _Objective:
                     },
                 ),
                 img_size=arch.img_size,
+                teacher=self.teacher.model if self.teacher else None,
+                distill=cfg.distill,
             )
         except TrainingFailed as e:
             trial.set_user_attr("status", "failed")
@@ -272,6 +275,15 @@ class _Objective:
                 "amp": cfg.train.amp and result.device.startswith("cuda"),
             },
         )
+        if self.teacher is not None:
+            trial.set_user_attr(
+                "distill",
+                {
+                    **self.teacher.info,
+                    "alpha": cfg.distill.alpha,
+                    "temperature": cfg.distill.temperature,
+                },
+            )
         if arch.exits:
             report = calibrate_exits(
                 model,
@@ -335,6 +347,7 @@ class Inputs:
 
     data: Dataset
     table: Any = None
+    teacher: Any = None  # nas.distill.Teacher
 
 
 def prepare_inputs(config: SearchConfig) -> Inputs:
@@ -346,7 +359,12 @@ def prepare_inputs(config: SearchConfig) -> Inputs:
         raise ConfigError(str(e)) from None
     data = load_dataset(config.data)
     table = _load_table(config, data, get_space(config.space)) if config.budget.lut_path else None
-    return Inputs(data, table)
+    teacher = None
+    if config.distill.teacher:
+        from nas.distill import load_teacher
+
+        teacher = load_teacher(config.distill.teacher, data)
+    return Inputs(data, table, teacher)
 
 
 def run_search(

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from nas.config import TrainConfig
+from nas.config import DistillConfig, TrainConfig
 from nas.data import Dataset, batches
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "evaluate",
     "resize",
     "resolve_device",
+    "soft_distillation",
     "train_model",
 ]
 
@@ -97,11 +98,15 @@ def train_model(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
     img_size: int | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
 ) -> TrainResult:
     """Train `model` in place for `cfg.epochs` epochs; `on_epoch(epoch, val_acc)` after each.
 
     `img_size` is the model's input resolution when it differs from the data's (the survey
     space searches the resolution): images are resized to it, for training and validation.
+    With a `teacher` (in eval mode, fed the same augmented images at the data's resolution),
+    the final head also learns the teacher's temperature-softened outputs (`distill`).
 
     Trains on `cfg.device` (with bfloat16 autocast on a GPU when `cfg.amp`) and leaves the model
     on the CPU. Raises `TrainingFailed` (`TrainingDiverged` on a non-finite loss, or out of
@@ -109,6 +114,9 @@ def train_model(
     """
     device = resolve_device(cfg.device)
     model.to(device)
+    if teacher is not None:
+        distill = distill or DistillConfig(teacher="given")
+        teacher.to(device).eval()
     exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
@@ -146,11 +154,16 @@ def train_model(
                 with autocast:
                     if exits:
                         *early, final = model.forward_exits(resize(xb, img_size))
-                        loss = criterion(final, yb) + cfg.exit_weight * sum(
-                            criterion(logits, yb) for logits in early
-                        )
                     else:
-                        loss = criterion(model(resize(xb, img_size)), yb)
+                        early, final = [], model(resize(xb, img_size))
+                    loss = criterion(final, yb)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            target = teacher(xb)
+                        loss = (1 - distill.alpha) * loss + distill.alpha * soft_distillation(
+                            final, target, distill.temperature
+                        )
+                    loss = loss + cfg.exit_weight * sum(criterion(o, yb) for o in early)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
@@ -189,4 +202,28 @@ def train_model(
         result.images_per_second = images / result.seconds if result.seconds else 0.0
     result.device = str(device)
     model.to("cpu").eval()
+    if teacher is not None:
+        teacher.to("cpu")
     return result
+
+
+def soft_distillation(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Hinton's distillation loss: T^2 x KL(softmax(teacher / T) || softmax(student / T)).
+
+    Paper: "Distilling the Knowledge in a Neural Network", arXiv 1503.02531.
+    """
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, dim=-1),
+            F.log_softmax(teacher / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )

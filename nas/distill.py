@@ -1,0 +1,157 @@
+"""Teachers for knowledge distillation: train one on the search's data and save it as a timm
+folder, and load one (safetensors only) to distil candidates from.
+
+A teacher is any timm model name (a CNN such as `resnet18` is a strong teacher for small ViTs,
+as DeiT found) or one of our architectures (an ArchConfig JSON), trained with the search
+config's data and recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+from timm.models import save_for_hf
+
+import search_spaces  # noqa: F401 - registers lightvit, so our architectures can teach
+from nas.config import SearchConfig
+from nas.cost import count_params
+from nas.data import Dataset
+from nas.errors import UserError
+from nas.train import TrainResult, evaluate, train_model
+
+__all__ = ["Teacher", "load_teacher", "train_teacher"]
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    info: dict[str, Any]
+
+
+def load_teacher(path: str, data: Dataset) -> Teacher:
+    """A teacher folder for `data`: safetensors weights only, the same classes; its validation
+    accuracy on the search's split is measured here and recorded."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"teacher {path} has no config.json; train one with `lvit teacher train`")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise UserError(
+            f"teacher {path} has no model.safetensors; only safetensors weights are loaded"
+        )
+    model = timm.create_model(f"local-dir:{os.path.abspath(path)}", pretrained=True).eval()
+    classes = getattr(model, "num_classes", None)
+    if classes != data.num_classes:
+        raise UserError(
+            f"teacher {path} predicts {classes} classes, the data has {data.num_classes}"
+        )
+    with open(os.path.join(path, "config.json")) as f:
+        architecture = json.load(f).get("architecture")
+    info = {
+        "path": path,
+        "architecture": architecture,
+        "params": count_params(model),
+        "val_acc": round(evaluate(model, data.val_x, data.val_y), 5),
+    }
+    return Teacher(model, info)
+
+
+def _build(model_name: str | None, arch_path: str | None, data: Dataset) -> torch.nn.Module:
+    if arch_path:
+        from search_spaces.arch import ArchConfig
+
+        with open(arch_path) as f:
+            arch = ArchConfig.from_json(f.read())
+        return timm.create_model(
+            "lightvit", arch=arch.to_dict(), num_classes=data.num_classes, img_size=data.img_size
+        )
+    if not timm.is_model(model_name):
+        raise UserError(f"'{model_name}' is not a timm model name (see timm.list_models())")
+    return timm.create_model(
+        model_name, pretrained=False, num_classes=data.num_classes, in_chans=data.in_chans
+    )
+
+
+def train_teacher(
+    config: SearchConfig,
+    data: Dataset,
+    out: str,
+    *,
+    model_name: str | None = None,
+    arch_path: str | None = None,
+    epochs: int | None = None,
+    on_epoch: Any = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train a teacher with the config's recipe on `data` and write it to `out` (a timm folder
+    with config.json, model.safetensors and a README), atomically."""
+    if os.path.exists(out) and os.listdir(out):
+        raise UserError(f"{out} already exists and is not empty; choose another --out")
+    model = _build(model_name, arch_path, data)
+    recipe = config.train if epochs is None else _with_epochs(config, epochs)
+    with torch.no_grad():  # a model that cannot take this input size fails here, clearly
+        try:
+            model.eval()(data.val_x[:1])
+        except RuntimeError as e:
+            raise UserError(
+                f"{model_name or arch_path} does not run on {data.img_size}px "
+                f"inputs: {str(e).splitlines()[0][:160]}"
+            ) from None
+    result = train_model(model, data, recipe, seed=config.study.seed, on_epoch=on_epoch)
+    info = {
+        "role": "teacher",
+        "model": model_name or arch_path,
+        "val_acc": result.val_acc,
+        "epochs": recipe.epochs,
+        "data": data.info(),
+        "params": count_params(model),
+    }
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".lvit-teacher-", dir=parent)
+    try:
+        data_config = {
+            "input_size": (data.in_chans, data.img_size, data.img_size),
+            "mean": data.mean,
+            "std": data.std,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+        }
+        save_for_hf(
+            model,
+            staging,
+            safe_serialization=True,
+            data_config=data_config,
+            model_args={"arch": model.arch.to_dict()} if arch_path else None,
+        )
+        meta_path = os.path.join(staging, "config.json")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        meta["lightweight_vit"] = info
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=2)
+        with open(os.path.join(staging, "README.md"), "w") as f:
+            f.write(
+                f"# Teacher `{info['model']}` for `{data.name}`\n\n"
+                f"Trained by `lvit teacher train` for {recipe.epochs} epochs (AdamW, warm-up "
+                f"and cosine decay, seed {config.study.seed}) on {data.name} "
+                f"({len(data.train_y)} training images at {data.img_size}px); validation "
+                f"accuracy {result.val_acc:.4f}; {info['params']:,} parameters.\n"
+            )
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result, info
+
+
+def _with_epochs(config: SearchConfig, epochs: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(config.train, epochs=epochs)

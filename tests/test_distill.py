@@ -1,0 +1,112 @@
+"""Knowledge distillation: teachers trained and saved as timm folders, loaded safely, and
+distilled into searched candidates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas.cli import main
+from nas.config import DataConfig, DistillConfig, TrainConfig, load_config
+from nas.data import load_dataset
+from nas.distill import load_teacher
+from nas.errors import UserError
+from nas.study import run_search
+from nas.train import soft_distillation, train_model
+from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.model import LightViT
+from tests.conftest import write_config
+
+
+def test_soft_distillation_is_hintons_loss() -> None:
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    expected = F.softmax(t / 3, -1) * (F.log_softmax(t / 3, -1) - F.log_softmax(s / 3, -1))
+    assert torch.allclose(soft_distillation(s, t, 3.0), expected.sum(-1).mean() * 9)
+    assert soft_distillation(t, t, 3.0).abs() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("teach")
+    config = write_config(folder)
+    out = folder / "resnet"
+    assert (
+        main(
+            [
+                "teacher",
+                "train",
+                str(config),
+                "--model",
+                "resnet10t",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    return config, out
+
+
+def test_teacher_train_writes_a_timm_folder(teacher_dir) -> None:
+    _, out = teacher_dir
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
+    data = load_dataset(load_config(teacher_dir[0]).data)
+    teacher = load_teacher(str(out), data)
+    assert teacher.info["architecture"] == "resnet10t" and 0 <= teacher.info["val_acc"] <= 1
+
+
+def test_a_teacher_folder_must_hold_safetensors_and_match_the_classes(teacher_dir, tmp_path):
+    _, out = teacher_dir
+    data = load_dataset(load_config(teacher_dir[0]).data)
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "config.json").write_text((out / "config.json").read_text())
+    (bad / "pytorch_model.bin").write_bytes(b"anything")
+    with pytest.raises(UserError, match="only safetensors weights are loaded"):
+        load_teacher(str(bad), data)
+    other = load_dataset(DataConfig(name="synthetic", img_size=16, num_classes=6, num_samples=60))
+    with pytest.raises(UserError, match="predicts 4 classes, the data has 6"):
+        load_teacher(str(out), other)
+
+
+def test_a_search_distils_from_the_teacher_and_records_it(teacher_dir, tmp_path) -> None:
+    _, out = teacher_dir
+    config = write_config(tmp_path, budget="budget: {max_params: 1000000, max_latency_ms: 100}")
+    text = Path(config).read_text() + f"distill: {{teacher: {out}, alpha: 0.7}}\n"
+    Path(config).write_text(text)
+    run = run_search(load_config(config).replace_study(n_trials=2))
+    for t in run.study.trials:
+        record = t.user_attrs["distill"]
+        assert record["alpha"] == 0.7 and record["architecture"] == "resnet10t"
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    data = load_dataset(DataConfig(name="synthetic", img_size=16, num_samples=120))
+    arch = ArchConfig(stages=(StageConfig(1, 16, 1, 2.0, "pool"),), img_size=16, num_classes=4)
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    with torch.no_grad():
+        target = teacher(data.val_x).softmax(-1)
+    distilled, plain = LightViT(arch), LightViT(arch)
+    recipe = TrainConfig(epochs=3, device="cpu")
+    train_model(
+        distilled,
+        data,
+        recipe,
+        seed=0,
+        teacher=teacher,
+        distill=DistillConfig(teacher="t", alpha=1.0, temperature=1.0),
+    )
+    train_model(plain, data, recipe, seed=0)
+
+    def gap(model: LightViT) -> float:
+        with torch.no_grad():
+            return (model(data.val_x).softmax(-1) - target).abs().mean().item()
+
+    assert gap(distilled) < gap(plain)
