@@ -6,6 +6,7 @@
     lvit space show|sample NAME   a search space's choices and size, or sampled architectures
     lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
     lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
+    lvit train ARCH|EXPORT --config CONFIG   retrain a found architecture into a timm folder
 
 `--storage` (an Optuna storage URL) is shared by the commands that read a study.
 Errors in the input print one line, `lvit: error: ...`, and exit with code 2.
@@ -524,7 +525,74 @@ class Teacher(Command):
         return 0
 
 
-COMMANDS: list[Command] = [Search(), Export(), Report(), Space(), Latency(), Teacher()]
+class Train(Command):
+    name = "train"
+    help = "retrain a found architecture fully (optionally with a teacher) into a timm folder"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("target", help="an ArchConfig JSON file or an `lvit export` folder")
+        parser.add_argument(
+            "--config",
+            required=True,
+            help="search config whose data, recipe and distill settings to use",
+        )
+        parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+        parser.add_argument("--teacher", default=None, help="a teacher folder to distil from")
+        parser.add_argument("--seed", type=int, default=None, help="override study.seed")
+        parser.add_argument("--out", required=True, help="output folder")
+        parser.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.config import load_config
+        from nas.data import load_dataset
+        from nas.retrain import read_arch, retrain
+
+        config = load_config(args.config)
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        arch = read_arch(args.target)
+        data = load_dataset(config.data)
+        teacher = None
+        teacher_dir = args.teacher or config.distill.teacher
+        if teacher_dir:
+            from nas.distill import load_teacher
+
+            teacher = load_teacher(teacher_dir, data)
+        epochs = args.epochs or config.train.epochs
+        bar = tqdm(total=epochs, desc="train", unit="epoch")
+        try:
+            result, record = retrain(
+                arch,
+                config,
+                data,
+                args.out,
+                epochs=args.epochs,
+                teacher=teacher,
+                seed=args.seed,
+                force=args.force,
+                on_epoch=lambda epoch, acc: (bar.update(1), bar.set_postfix_str(f"acc {acc:.3f}")),
+            )
+        finally:
+            bar.close()
+        taught = f", distilled from {teacher.info['path']}" if teacher else ""
+        print(
+            f"Trained {arch.describe()} for {epochs} epochs{taught}: {data.name} validation "
+            f"accuracy {result.val_acc:.4f} ({_duration(result.seconds)}); wrote {args.out}"
+        )
+        return 0
+
+
+COMMANDS: list[Command] = [
+    Search(),
+    Export(),
+    Report(),
+    Space(),
+    Latency(),
+    Teacher(),
+    Train(),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
-from timm.models import save_for_hf
 
 import search_spaces  # noqa: F401 - registers lightvit, so our architectures can teach
 from nas.config import SearchConfig
 from nas.cost import count_params
 from nas.data import Dataset
 from nas.errors import UserError
+from nas.export import check_out_dir, data_config_of, save_timm_folder
 from nas.train import TrainResult, evaluate, train_model
 
 __all__ = ["Teacher", "load_teacher", "train_teacher"]
@@ -89,8 +87,7 @@ def train_teacher(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train a teacher with the config's recipe on `data` and write it to `out` (a timm folder
     with config.json, model.safetensors and a README), atomically."""
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"{out} already exists and is not empty; choose another --out")
+    check_out_dir(out)
     model = _build(model_name, arch_path, data)
     recipe = config.train if epochs is None else _with_epochs(config, epochs)
     with torch.no_grad():  # a model that cannot take this input size fails here, clearly
@@ -110,44 +107,20 @@ def train_teacher(
         "data": data.info(),
         "params": count_params(model),
     }
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".lvit-teacher-", dir=parent)
-    try:
-        data_config = {
-            "input_size": (data.in_chans, data.img_size, data.img_size),
-            "mean": data.mean,
-            "std": data.std,
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
-        }
-        save_for_hf(
-            model,
-            staging,
-            safe_serialization=True,
-            data_config=data_config,
-            model_args={"arch": model.arch.to_dict()} if arch_path else None,
-        )
-        meta_path = os.path.join(staging, "config.json")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        meta["lightweight_vit"] = info
-        with open(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
-        with open(os.path.join(staging, "README.md"), "w") as f:
-            f.write(
-                f"# Teacher `{info['model']}` for `{data.name}`\n\n"
-                f"Trained by `lvit teacher train` for {recipe.epochs} epochs (AdamW, warm-up "
-                f"and cosine decay, seed {config.study.seed}) on {data.name} "
-                f"({len(data.train_y)} training images at {data.img_size}px); validation "
-                f"accuracy {result.val_acc:.4f}; {info['params']:,} parameters.\n"
-            )
-        if os.path.isdir(out):
-            os.rmdir(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    card = (
+        f"# Teacher `{info['model']}` for `{data.name}`\n\n"
+        f"Trained by `lvit teacher train` for {recipe.epochs} epochs (AdamW, warm-up and "
+        f"cosine decay, seed {config.study.seed}) on {data.name} ({len(data.train_y)} "
+        f"training images at {data.img_size}px); validation accuracy {result.val_acc:.4f}; "
+        f"{info['params']:,} parameters.\n"
+    )
+    save_timm_folder(
+        model,
+        out,
+        card=card,
+        provenance=info,
+        data_config=data_config_of((data.in_chans, data.img_size, data.img_size), data.info()),
+    )
     return result, info
 
 

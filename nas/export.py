@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import timm
@@ -29,7 +30,14 @@ import search_spaces  # noqa: F401 - registers `lightvit` with timm
 from nas.errors import UserError
 from search_spaces.arch import ATTENTION_MIXERS, ArchConfig
 
-__all__ = ["ExportResult", "export_trial", "load_trial_model"]
+__all__ = [
+    "ExportResult",
+    "check_out_dir",
+    "data_config_of",
+    "export_trial",
+    "load_trial_model",
+    "save_timm_folder",
+]
 
 LOGIT_TOLERANCE = 1e-5
 
@@ -161,15 +169,8 @@ def _latency_line(costs: dict) -> str:
     return "; ".join(lines) or "not recorded"
 
 
-def export_trial(
-    study: optuna.Study,
-    number: int,
-    out_dir: str,
-    *,
-    artifact_dir: str | None = None,
-    force: bool = False,
-) -> ExportResult:
-    """Write trial `number` of `study` to `out_dir` as a timm folder and verify it reloads."""
+def check_out_dir(out_dir: str, force: bool = False) -> None:
+    """Refuse to write over a non-empty folder unless forced."""
     if (
         os.path.exists(out_dir)
         and (not os.path.isdir(out_dir) or os.listdir(out_dir))
@@ -179,16 +180,33 @@ def export_trial(
             f"{out_dir} already exists and is not empty; choose another --out or "
             "pass --force to replace it"
         )
-    model, trial = load_trial_model(study, number, artifact_dir)
-    arch = model.arch
-    data = trial.user_attrs.get("data", {})
-    data_config = {
-        "input_size": (arch.in_chans, arch.img_size, arch.img_size),
+
+
+def data_config_of(input_size: tuple[int, int, int], data: dict[str, Any]) -> dict[str, Any]:
+    """timm's preprocessing config from a recorded data set description."""
+    return {
+        "input_size": tuple(input_size),
         "interpolation": "bilinear",
         "crop_pct": 1.0,
-        "mean": tuple(data.get("mean", (0.5,) * arch.in_chans)),
-        "std": tuple(data.get("std", (0.5,) * arch.in_chans)),
+        "mean": tuple(data.get("mean", (0.5,) * input_size[0])),
+        "std": tuple(data.get("std", (0.5,) * input_size[0])),
     }
+
+
+def save_timm_folder(
+    model: torch.nn.Module,
+    out_dir: str,
+    *,
+    data_config: dict[str, Any],
+    card: str,
+    provenance: dict[str, Any],
+    force: bool = False,
+) -> float:
+    """Write `model` as a timm folder (config.json, model.safetensors, README.md, and arch.json
+    for a LightViT) beside `out_dir`, reload it through timm, check the logits, then rename it
+    into place: nothing half-written is ever left. Returns the max abs logit difference."""
+    check_out_dir(out_dir, force)
+    arch = getattr(model, "arch", None)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".lvit-export-", dir=parent)
@@ -196,44 +214,68 @@ def export_trial(
         save_for_hf(
             model,
             staging,
-            model_args={"arch": arch.to_dict()},
             safe_serialization=True,
             data_config=data_config,
+            model_args={"arch": arch.to_dict()} if arch is not None else None,
         )
         meta_path = os.path.join(staging, "config.json")
         with open(meta_path) as f:
             meta = json.load(f)
-        # provenance; timm ignores keys it does not know
-        meta["lightweight_vit"] = {
-            "study": study.study_name,
-            "trial": trial.number,
-            "val_acc": trial.values[0],
-            "costs": trial.user_attrs["costs"],
-        }
+        meta["lightweight_vit"] = provenance  # timm ignores keys it does not know
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=2)
-        with open(os.path.join(staging, "arch.json"), "w") as f:
-            f.write(arch.to_json(indent=2) + "\n")
+        if arch is not None:
+            with open(os.path.join(staging, "arch.json"), "w") as f:
+                f.write(arch.to_json(indent=2) + "\n")
         with open(os.path.join(staging, "README.md"), "w") as f:
-            f.write(_model_card(trial, study.study_name, arch))
-        diff = _verify(model, staging)
+            f.write(card)
+        diff = _verify(model, staging, data_config["input_size"])
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir) if os.path.isdir(out_dir) else os.remove(out_dir)
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return diff
+
+
+def export_trial(
+    study: optuna.Study,
+    number: int,
+    out_dir: str,
+    *,
+    artifact_dir: str | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write trial `number` of `study` to `out_dir` as a timm folder and verify it reloads."""
+    check_out_dir(out_dir, force)
+    model, trial = load_trial_model(study, number, artifact_dir)
+    arch = model.arch
+    provenance = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "val_acc": trial.values[0],
+        "costs": trial.user_attrs["costs"],
+    }
+    diff = save_timm_folder(
+        model,
+        out_dir,
+        force=force,
+        provenance=provenance,
+        data_config=data_config_of(
+            (arch.in_chans, arch.img_size, arch.img_size), trial.user_attrs.get("data", {})
+        ),
+        card=_model_card(trial, study.study_name, arch),
+    )
     return ExportResult(out_dir=out_dir, trial=trial.number, max_abs_diff=diff)
 
 
 @torch.no_grad()
-def _verify(model: torch.nn.Module, folder: str) -> float:
+def _verify(model: torch.nn.Module, folder: str, input_size: tuple[int, ...]) -> float:
     """Reload `folder` through timm and compare logits with `model` on random inputs."""
     reloaded = timm.create_model(f"local-dir:{os.path.abspath(folder)}", pretrained=True).eval()
-    arch = model.arch
-    x = torch.randn(
-        4, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(0)
-    )
+    model.eval()
+    x = torch.randn(4, *input_size, generator=torch.Generator().manual_seed(0))
     diff = (model(x) - reloaded(x)).abs().max().item()
     if diff > LOGIT_TOLERANCE:
         raise RuntimeError(

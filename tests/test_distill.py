@@ -110,3 +110,47 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
             return (model(data.val_x).softmax(-1) - target).abs().mean().item()
 
     assert gap(distilled) < gap(plain)
+
+
+def test_lvit_train_retrains_with_a_teacher_into_a_timm_folder(
+    teacher_dir, tmp_path, capsys
+) -> None:
+    import json
+
+    import timm
+
+    config, teacher = teacher_dir
+    arch = ArchConfig(
+        stages=(StageConfig(1, 16, 2, 2.0),), img_size=16, patch_size=4, exits=(), num_classes=10
+    )  # classes follow the data
+    path = tmp_path / "arch.json"
+    path.write_text(arch.to_json())
+    out = tmp_path / "student"
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--config",
+                str(config),
+                "--epochs",
+                "2",
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "distilled from" in capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())["lightweight_vit"]
+    assert meta["teacher"]["architecture"] == "resnet10t" and meta["epochs"] == 2
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert model.num_classes == 4
+    assert "distilled from `resnet10t`" in (out / "README.md").read_text()
+    # an export folder is a target too; an occupied --out is refused
+    assert (
+        main(["train", str(out), "--config", str(config), "--epochs", "1", "--out", str(out)]) == 2
+    )
+    assert "already exists" in capsys.readouterr().err

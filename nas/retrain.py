@@ -1,0 +1,114 @@
+"""Retraining a found architecture fully (optionally distilled from a teacher) and writing it
+as a timm folder with its model card: `lvit train ARCH.json|EXPORT_DIR --config CONFIG`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from nas.config import SearchConfig
+from nas.data import Dataset
+from nas.errors import UserError
+from nas.export import check_out_dir, data_config_of, save_timm_folder
+from nas.train import TrainResult, train_model
+from search_spaces.arch import ArchConfig, ArchConfigError
+from search_spaces.model import LightViT
+
+__all__ = ["read_arch", "retrain"]
+
+
+def read_arch(target: str) -> ArchConfig:
+    """The ArchConfig in a JSON file, or in an `lvit export` folder (its arch.json)."""
+    path = os.path.join(target, "arch.json") if os.path.isdir(target) else target
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{target}: no ArchConfig found; pass an ArchConfig JSON file or an "
+            "`lvit export` folder"
+        )
+    try:
+        with open(path) as f:
+            return ArchConfig.from_json(f.read())
+    except (json.JSONDecodeError, ArchConfigError) as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def retrain(
+    arch: ArchConfig,
+    config: SearchConfig,
+    data: Dataset,
+    out: str,
+    *,
+    epochs: int | None = None,
+    teacher: Any = None,
+    seed: int | None = None,
+    on_epoch: Any = None,
+    force: bool = False,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train `arch` from scratch on `data` with the config's recipe and write it to `out`."""
+    check_out_dir(out, force)
+    arch = dataclasses.replace(arch, num_classes=data.num_classes, in_chans=data.in_chans)
+    recipe = dataclasses.replace(config.train, epochs=epochs or config.train.epochs)
+    seed = config.study.seed if seed is None else seed
+    model = LightViT(arch)
+    result = train_model(
+        model,
+        data,
+        recipe,
+        seed,
+        on_epoch=on_epoch,
+        img_size=arch.img_size,
+        teacher=teacher.model if teacher else None,
+        distill=config.distill,
+    )
+    record: dict[str, Any] = {
+        "role": "retrained",
+        "val_acc": result.val_acc,
+        "epochs": recipe.epochs,
+        "seed": seed,
+        "data": data.info(),
+        "teacher": teacher.info if teacher else None,
+    }
+    if arch.exits:
+        from nas.exits import calibrate_exits
+
+        record["exits"] = calibrate_exits(
+            model, data.val_x, data.val_y, max_drop=recipe.exit_max_drop, img_size=arch.img_size
+        ).to_dict()
+    save_timm_folder(
+        model,
+        out,
+        force=force,
+        provenance=record,
+        card=_card(arch, record),
+        data_config=data_config_of((arch.in_chans, arch.img_size, arch.img_size), data.info()),
+    )
+    return result, record
+
+
+def _card(arch: ArchConfig, record: dict[str, Any]) -> str:
+    data, teacher = record["data"], record["teacher"]
+    taught = (
+        f"distilled from `{teacher['architecture']}` ({teacher['path']}, validation "
+        f"accuracy {teacher['val_acc']:.4f})"
+        if teacher
+        else "no teacher"
+    )
+    return f"""---
+library_name: timm
+tags: [image-classification, timm, lightweight-vit]
+---
+# LightViT `{arch.describe()}`
+
+Retrained from scratch by `lvit train`: {record["epochs"]} epochs on {data["name"]}
+({data["train_size"]} train / {data["val_size"]} val images at {data["input_size"]}, augmentation:
+{data["augment"]}), AdamW with warm-up and cosine decay, seed {record["seed"]}, {taught}.
+
+Validation accuracy: {record["val_acc"]:.4f}
+
+```python
+import search_spaces, timm  # importing search_spaces registers `lightvit` with timm
+model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval()
+```
+"""
