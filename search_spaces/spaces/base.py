@@ -113,7 +113,6 @@ class StagedSpace(SearchSpace):
     @abstractmethod
     def sample_stage(self, trial: TrialLike, ctx: StageContext) -> StageConfig: ...
 
-    @abstractmethod
     def finish(
         self,
         trial: TrialLike,
@@ -124,7 +123,26 @@ class StagedSpace(SearchSpace):
     ) -> ArchConfig:
         """Final choices (exits...) and the compatibility fix-ups that need every stage. Its
         suggestions may depend on the global choices but not on the stages' (`size` counts
-        them once per set of global choices)."""
+        them once per set of global choices). By default: no choices, the ArchConfig as is."""
+        return self.arch(g, stages, num_classes, in_chans)
+
+    @staticmethod
+    def arch(
+        g: dict[str, Any],
+        stages: tuple[StageConfig, ...],
+        num_classes: int,
+        in_chans: int,
+        **changes: Any,
+    ) -> ArchConfig:
+        """The ArchConfig of global choices `g` and `stages`, with `changes` (fix-ups, exits)."""
+        fields = {
+            "stem": g["stem"],
+            "patch_size": g["patch_size"],
+            "pos_enc": g["pos_enc"],
+            "img_size": g["img_size"],
+            **changes,
+        }
+        return ArchConfig(stages=stages, in_chans=in_chans, num_classes=num_classes, **fields)
 
     def contexts(self, g: dict[str, Any]) -> list[StageContext]:
         grid = g["img_size"] // g["patch_size"]

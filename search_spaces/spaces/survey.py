@@ -168,13 +168,6 @@ class SurveySpace(StagedSpace):
             block = round(at * depth)
             if 1 <= block < depth:
                 exits.add(block)
-        return ArchConfig(
-            stages=stages,
-            stem=g["stem"],
-            patch_size=g["patch_size"],
-            pos_enc=pos_enc,
-            img_size=g["img_size"],
-            in_chans=in_chans,
-            num_classes=num_classes,
-            exits=tuple(sorted(exits)),
+        return self.arch(
+            g, stages, num_classes, in_chans, pos_enc=pos_enc, exits=tuple(sorted(exits))
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.arch import StageConfig
 from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike
 
 __all__ = ["TinySpace"]
@@ -51,22 +51,4 @@ class TinySpace(StagedSpace):
             mlp_ratio=trial.suggest_categorical(f"stage{i}.mlp_ratio", self.mlp_ratios),
             mixer=mixer,
             downsample=ctx.downsample,
-        )
-
-    def finish(
-        self,
-        trial: TrialLike,
-        g: dict[str, Any],
-        stages: tuple[StageConfig, ...],
-        num_classes: int,
-        in_chans: int,
-    ) -> ArchConfig:
-        return ArchConfig(
-            stages=stages,
-            stem=g["stem"],
-            patch_size=g["patch_size"],
-            pos_enc=g["pos_enc"],
-            img_size=g["img_size"],
-            in_chans=in_chans,
-            num_classes=num_classes,
         )
