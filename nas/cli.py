@@ -562,6 +562,8 @@ class Train(Command):
             teacher = load_teacher(teacher_dir, data)
         epochs = args.epochs or config.train.epochs
         bar = tqdm(total=epochs, desc="train", unit="epoch")
+        from nas.train import TrainingFailed
+
         try:
             result, record = retrain(
                 arch,
@@ -574,6 +576,8 @@ class Train(Command):
                 force=args.force,
                 on_epoch=lambda epoch, acc: (bar.update(1), bar.set_postfix_str(f"acc {acc:.3f}")),
             )
+        except TrainingFailed as e:
+            raise ConfigError(f"training failed: {e}") from None
         finally:
             bar.close()
         taught = f", distilled from {teacher.info['path']}" if teacher else ""

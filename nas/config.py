@@ -13,7 +13,7 @@ A config has these sections (all optional but `study.name`):
     budget:  max_params, max_latency_ms, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
              measure
-    distill: teacher, alpha, temperature
+    distill: teacher, alpha, temperature, hint_weight, hint_layer, hint_block
 """
 
 from __future__ import annotations
@@ -243,16 +243,29 @@ class DistillConfig:
     """Knowledge distillation from a teacher, a timm folder (`lvit teacher train` writes one):
     the student's loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student)
     on temperature-T softmaxes (Hinton et al., "Distilling the Knowledge in a Neural Network",
-    arXiv 1503.02531). No teacher: no distillation."""
+    arXiv 1503.02531). No teacher: no distillation. With `hint_weight` > 0, a feature hint is
+    added (FitNets, "FitNets: Hints for Thin Deep Nets", arXiv 1412.6550): the student's tokens
+    after block `hint_block` (1-based), laid out on their grid and projected by a 1x1 conv, are
+    pulled towards the teacher's feature map at module `hint_layer` (e.g. `layer3`) by MSE."""
 
     teacher: str | None = None
     alpha: float = 0.5
     temperature: float = 4.0
+    hint_weight: float = 0.0
+    hint_layer: str | None = None
+    hint_block: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha}")
         _positive("distill", temperature=self.temperature)
+        if self.hint_weight < 0:
+            raise ValueError(f"distill.hint_weight must be >= 0, got {self.hint_weight}")
+        if self.hint_weight and (not self.hint_layer or not self.hint_block):
+            raise ValueError(
+                "distill.hint_weight needs hint_layer (a teacher module, e.g. "
+                "layer3) and hint_block (a student block number, from 1)"
+            )
 
 
 @dataclass(frozen=True)

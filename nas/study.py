@@ -21,6 +21,7 @@ same command resumes the study until it has that many. Ctrl-C marks the running 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import tempfile
@@ -278,11 +279,7 @@ class _Objective:
         if self.teacher is not None:
             trial.set_user_attr(
                 "distill",
-                {
-                    **self.teacher.info,
-                    "alpha": cfg.distill.alpha,
-                    "temperature": cfg.distill.temperature,
-                },
+                {**self.teacher.info, **dataclasses.asdict(cfg.distill)},
             )
         if arch.exits:
             report = calibrate_exits(

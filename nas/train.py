@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,10 +124,19 @@ def train_model(
     )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    hint = None
+    if teacher is not None and distill.hint_weight > 0:
+        try:
+            hint = FeatureHint(model, teacher, distill, data, img_size, device)
+        except ValueError as e:  # this candidate cannot take the hint: its trial fails
+            model.to("cpu")
+            teacher.to("cpu")
+            raise TrainingFailed(str(e)) from None
+        optimizer.add_param_group({"params": list(hint.proj.parameters()), "weight_decay": 0.0})
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(data.train_y) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -139,7 +149,7 @@ def train_model(
     try:
         model.train()
         for epoch in range(1, cfg.epochs + 1):
-            epoch_start, loss_sum, seen = time.perf_counter(), 0.0, 0
+            epoch_start, loss_sum, seen, hint_sum = time.perf_counter(), 0.0, 0, 0.0
             for xb, yb in batches(
                 data.train_x,
                 data.train_y,
@@ -164,6 +174,10 @@ def train_model(
                             final, target, distill.temperature
                         )
                     loss = loss + cfg.exit_weight * sum(criterion(o, yb) for o in early)
+                    if hint is not None:
+                        hint_loss = hint.loss()
+                        hint_sum += hint_loss.item() * len(yb)
+                        loss = loss + distill.hint_weight * hint_loss
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
                 optimizer.zero_grad(set_to_none=True)
@@ -183,6 +197,7 @@ def train_model(
                     "val_acc": round(result.val_acc, 5),
                     "seconds": round(time.perf_counter() - epoch_start, 3),
                     "images_per_second": round(seen / train_seconds, 1),
+                    **({"hint_loss": round(hint_sum / seen, 5)} if hint is not None else {}),
                 }
             )
             if on_epoch is not None:
@@ -196,6 +211,8 @@ def train_model(
             f"{str(e).splitlines()[0][:160]}"
         ) from None
     finally:
+        if hint is not None:
+            hint.remove()  # the teacher is shared across trials: leave no hook behind
         torch.set_num_threads(previous_threads)
         result.seconds = time.perf_counter() - start
         images = sum(len(data.train_y) for _ in result.history)
@@ -205,6 +222,84 @@ def train_model(
     if teacher is not None:
         teacher.to("cpu")
     return result
+
+
+class FeatureHint:
+    """FitNets hint: forward hooks catch the student's tokens after block `hint_block` and the
+    teacher's feature map at `hint_layer`; a 1x1 conv (trained with the student, not exported)
+    projects the student's grid to the teacher's channels, resized to its spatial size.
+
+    Paper: "FitNets: Hints for Thin Deep Nets", arXiv 1412.6550.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        distill: DistillConfig,
+        data: Dataset,
+        img_size: int | None,
+        device: torch.device,
+    ) -> None:
+        blocks = [m for m in student.modules() if type(m).__name__ == "Block"]
+        if not 1 <= distill.hint_block <= len(blocks):
+            raise ValueError(
+                f"distill.hint_block {distill.hint_block} is not a block of this "
+                f"student (1 to {len(blocks)})"
+            )
+        try:
+            layer = teacher.get_submodule(distill.hint_layer)
+        except AttributeError:
+            raise ValueError(
+                f"the teacher has no module '{distill.hint_layer}' for the hint "
+                "(see teacher.named_modules())"
+            ) from None
+        self.student_out: torch.Tensor | None = None
+        self.teacher_out: torch.Tensor | None = None
+        self.handles = [
+            blocks[distill.hint_block - 1].register_forward_hook(self._keep_student),
+            layer.register_forward_hook(self._keep_teacher),
+        ]
+        with torch.no_grad():  # one batch, to learn the shapes the projection joins
+            x = data.train_x[:2].to(device)
+            student(resize(x, img_size))
+            teacher(x)
+        if self.teacher_out is None or self.teacher_out.dim() != 4:
+            self.remove()
+            raise ValueError(
+                f"teacher module '{distill.hint_layer}' must give a (B, C, H, W) "
+                "feature map for the hint"
+            )
+        n, c = self.student_out.shape[1:]
+        side = math.isqrt(n)
+        if side * side != n:
+            self.remove()
+            raise ValueError(
+                f"student block {distill.hint_block} holds {n} tokens, not a square"
+                " grid (pick a block before token merging or pruning)"
+            )
+        self.proj = nn.Conv2d(c, self.teacher_out.shape[1], 1).to(device)
+
+    def _keep_student(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.student_out = output[0]
+
+    def _keep_teacher(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.teacher_out = output
+
+    def loss(self) -> torch.Tensor:
+        """MSE between the projected student grid and the teacher map of the last forward."""
+        b, n, c = self.student_out.shape
+        side = math.isqrt(n)
+        grid = self.student_out.transpose(1, 2).reshape(b, c, side, side)
+        target = self.teacher_out.detach()
+        pred = F.interpolate(
+            self.proj(grid), size=target.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return F.mse_loss(pred, target)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def soft_distillation(

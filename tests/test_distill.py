@@ -154,3 +154,55 @@ def test_lvit_train_retrains_with_a_teacher_into_a_timm_folder(
         main(["train", str(out), "--config", str(config), "--epochs", "1", "--out", str(out)]) == 2
     )
     assert "already exists" in capsys.readouterr().err
+
+
+class _ConvTeacher(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.layer1 = torch.nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.head = torch.nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer1(torch.relu(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_a_fitnets_hint_pulls_student_features_towards_the_teacher() -> None:
+    data = load_dataset(DataConfig(name="synthetic", img_size=16, num_samples=120))
+    arch = ArchConfig(stages=(StageConfig(2, 16, 2, 2.0),), img_size=16, num_classes=4)
+    hint = DistillConfig(
+        teacher="t", alpha=0.0, hint_weight=1.0, hint_layer="layer1", hint_block=1
+    )
+    result = train_model(
+        LightViT(arch),
+        data,
+        TrainConfig(epochs=4, device="cpu"),
+        seed=0,
+        teacher=_ConvTeacher(),
+        distill=hint,
+    )
+    losses = [h["hint_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    with pytest.raises(Exception, match="no module 'layer9'"):
+        train_model(
+            LightViT(arch),
+            data,
+            TrainConfig(epochs=1, device="cpu"),
+            seed=0,
+            teacher=_ConvTeacher(),
+            distill=DistillConfig(teacher="t", hint_weight=1.0, hint_layer="layer9", hint_block=1),
+        )
+    with pytest.raises(Exception, match="hint_block 5 is not a block of this student"):
+        train_model(
+            LightViT(arch),
+            data,
+            TrainConfig(epochs=1, device="cpu"),
+            seed=0,
+            teacher=_ConvTeacher(),
+            distill=DistillConfig(teacher="t", hint_weight=1.0, hint_layer="layer1", hint_block=5),
+        )
+
+
+def test_a_hint_needs_its_layer_and_block() -> None:
+    with pytest.raises(ValueError, match="needs hint_layer"):
+        DistillConfig(teacher="t", hint_weight=0.5)
