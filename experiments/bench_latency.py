@@ -128,17 +128,13 @@ def _full_check_ms(space, table: LatencyTable, args: argparse.Namespace) -> floa
     """What the search spends per candidate before training when a table gives the latency."""
     import statistics
 
-    import optuna
-
     from nas.cost import count_flops, count_params
     from search_spaces.model import LightViT
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     times = []
-    for _ in range(min(args.n, 50)):
-        trial = study.ask()
-        arch = space.sample(trial, num_classes=args.num_classes, img_size=args.img_size)
-        study.tell(trial, 0.0)
+    for arch in space.sample_many(
+        min(args.n, 50), seed=args.seed, num_classes=args.num_classes, img_size=args.img_size
+    ):
         start = time.perf_counter()
         model = LightViT(arch)
         count_params(model)

@@ -256,16 +256,13 @@ class Space(Command):
         return 0
 
     def _sample(self, space: Any, args: argparse.Namespace) -> int:
-        import optuna
-
         from nas.cost import count_flops, count_params
         from search_spaces.model import LightViT
 
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
-        for i in range(args.n):
-            trial = study.ask()
-            arch = space.sample(trial, num_classes=args.num_classes, img_size=args.img_size)
-            study.tell(trial, 0.0)
+        archs = space.sample_many(
+            args.n, seed=args.seed, num_classes=args.num_classes, img_size=args.img_size
+        )
+        for i, arch in enumerate(archs):
             model = LightViT(arch)
             size = (arch.in_chans, arch.img_size, arch.img_size)
             print(f"[{i + 1}] {arch.describe()}")

@@ -426,12 +426,11 @@ def build_lut(
     items = sorted(found.items())
 
     # whole architectures first, in this process while it is fresh, as the search measures them
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    archs, measured = [], []
-    for i in range(calibration_archs):
-        trial = study.ask()
-        arch = space.sample(trial, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-        study.tell(trial, 0.0)
+    archs = space.sample_many(
+        calibration_archs, seed=seed, num_classes=num_classes, in_chans=in_chans, img_size=img_size
+    )
+    measured = []
+    for i, arch in enumerate(archs):
         result = cost.measure_latency(
             LightViT(arch),
             (in_chans, arch.img_size, arch.img_size),
@@ -439,7 +438,6 @@ def build_lut(
             threads=threads,
             batch_size=batch_size,
         )
-        archs.append(arch)
         measured.append(result.median_ms)
         if progress is not None:
             progress("calibration", i + 1, calibration_archs)
@@ -703,19 +701,18 @@ def validate(
     """Sample `n` architectures (seeded), predict each with the table and measure it."""
     import statistics
 
-    import optuna
-
     from nas import cost
     from search_spaces.model import LightViT
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    sampled = space.sample_many(
+        n,
+        seed=seed,
+        num_classes=table.num_classes,
+        in_chans=table.in_chans,
+        img_size=table.img_size,
+    )
     predicted, measured, archs, predict_times, measure_times = [], [], [], [], []
-    for i in range(n):
-        trial = study.ask()
-        arch = space.sample(
-            trial, num_classes=table.num_classes, in_chans=table.in_chans, img_size=table.img_size
-        )
-        study.tell(trial, 0.0)
+    for i, arch in enumerate(sampled):
         start = time.perf_counter()
         predicted.append(table.predict(arch))
         predict_times.append((time.perf_counter() - start) * 1e3)

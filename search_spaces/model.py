@@ -15,7 +15,6 @@ with `timm.create_model("local-dir:DIR", pretrained=True)` once this module is i
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -378,8 +377,3 @@ def lightvit(
     return build_model_with_cfg(
         LightViT, "lightvit", pretrained, model_cfg=cfg, pretrained_cfg_overlay=overlay, **kwargs
     )
-
-
-def arch_of(model: nn.Module) -> ArchConfig:
-    """The ArchConfig a LightViT was built from (JSON-exact copy)."""
-    return ArchConfig.from_json(json.dumps(model.arch.to_dict()))

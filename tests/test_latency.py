@@ -22,13 +22,7 @@ from tests.conftest import write_config
 
 
 def _sampled(space: str, n: int, img_size: int, seed: int = 0) -> list[ArchConfig]:
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        out.append(get_space(space).sample(trial, num_classes=4, img_size=img_size))
-        study.tell(trial, 0.0)
-    return out
+    return get_space(space).sample_many(n, seed=seed, num_classes=4, img_size=img_size)
 
 
 def _traced_units(arch: ArchConfig) -> list[tuple[str, int, bool]]:

@@ -44,6 +44,22 @@ class SearchSpace(ABC):
     ) -> ArchConfig:
         """Draw one architecture for a task with `num_classes` classes and the given input."""
 
+    def sample_many(
+        self, n: int, *, seed: int, num_classes: int, in_chans: int = 3, img_size: int = 32
+    ) -> list[ArchConfig]:
+        """`n` architectures drawn by Optuna's RandomSampler with `seed` (reproducible)."""
+        import optuna
+
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        archs = []
+        for _ in range(n):
+            trial = study.ask()
+            archs.append(
+                self.sample(trial, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+            )
+            study.tell(trial, 0.0)
+        return archs
+
     @abstractmethod
     def choices(self, img_size: int = 32) -> dict[str, tuple[Any, ...]]:
         """Every label the space can suggest, with its options, in the order they are drawn."""
