@@ -1,6 +1,9 @@
 """Benchmark: response distillation. Trains (or reuses) a CNN teacher on digits at 32x32, then
-the same student architecture with and without Hinton distillation from it, for the same epochs
-and seeds, and reports the accuracies and the proxy-training throughput (CPU, 2 threads).
+the same student architecture without a teacher and with each distillation variant, for the
+same epochs and seeds, and reports the accuracies and the proxy-training throughput (CPU,
+2 threads). Variants: `plain` (no teacher), `soft` (Hinton, arXiv 1503.02531), `hard` (DeiT's
+hard labels on the class head, arXiv 2012.12877), `deit` (hard labels through a distillation
+head, DeiT's distillation token in LeViT's form, arXiv 2104.01136).
 
     python experiments/bench_distill.py --seeds 0 1 2
 """
@@ -33,6 +36,14 @@ STUDENT = ArchConfig(
     num_classes=10,
 )
 
+# variant -> (DistillConfig changes, distillation head); None: no teacher
+VARIANTS = {
+    "plain": None,
+    "soft": ({"kind": "soft"}, False),
+    "hard": ({"kind": "hard"}, False),
+    "deit": ({"kind": "hard", "head": True}, True),
+}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +54,7 @@ def main() -> int:
     parser.add_argument("--teacher", default="runs/teachers/resnet18-digits32")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="experiments/results/distill")
     args = parser.parse_args()
 
@@ -64,15 +76,20 @@ def main() -> int:
         )
         bar.close()
     teacher = load_teacher(args.teacher, data)
-    distill = DistillConfig(teacher=args.teacher, alpha=args.alpha, temperature=args.temperature)
+    base = DistillConfig(teacher=args.teacher, alpha=args.alpha, temperature=args.temperature)
     rows = []
     for seed in tqdm(args.seeds, desc="student seeds"):
         row = {"seed": seed}
-        for name, kwargs in (
-            ("plain", {}),
-            ("distilled", {"teacher": teacher.model, "distill": distill}),
-        ):
-            result = train_model(LightViT(STUDENT), data, recipe, seed, **kwargs)
+        for name in args.variants:
+            arch, kwargs = STUDENT, {}
+            if VARIANTS[name] is not None:
+                changes, head = VARIANTS[name]
+                arch = dataclasses.replace(STUDENT, distill_head=head)
+                kwargs = {
+                    "teacher": teacher.model,
+                    "distill": dataclasses.replace(base, **changes),
+                }
+            result = train_model(LightViT(arch), data, recipe, seed, **kwargs)
             row[name] = round(result.val_acc, 5)
             row[f"{name}_images_per_second"] = round(result.images_per_second, 1)
         rows.append(row)
@@ -83,12 +100,12 @@ def main() -> int:
         "alpha": args.alpha,
         "temperature": args.temperature,
         "seeds": args.seeds,
-        "plain_mean": statistics.mean(r["plain"] for r in rows),
-        "distilled_mean": statistics.mean(r["distilled"] for r in rows),
-        "plain_images_per_second": statistics.median(r["plain_images_per_second"] for r in rows),
-        "distilled_images_per_second": statistics.median(
-            r["distilled_images_per_second"] for r in rows
-        ),
+        "variants": args.variants,
+        **{f"{v}_mean": statistics.mean(r[v] for r in rows) for v in args.variants},
+        **{
+            f"{v}_images_per_second": statistics.median(r[f"{v}_images_per_second"] for r in rows)
+            for v in args.variants
+        },
         "cpu": cpu_name(),
         "threads": 2,
         "runs": rows,
@@ -101,14 +118,12 @@ def main() -> int:
         f"student {STUDENT.describe()}, {args.epochs} epochs; teacher "
         f"{teacher.info['architecture']} (val acc {teacher.info['val_acc']:.4f})"
     )
-    print(f"{'seed':>4}  {'plain':>7}  {'distilled':>9}")
+    print("seed  " + "  ".join(f"{v:>7}" for v in args.variants))
     for r in rows:
-        print(f"{r['seed']:>4}  {r['plain']:>7.4f}  {r['distilled']:>9.4f}")
-    print(f"mean  {summary['plain_mean']:>7.4f}  {summary['distilled_mean']:>9.4f}")
-    print(
-        f"proxy-training throughput, 2 threads: {summary['plain_images_per_second']:.0f} "
-        f"images/s plain, {summary['distilled_images_per_second']:.0f} with the teacher"
-    )
+        print(f"{r['seed']:>4}  " + "  ".join(f"{r[v]:>7.4f}" for v in args.variants))
+    print("mean  " + "  ".join(f"{summary[v + '_mean']:>7.4f}" for v in args.variants))
+    speeds = ", ".join(f"{v} {summary[v + '_images_per_second']:.0f}" for v in args.variants)
+    print(f"proxy-training throughput, 2 threads, images/s: {speeds}")
     print(f"Wrote {path}")
     return 0
 

@@ -13,7 +13,8 @@ A config has these sections (all optional but `study.name`):
     budget:  max_params, max_latency_ms, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
              measure
-    distill: teacher, alpha, temperature, hint_weight, hint_layer, hint_block
+    distill: teacher, kind (soft|hard), alpha, temperature, head, hint_weight, hint_layer,
+             hint_block
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10")
+DISTILL_KINDS = ("soft", "hard")
 
 
 class ConfigError(ValueError):
@@ -240,25 +242,46 @@ class LatencyConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Knowledge distillation from a teacher, a timm folder (`lvit teacher train` writes one):
-    the student's loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student)
-    on temperature-T softmaxes (Hinton et al., "Distilling the Knowledge in a Neural Network",
-    arXiv 1503.02531). No teacher: no distillation. With `hint_weight` > 0, a feature hint is
-    added (FitNets, "FitNets: Hints for Thin Deep Nets", arXiv 1412.6550): the student's tokens
-    after block `hint_block` (1-based), laid out on their grid and projected by a 1x1 conv, are
-    pulled towards the teacher's feature map at module `hint_layer` (e.g. `layer3`) by MSE."""
+    """Knowledge distillation from a teacher, a timm folder (`lvit teacher train` writes one).
+    No teacher: no distillation.
+
+    Response distillation (`kind`): the student's loss is (1 - alpha) x cross-entropy on the
+    labels + alpha x a teacher term. `soft`: T^2 x KL(teacher || student) on temperature-T
+    softmaxes (Hinton et al., "Distilling the Knowledge in a Neural Network", arXiv 1503.02531).
+    `hard`: cross-entropy against the teacher's predicted class (DeiT, "Training data-efficient
+    image transformers & distillation through attention", arXiv 2012.12877, which found it the
+    stronger of the two for ViT students, with alpha = 0.5).
+
+    `head: true` gives every candidate DeiT's distillation token in the form LeViT gives it to
+    models without a class token: a second classifier on the pooled features carries the
+    teacher term while the class head learns the labels, and inference averages the two. The
+    head is part of the architecture (`distill_head`), so it is counted in the params, timed in
+    the latency and exported.
+
+    Feature distillation: with `hint_weight` > 0, a hint is added (FitNets, "FitNets: Hints for
+    Thin Deep Nets", arXiv 1412.6550): the student's tokens after block `hint_block` (1-based),
+    laid out on their grid and projected by a 1x1 conv, are pulled towards the teacher's
+    feature map at module `hint_layer` (e.g. `layer3`) by MSE."""
 
     teacher: str | None = None
+    kind: str = "soft"
     alpha: float = 0.5
     temperature: float = 4.0
+    head: bool = False
     hint_weight: float = 0.0
     hint_layer: str | None = None
     hint_block: int | None = None
 
     def __post_init__(self) -> None:
+        if self.kind not in DISTILL_KINDS:
+            raise ValueError(
+                f"distill.kind '{self.kind}' is unknown; use one of: {', '.join(DISTILL_KINDS)}"
+            )
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha}")
         _positive("distill", temperature=self.temperature)
+        if self.head and not self.teacher:
+            raise ValueError("distill.head needs a teacher: set distill.teacher to a timm folder")
         if self.hint_weight < 0:
             raise ValueError(f"distill.hint_weight must be >= 0, got {self.hint_weight}")
         if self.hint_weight and (not self.hint_layer or not self.hint_block):

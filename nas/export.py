@@ -143,8 +143,22 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
   augmentation: {data.get("augment")})
 - recipe: proxy training, {train.get("epochs")} epochs, AdamW, warm-up and cosine decay, seed
   {trial.user_attrs.get("seed")}
-- validation accuracy: {trial.values[0]:.4f}
+- validation accuracy: {trial.values[0]:.4f}{_distill_line(trial.user_attrs.get("distill"))}
 """
+
+
+def _distill_line(distill: dict | None) -> str:
+    if not distill:
+        return ""
+    how = f"{distill.get('kind', 'soft')} targets, alpha {distill.get('alpha')}"
+    if distill.get("kind", "soft") == "soft":
+        how += f", temperature {distill.get('temperature')}"
+    if distill.get("head"):
+        how += "; a distillation head (averaged with the class head at inference)"
+    return (
+        f"\n- distilled from `{distill.get('architecture')}` ({distill.get('path')}, validation "
+        f"accuracy {distill.get('val_acc')}): {how}"
+    )
 
 
 def _latency_line(costs: dict) -> str:

@@ -156,13 +156,16 @@ def units(arch: ArchConfig) -> list[Unit]:
         if stage.downsample:
             grid = (grid + 1) // 2
         in_dim = stage.dim
-    out.append(
-        (
-            "head",
-            {"dim": in_dim, "tokens": tokens, "sized": sized, "num_classes": arch.num_classes},
-        )
-    )
+    out.append(_head_unit(in_dim, tokens, sized, arch.num_classes, arch.distill_head))
     return out
+
+
+def _head_unit(dim: int, tokens: int, sized: bool, num_classes: int, distill: bool) -> Unit:
+    cfg: dict[str, Any] = {"dim": dim, "tokens": tokens, "sized": sized}
+    cfg["num_classes"] = num_classes
+    if distill:  # the key only where there is a distillation head: older tables stay valid
+        cfg["distill"] = True
+    return ("head", cfg)
 
 
 def space_units(
@@ -210,19 +213,10 @@ def space_units(
                             stage, entry_grid, g["pos_enc"], in_dim
                         )
                         add(stage_out)
-                        if ctx.is_last:
+                        if ctx.is_last:  # a search may add a distillation head to any
                             add(
-                                [
-                                    (
-                                        "head",
-                                        {
-                                            "dim": stage.dim,
-                                            "tokens": tokens,
-                                            "sized": sized,
-                                            "num_classes": num_classes,
-                                        },
-                                    )
-                                ]
+                                _head_unit(stage.dim, tokens, sized, num_classes, distill)
+                                for distill in (False, True)
                             )
             prev_dims, entry_grid = frozenset(s.dim for s in stages), ctx.grid
     return found
@@ -522,18 +516,32 @@ def fit_calibration(
 
 
 class _HeadUnit:
-    """LightViT's final norm, size-weighted pooling and classifier, as one timed unit."""
+    """LightViT's final norm, size-weighted pooling and classifier (and the distillation head,
+    averaged with it, where there is one), as one timed unit."""
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, distill: bool = False) -> None:
         import torch
 
+        def linear() -> torch.nn.Module:
+            return torch.nn.Linear(dim, num_classes) if num_classes else torch.nn.Identity()
+
         self.norm = torch.nn.LayerNorm(dim)
-        self.head = torch.nn.Linear(dim, num_classes) if num_classes else torch.nn.Identity()
+        self.head = linear()
+        self.head_dist = linear() if distill else None
+
+    def to(self, device: Any) -> _HeadUnit:
+        for name in ("norm", "head", "head_dist"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def __call__(self, x: Any, size: Any) -> Any:
         from search_spaces.blocks.exits import pool_tokens
 
-        return self.head(pool_tokens(self.norm(x), size))
+        x = pool_tokens(self.norm(x), size)
+        if self.head_dist is None:
+            return self.head(x)
+        return (self.head(x) + self.head_dist(x)) / 2
 
 
 def _unit_call(
@@ -581,16 +589,15 @@ def _unit_call(
         size = torch.ones(batch_size, n, 1, device=device) if cfg["sized"] else None
         args = (tokens(n, cfg["dim"]), (grid, grid), size)
     elif kind == "head":
-        module = _HeadUnit(cfg["dim"], cfg["num_classes"])
+        module = _HeadUnit(cfg["dim"], cfg["num_classes"], cfg.get("distill", False))
         n = cfg["tokens"]
         size = torch.ones(batch_size, n, 1, device=device) if cfg["sized"] else None
         args = (tokens(n, cfg["dim"]), size)
     else:
         raise ValueError(f"unknown unit kind {kind!r}")
+    module = module.to(device)
     if isinstance(module, torch.nn.Module):
-        module = module.to(device).eval()
-    else:
-        module.norm, module.head = module.norm.to(device), module.head.to(device)
+        module = module.eval()
     return lambda: module(*args)
 
 

@@ -48,7 +48,17 @@ def retrain(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train `arch` from scratch on `data` with the config's recipe and write it to `out`."""
     check_out_dir(out, force)
-    arch = dataclasses.replace(arch, num_classes=data.num_classes, in_chans=data.in_chans)
+    if teacher is None and arch.distill_head:
+        raise UserError(
+            "this architecture has a distillation head, which learns from a teacher: "
+            "pass --teacher DIR (or set distill.teacher in the config)"
+        )
+    arch = dataclasses.replace(
+        arch,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        distill_head=arch.distill_head or (teacher is not None and config.distill.head),
+    )
     recipe = dataclasses.replace(config.train, epochs=epochs or config.train.epochs)
     seed = config.study.seed if seed is None else seed
     model = LightViT(arch)
@@ -69,6 +79,7 @@ def retrain(
         "seed": seed,
         "data": data.info(),
         "teacher": teacher.info if teacher else None,
+        "distill": dataclasses.asdict(config.distill) if teacher else None,
     }
     if arch.exits:
         from nas.exits import calibrate_exits
@@ -89,12 +100,15 @@ def retrain(
 
 def _card(arch: ArchConfig, record: dict[str, Any]) -> str:
     data, teacher = record["data"], record["teacher"]
-    taught = (
-        f"distilled from `{teacher['architecture']}` ({teacher['path']}, validation "
-        f"accuracy {teacher['val_acc']:.4f})"
-        if teacher
-        else "no teacher"
-    )
+    taught = "no teacher"
+    if teacher:
+        distill = record["distill"]
+        head = ", through a distillation head" if arch.distill_head else ""
+        taught = (
+            f"distilled from `{teacher['architecture']}` ({teacher['path']}, validation "
+            f"accuracy {teacher['val_acc']:.4f}; {distill['kind']} targets, alpha "
+            f"{distill['alpha']}{head})"
+        )
     return f"""---
 library_name: timm
 tags: [image-classification, timm, lightweight-vit]

@@ -170,6 +170,8 @@ class _Objective:
         arch = self.space.sample(
             trial, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
         )
+        if cfg.distill.head:  # every candidate carries the distillation head it will train
+            arch = dataclasses.replace(arch, distill_head=True)
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("arch_line", arch.describe())
         trial.set_user_attr("seed", seed)

@@ -25,6 +25,7 @@ __all__ = [
     "evaluate",
     "resize",
     "resolve_device",
+    "distillation_loss",
     "soft_distillation",
     "train_model",
 ]
@@ -107,7 +108,8 @@ def train_model(
     `img_size` is the model's input resolution when it differs from the data's (the survey
     space searches the resolution): images are resized to it, for training and validation.
     With a `teacher` (in eval mode, fed the same augmented images at the data's resolution),
-    the final head also learns the teacher's temperature-softened outputs (`distill`).
+    the final head, or the model's distillation head when it has one, also learns the teacher's
+    outputs (`distill`: soft or hard targets).
 
     Trains on `cfg.device` (with bfloat16 autocast on a GPU when `cfg.amp`) and leaves the model
     on the CPU. Raises `TrainingFailed` (`TrainingDiverged` on a non-finite loss, or out of
@@ -119,6 +121,11 @@ def train_model(
         distill = distill or DistillConfig(teacher="given")
         teacher.to(device).eval()
     exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
+    dist_head = getattr(model, "head_dist", None) is not None
+    if dist_head and teacher is None:
+        raise ValueError("the model has a distillation head: train it with a teacher")
+    if dist_head:
+        model.set_distilled_training(True)
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
     )
@@ -166,12 +173,13 @@ def train_model(
                         *early, final = model.forward_exits(resize(xb, img_size))
                     else:
                         early, final = [], model(resize(xb, img_size))
+                    final, student = final if dist_head else (final, final)
                     loss = criterion(final, yb)
                     if teacher is not None:
                         with torch.no_grad():
                             target = teacher(xb)
-                        loss = (1 - distill.alpha) * loss + distill.alpha * soft_distillation(
-                            final, target, distill.temperature
+                        loss = (1 - distill.alpha) * loss + distill.alpha * distillation_loss(
+                            student, target, distill
                         )
                     loss = loss + cfg.exit_weight * sum(criterion(o, yb) for o in early)
                     if hint is not None:
@@ -211,6 +219,8 @@ def train_model(
             f"{str(e).splitlines()[0][:160]}"
         ) from None
     finally:
+        if dist_head:
+            model.set_distilled_training(False)
         if hint is not None:
             hint.remove()  # the teacher is shared across trials: leave no hook behind
         torch.set_num_threads(previous_threads)
@@ -300,6 +310,18 @@ class FeatureHint:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, distill: DistillConfig
+) -> torch.Tensor:
+    """The teacher term of the student's loss: `soft_distillation` for `kind: soft`; for
+    `kind: hard`, cross-entropy against the teacher's predicted class (DeiT's hard-label
+    distillation, "Training data-efficient image transformers & distillation through
+    attention", arXiv 2012.12877)."""
+    if distill.kind == "hard":
+        return F.cross_entropy(student, teacher.argmax(dim=-1))
+    return soft_distillation(student, teacher, distill.temperature)
 
 
 def soft_distillation(

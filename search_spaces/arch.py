@@ -24,6 +24,8 @@ Schema history:
     1: stem, patch_size, pos_enc, stages of (depth, dim, heads, mlp_ratio, mixer, downsample).
     2: per stage sr_ratio, window, kernel_size, merge_r, keep_rate; exits. Version-1 configs read
        unchanged (every new field has a default that means "absent").
+    3: distill_head (a second classifier trained on a teacher's predictions). Older configs read
+       unchanged.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ __all__ = [
     "largest_divisor_below",
 ]
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 
 ArchConfigError = TypeCheckError
 
@@ -121,7 +123,10 @@ class ArchConfig:
     """A whole model: input, stem, position encoding, stages, exits, classifier.
 
     The stem turns a (in_chans, img_size, img_size) image into a grid of tokens with stride
-    `patch_size`; each downsampling stage halves that grid.
+    `patch_size`; each downsampling stage halves that grid. `distill_head` adds a second
+    classifier on the pooled features that learns from a teacher while the first learns the
+    labels; at inference the two are averaged (DeiT's distillation token in the form LeViT gives
+    it for models without a class token).
     """
 
     stages: tuple[StageConfig, ...]
@@ -132,6 +137,7 @@ class ArchConfig:
     in_chans: int = 3
     num_classes: int = 10
     exits: tuple[int, ...] = ()
+    distill_head: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -226,7 +232,8 @@ class ArchConfig:
         """The architecture in one line: `conv/4 · cpe · [mhsa 2x64h2 r4 | pool 1x96↓] · 32px`.
 
         Mixer options follow the mixer (`sra/2`, `window/4`, `dwconv/7`), token reduction the
-        stage (`tome4`, `evit0.5`), exits the list (`exits@2,4`), and the input size ends it.
+        stage (`tome4`, `evit0.5`), exits the list (`exits@2,4`), then `+dist` for a
+        distillation head, and the input size ends it.
         """
         stages = []
         for s in self.stages:
@@ -249,6 +256,8 @@ class ArchConfig:
         line = f"{self.stem}/{self.patch_size} · {self.pos_enc} · [{' | '.join(stages)}]"
         if self.exits:
             line += f" · exits@{','.join(map(str, self.exits))}"
+        if self.distill_head:
+            line += " · +dist"
         return f"{line} · {self.img_size}px"
 
     def exit_stage_dims(self) -> list[int]:

@@ -4,8 +4,9 @@ A LightViT is a stem, a position encoding (added at the input, after each stage'
 or inside attention), a sequence of stages of pre-norm residual blocks (`x = x + mixer(norm(x))`,
 optional token merging or pruning, `x = x + mlp(norm(x))`) whose token mixer, width, depth,
 heads and MLP ratio are set per stage, optional early-exit heads after chosen blocks, a final
-norm, size-weighted global average pooling and a linear classifier. Blocks come from the
-registries in `search_spaces.blocks`; `reparameterize()` fuses multi-branch blocks.
+norm, size-weighted global average pooling and a linear classifier (and, with `distill_head`, a
+second classifier for DeiT-style distillation). Blocks come from the registries in
+`search_spaces.blocks`; `reparameterize()` fuses multi-branch blocks.
 
 `timm.create_model("lightvit", arch=cfg_dict)` builds one; folders written by `lvit export` load
 with `timm.create_model("local-dir:DIR", pretrained=True)` once this module is imported (importing
@@ -194,6 +195,8 @@ class LightViT(nn.Module):
         self.norm = nn.LayerNorm(in_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(in_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head_dist = self._dist_head(cfg.num_classes)
+        self.distilled_training = False
         self.pretrained_cfg = self.default_cfg = _cfg(cfg)
         self.apply(_init_weights)
 
@@ -217,9 +220,27 @@ class LightViT(nn.Module):
         self.num_classes = num_classes
         self.arch = dataclasses.replace(self.arch, num_classes=num_classes)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = self._dist_head(num_classes)
         self.exits = nn.ModuleList(
             EXITS["linear"](dim, num_classes) for dim in self.arch.exit_stage_dims()
         )
+
+    def _dist_head(self, num_classes: int) -> nn.Module | None:
+        """DeiT's distillation token (arXiv 2012.12877) in LeViT's form (arXiv 2104.01136): a
+        model that pools its tokens instead of reading a class token gets a second classifier on
+        the same pooled features; it learns the teacher's predictions while `head` learns the
+        labels, and inference averages the two."""
+        if not self.arch.distill_head:
+            return None
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """In training mode, make `forward` return (class logits, distillation logits) (timm's
+        switch of the same name on its distilled models); inference always averages them."""
+        if enable and self.head_dist is None:
+            raise ValueError("this architecture has no distillation head (distill_head=False)")
+        self.distilled_training = enable
 
     def reparameterize(self) -> None:
         """Fuse every re-parameterisable block (multi-branch convs) for inference."""
@@ -262,14 +283,22 @@ class LightViT(nn.Module):
         self, x: torch.Tensor, pre_logits: bool = False, size: torch.Tensor | None = None
     ) -> torch.Tensor:
         x = self.head_drop(pool_tokens(x, size))
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        if self.head_dist is None:
+            return self.head(x)
+        logits, dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return logits, dist  # type: ignore[return-value] - the training loop takes both
+        return (logits + dist) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats, size = self._run(x)
         return self.forward_head(feats, size=size)
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every exit head, in order, then of the final head (dynamic depth)."""
+        """Logits of every exit head, in order, then of the final head (dynamic depth); in
+        distilled training the last is the (class, distillation) pair `forward` returns."""
         exit_at = dict(zip(self.arch.exits, self.exits, strict=True))
         outputs: list[torch.Tensor] = []
         for count, tokens, size in self.iter_blocks(x):
@@ -316,7 +345,7 @@ def _cfg(arch: ArchConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         "mean": (0.5,) * arch.in_chans,
         "std": (0.5,) * arch.in_chans,
         "first_conv": _first_conv(stem_cls),
-        "classifier": "head",
+        "classifier": ("head", "head_dist") if arch.distill_head else "head",
         "architecture": "lightvit",
         **kwargs,
     }
@@ -371,7 +400,9 @@ def lightvit(
     # timm fills num_classes / in_chans from the pretrained cfg when not given: make that the
     # architecture's own unless the caller (or an exported config.json) says otherwise.
     overlay = {
-        k: v for k, v in _cfg(cfg).items() if k in ("num_classes", "input_size", "first_conv")
+        k: v
+        for k, v in _cfg(cfg).items()
+        if k in ("num_classes", "input_size", "first_conv", "classifier")
     }
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(

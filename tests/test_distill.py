@@ -3,6 +3,7 @@ distilled into searched candidates."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nas.data import load_dataset
 from nas.distill import load_teacher
 from nas.errors import UserError
 from nas.study import run_search
-from nas.train import soft_distillation, train_model
+from nas.train import distillation_loss, soft_distillation, train_model
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT
 from tests.conftest import write_config
@@ -206,3 +207,100 @@ def test_a_fitnets_hint_pulls_student_features_towards_the_teacher() -> None:
 def test_a_hint_needs_its_layer_and_block() -> None:
     with pytest.raises(ValueError, match="needs hint_layer"):
         DistillConfig(teacher="t", hint_weight=0.5)
+
+
+def test_hard_distillation_is_cross_entropy_on_the_teachers_class() -> None:
+    s, t = torch.randn(6, 5), torch.randn(6, 5)
+    hard = distillation_loss(s, t, DistillConfig(teacher="t", kind="hard"))
+    assert torch.allclose(hard, F.cross_entropy(s, t.argmax(-1)))
+    soft = distillation_loss(s, t, DistillConfig(teacher="t", temperature=2.0))
+    assert torch.allclose(soft, soft_distillation(s, t, 2.0))
+
+
+def test_a_distillation_head_gives_both_logits_in_training_and_their_mean_at_inference():
+    arch = ArchConfig(stages=(StageConfig(1, 16, 2, 2.0),), img_size=16, distill_head=True)
+    model = LightViT(arch)
+    x = torch.randn(3, 3, 16, 16)
+    model.set_distilled_training(True)
+    logits, dist = model.train()(x)
+    model.eval()
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        expected = (model.head(pooled) + model.head_dist(pooled)) / 2
+        assert torch.allclose(model(x), expected, atol=1e-6)
+    assert logits.shape == dist.shape == (3, 10)
+    assert model.pretrained_cfg["classifier"] == ("head", "head_dist")
+    assert "+dist" in arch.describe()
+    with pytest.raises(ValueError, match="no distillation head"):
+        LightViT(ArchConfig(stages=arch.stages, img_size=16)).set_distilled_training(True)
+
+
+def test_deit_hard_distillation_teaches_the_head_the_teachers_classes() -> None:
+    # a teacher that disagrees with the labels: the class head follows the labels, the
+    # distillation head the teacher (DeiT's two heads learn two different targets)
+    data = load_dataset(DataConfig(name="synthetic", img_size=16, num_samples=160))
+    arch = ArchConfig(
+        stages=(StageConfig(1, 24, 2, 2.0),), img_size=16, num_classes=4, distill_head=True
+    )
+    torch.manual_seed(1)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    model = LightViT(arch)
+    train_model(
+        model,
+        data,
+        TrainConfig(epochs=6, device="cpu", lr=0.003),
+        seed=0,
+        teacher=teacher,
+        distill=DistillConfig(teacher="t", kind="hard", head=True),
+    )
+    assert not model.distilled_training  # switched off again after training
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(data.train_x), pre_logits=True)
+        taught = teacher(data.train_x).argmax(-1)
+        agree_dist = (model.head_dist(pooled).argmax(-1) == taught).float().mean()
+        agree_cls = (model.head(pooled).argmax(-1) == taught).float().mean()
+        label_dist = (model.head_dist(pooled).argmax(-1) == data.train_y).float().mean()
+        label_cls = (model.head(pooled).argmax(-1) == data.train_y).float().mean()
+    assert agree_dist > agree_cls and label_cls > label_dist
+    with pytest.raises(ValueError, match="train it with a teacher"):
+        train_model(LightViT(arch), data, TrainConfig(epochs=1, device="cpu"), seed=0)
+
+
+def test_a_search_with_a_distillation_head_trains_counts_and_exports_it(
+    teacher_dir, tmp_path, capsys
+) -> None:
+    import json
+
+    import timm
+
+    plain_config, out = teacher_dir
+    config = write_config(tmp_path, budget="budget: {max_params: 1000000, max_latency_ms: 100}")
+    text = Path(config).read_text()
+    Path(config).write_text(text + f"distill: {{teacher: {out}, kind: hard, head: true}}\n")
+    run = run_search(load_config(config).replace_study(n_trials=1))
+    (trial,) = run.study.trials
+    arch = ArchConfig.from_dict(trial.user_attrs["arch"])
+    assert arch.distill_head and trial.user_attrs["distill"]["kind"] == "hard"
+    plain = LightViT(dataclasses.replace(arch, distill_head=False))
+    assert trial.user_attrs["costs"]["params"] == sum(p.numel() for p in plain.parameters()) + sum(
+        p.numel() for p in LightViT(arch).head_dist.parameters()
+    )
+    folder = tmp_path / "exported"
+    storage = f"sqlite:///{tmp_path}/study.db"
+    assert main(["export", "--storage", storage, "--trial", "0", "--out", str(folder)]) == 0
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert model.head_dist is not None
+    assert "hard targets, alpha 0.5; a distillation head" in (folder / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["model_args"]["arch"]["distill_head"]
+    # retraining it without a teacher is refused: its second head would learn nothing
+    capsys.readouterr()
+    retrain = ["train", str(folder), "--config", str(plain_config), "--out", str(tmp_path / "r")]
+    assert main(retrain) == 2
+    assert "pass --teacher DIR" in capsys.readouterr().err
+
+
+def test_distill_config_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="distill.kind 'medium' is unknown; use one of: soft"):
+        DistillConfig(teacher="t", kind="medium")
+    with pytest.raises(ValueError, match="distill.head needs a teacher"):
+        DistillConfig(head=True)

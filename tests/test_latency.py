@@ -3,6 +3,7 @@ conditions, and feed the search; the `lvit latency` commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def test_the_space_enumeration_covers_every_sampled_architecture() -> None:
     for arch in _sampled("survey", 300, 16, seed=5):
         for kind, cfg in units(arch):
             assert unit_key(kind, cfg) in found, (kind, cfg)
+        with_head = dataclasses.replace(arch, distill_head=True)  # a search may add one
+        kind, cfg = units(with_head)[-1]
+        assert cfg["distill"] and unit_key(kind, cfg) in found
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +102,7 @@ def test_a_built_table_predicts_every_architecture_of_its_space(tiny_table) -> N
     assert loaded.meta["hardware"] and loaded.meta["torch"] == torch.__version__
     for arch in _sampled("tiny", 50, 16):
         assert loaded.predict(arch) > 0
+        assert loaded.predict(dataclasses.replace(arch, distill_head=True)) > 0
 
 
 @pytest.mark.parametrize(
