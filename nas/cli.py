@@ -3,6 +3,7 @@
     lvit search CONFIG            run or resume a search (progress bar, then the Pareto front)
     lvit export --trial N --out DIR   write a trained trial as a timm model folder
     lvit report                   Pareto-front plot and table of a study
+    lvit status                   a study's trials by state, best feasible, front, time spent
     lvit space show|sample NAME   a search space's choices and size, or sampled architectures
     lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
     lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
@@ -95,6 +96,14 @@ class Search(Command):
             elif kind == "rejected":
                 bar.write(f"  #{n:<3} rejected  {info['reason']}  {info['arch'].describe()}")
                 bar.update(1)
+            elif kind == "stopped":
+                bar.write(f"  #{n:<3} stopped   {info['reason']}")
+                bar.update(1)
+            elif kind == "screened":
+                value = info["value"]
+                shown = f"{value:.4g}" if value is not None else "none"
+                bar.write(f"  #{n:<3} screened  {info['proxy']} {shown}: not in the best share")
+                bar.update(1)
             elif kind == "failed":
                 bar.write(f"  #{n:<3} failed    {info['reason']} (recorded; the search goes on)")
 
@@ -119,13 +128,30 @@ class Search(Command):
         )
         try:
             run = run_search(config, on_event=on_event, study=study, inputs=inputs)
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"\nlvit search: interrupted; {finished_count(study)} of {target} candidates "
+                f"are finished in {config.study.storage_url} and the running one was ended as "
+                "failed. Run the same command to resume.",
+                file=sys.stderr,
+            )
+            return 130
         finally:
             bar.close()
         print()
         print(front_table(run.study))
         print()
+        extra = "".join(
+            f", {count} {label}"
+            for count, label in (
+                (run.stopped, "stopped early"),
+                (run.screened, "screened out by the proxy"),
+            )
+            if count
+        )
         print(
-            f"This run: {run.trained} trained, {run.rejected} rejected by the budgets, "
+            f"This run: {run.trained} trained, {run.rejected} rejected by the budgets{extra}, "
             f"{run.failed} failed, in {_duration(run.seconds)}. Study: "
             f"{finished_count(run.study)} candidates in {config.study.storage_url}, weights in "
             f"{run.study.user_attrs['artifact_dir']}"
@@ -203,6 +229,21 @@ class Report(Command):
         path = pareto_plot(study, os.path.join(out, "pareto.png"))
         print(front_table(study))
         print(f"\nWrote {path}")
+        return 0
+
+
+class Status(Command):
+    name = "status"
+    help = "summarise a study: trials by state, best feasible, front size, time spent"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--study", default=None, help="study name (default: the only one)")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from nas.report import study_summary
+        from nas.storage import load_study
+
+        print(study_summary(load_study(_storage(args), args.study)))
         return 0
 
 
@@ -589,6 +630,7 @@ COMMANDS: list[Command] = [
     Search(),
     Export(),
     Report(),
+    Status(),
     Space(),
     Latency(),
     Teacher(),

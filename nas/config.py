@@ -5,16 +5,19 @@ dotted key (`experiments/x.yaml: train.epochs must be an integer, got 'ten' (str
 
 A config has these sections (all optional but `study.name`):
 
-    study:   name, storage, artifacts, n_trials, seed, sampler, sampler_args
+    study:   name, storage, artifacts, n_trials, seed, mode (multi|single), objectives,
+             sampler, sampler_args, pruner, pruner_args
     space:   a registered search space name
     data:    name, img_size, val_fraction, seed, (synthetic only) num_classes, num_samples
     train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad,
              threads
-    budget:  max_params, max_latency_ms, latency_source (measured | {lut: PATH})
+    budget:  max_params, max_latency_ms, max_flops, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
              measure
     distill: teacher, kind (soft|hard), alpha, temperature, head, hint_weight, hint_layer,
              hint_block
+    early_stop: enabled, min_epoch, min_trials, dominated_by (multi mode)
+    proxies: compute, batch_size, prescreen_proxy, prescreen_sample, prescreen_keep
 """
 
 from __future__ import annotations
@@ -39,11 +42,34 @@ __all__ = [
     "BudgetConfig",
     "LatencyConfig",
     "DistillConfig",
+    "EarlyStopConfig",
+    "ProxyConfig",
     "load_config",
 ]
 
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10")
 DISTILL_KINDS = ("soft", "hard")
+PROXY_NAMES = ("synflow", "naswot", "grad_norm", "snip")
+OBJECTIVE_DIRECTIONS = {
+    "accuracy": "maximize",
+    "latency_ms": "minimize",
+    "params": "minimize",
+    "flops": "minimize",
+}
+
+
+def _check_optuna_class(key: str, name: str, module: Any, base: type) -> None:
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        suffix = key.capitalize()
+        names = sorted(
+            n
+            for n in dir(module)
+            if n.endswith(suffix) and not n.startswith(("Base", "PartialFixed", "_"))
+        )
+        raise ValueError(
+            f"study.{key} '{name}' is not an Optuna {key}; use one of: " + ", ".join(names)
+        )
 
 
 class ConfigError(ValueError):
@@ -60,15 +86,25 @@ def _positive(section: str, **values: float) -> None:
 class StudyConfig:
     """The Optuna study. `n_trials` is the study-wide number of candidates (trained or rejected
     by the budgets); re-running the command resumes the study until it has that many.
-    `sampler` names a class in `optuna.samplers`, built with `sampler_args` and `seed`."""
+
+    `mode`: `multi` (the default) optimises `objectives`, accuracy against latency and optionally
+    params, for a Pareto front; `single` maximises accuracy alone under the budgets, and then
+    `pruner` (a class in `optuna.pruners`, built with `pruner_args`) may stop a weak candidate
+    on its per-epoch accuracy. `sampler` names a class in `optuna.samplers` (TPESampler,
+    NSGAIISampler, NSGAIIISampler, GPSampler, RandomSampler, ...), built with `sampler_args` and
+    `seed`: Optuna's own classes, not wrappers."""
 
     name: str
     storage: str | None = None  # default: sqlite:///runs/<name>.db
     artifacts: str | None = None  # default: runs/<name>-artifacts
     n_trials: int = 20
     seed: int = 0
+    mode: str = "multi"
+    objectives: tuple[str, ...] = ("accuracy", "latency_ms")
     sampler: str = "TPESampler"
     sampler_args: dict[str, Any] = field(default_factory=dict)
+    pruner: str | None = None
+    pruner_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import optuna
@@ -76,17 +112,34 @@ class StudyConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
         _positive("study", n_trials=self.n_trials)
-        cls = getattr(optuna.samplers, self.sampler, None)
-        if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)):
-            names = sorted(
-                n
-                for n in dir(optuna.samplers)
-                if n.endswith("Sampler") and not n.startswith(("Base", "PartialFixed", "_"))
-            )
-            raise ValueError(
-                f"study.sampler '{self.sampler}' is not an Optuna sampler; use one of: "
-                + ", ".join(names)
-            )
+        _check_optuna_class("sampler", self.sampler, optuna.samplers, optuna.samplers.BaseSampler)
+        if self.mode not in ("multi", "single"):
+            raise ValueError(f"study.mode must be multi or single, got {self.mode!r}")
+        if self.mode == "multi":
+            if self.objectives[:1] != ("accuracy",) or len(set(self.objectives)) != len(
+                self.objectives
+            ):
+                raise ValueError(
+                    "study.objectives starts with accuracy, then any of latency_ms, params, "
+                    f"flops, each once; got {list(self.objectives)}"
+                )
+            unknown = set(self.objectives) - set(OBJECTIVE_DIRECTIONS)
+            if unknown or len(self.objectives) < 2:
+                raise ValueError(
+                    f"study.objectives {list(self.objectives)}: use accuracy plus one or more "
+                    f"of {', '.join(list(OBJECTIVE_DIRECTIONS)[1:])}"
+                )
+        if self.pruner is not None:
+            if self.mode != "single":
+                raise ValueError(
+                    "study.pruner works in single mode only (Optuna prunes single-objective "
+                    "studies): set study.mode: single, or use early_stop for multi mode"
+                )
+            _check_optuna_class("pruner", self.pruner, optuna.pruners, optuna.pruners.BasePruner)
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return ("accuracy",) if self.mode == "single" else self.objectives
 
     @property
     def storage_url(self) -> str:
@@ -176,11 +229,14 @@ class BudgetConfig:
 
     max_params: int | None = None
     max_latency_ms: float | None = None
+    max_flops: int | None = None
     latency_source: str | dict[str, str] = "measured"
 
     def __post_init__(self) -> None:
         if self.max_params is not None:
             _positive("budget", max_params=self.max_params)
+        if self.max_flops is not None:
+            _positive("budget", max_flops=self.max_flops)
         if self.max_latency_ms is not None:
             _positive("budget", max_latency_ms=self.max_latency_ms)
         source = self.latency_source
@@ -292,6 +348,69 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStopConfig:
+    """Early stopping for multi-objective studies, where Optuna has no pruning: after epoch k
+    (k >= `min_epoch`), a candidate stops when at least `dominated_by` trained candidates were
+    already more accurate after their own epoch k at no more latency (and, with params as an
+    objective, no more params). It acts once `min_trials` candidates have finished training.
+    A stopped candidate ends PRUNED (`status: stopped`) with its curve and the trials that
+    dominated it; samplers count it among the bad."""
+
+    enabled: bool = False
+    min_epoch: int = 1
+    min_trials: int = 5
+    dominated_by: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(
+            "early_stop",
+            min_epoch=self.min_epoch,
+            min_trials=self.min_trials,
+            dominated_by=self.dominated_by,
+        )
+        if self.dominated_by > self.min_trials:
+            raise ValueError(
+                f"early_stop.dominated_by ({self.dominated_by}) cannot exceed min_trials "
+                f"({self.min_trials})"
+            )
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Zero-cost proxies computed on one training batch of `batch_size` images for every
+    candidate within the budgets (`compute`: any of synflow, naswot, grad_norm, snip; recorded
+    in the trial's `proxies`). With `prescreen_sample` K > 0, candidates are proposed K at a
+    time, ranked by `prescreen_proxy`, and only the best `prescreen_keep` fraction is trained;
+    the rest end PRUNED with `status: screened`."""
+
+    compute: tuple[str, ...] = ()
+    batch_size: int = 64
+    prescreen_proxy: str | None = None
+    prescreen_sample: int = 0
+    prescreen_keep: float = 0.25
+
+    def __post_init__(self) -> None:
+        _positive("proxies", batch_size=self.batch_size)
+        for name in (*self.compute, *([self.prescreen_proxy] if self.prescreen_proxy else [])):
+            if name not in PROXY_NAMES:
+                raise ValueError(
+                    f"proxy '{name}' is unknown; use one of: {', '.join(PROXY_NAMES)}"
+                )
+        if self.prescreen_sample < 0 or not 0 < self.prescreen_keep <= 1:
+            raise ValueError("proxies.prescreen_sample must be >= 0 and prescreen_keep in (0, 1]")
+        if self.prescreen_sample and not self.prescreen_proxy:
+            raise ValueError(
+                "proxies.prescreen_sample needs prescreen_proxy (synflow, naswot, grad_norm, snip)"
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every proxy to compute: those asked for and the pre-screen's."""
+        extra = (self.prescreen_proxy,) if self.prescreen_proxy else ()
+        return tuple(dict.fromkeys((*self.compute, *extra)))
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     study: StudyConfig
     space: str = "tiny"
@@ -300,8 +419,14 @@ class SearchConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    proxies: ProxyConfig = field(default_factory=ProxyConfig)
 
     def __post_init__(self) -> None:
+        if self.early_stop.enabled and self.study.mode != "multi":
+            raise ValueError(
+                "early_stop is for multi mode; in single mode use study.pruner (e.g. MedianPruner)"
+            )
         if self.space not in SPACES:
             raise ValueError(f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}")
         if self.budget.lut_path is None and not self.latency.measure:

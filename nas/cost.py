@@ -237,7 +237,8 @@ def measure_latency(
         model.train(was_training)
     q1, median, q3 = _quartiles(times)
     record = conditions(device, threads, batch_size, input_size, dtype, warmup)
-    return LatencyResult(round(median, 4), round(q1, 4), round(q3, 4), len(times), record)
+    # 6 decimals (nanoseconds): tiny models run in microseconds, and the spread is read back
+    return LatencyResult(round(median, 6), round(q1, 6), round(q3, 6), len(times), record)
 
 
 def _forward_fn(

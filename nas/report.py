@@ -9,7 +9,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["TrialRecord", "records", "pareto_front", "front_table", "pareto_plot"]
+__all__ = [
+    "TrialRecord",
+    "records",
+    "pareto_front",
+    "nondominated",
+    "hypervolume",
+    "front_table",
+    "pareto_plot",
+]
 
 
 @dataclass(frozen=True)
@@ -17,7 +25,7 @@ class TrialRecord:
     """One finished trial as the tool recorded it."""
 
     number: int
-    status: str  # trained | infeasible
+    status: str  # trained | infeasible | stopped | screened
     arch_line: str
     params: int
     flops: int
@@ -51,9 +59,31 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 
 
 def pareto_front(study: optuna.Study) -> list[TrialRecord]:
-    """Optuna's Pareto-optimal trials (trained, so within the budgets), best accuracy first."""
-    front = [TrialRecord.from_trial(t) for t in study.best_trials]
-    return sorted(front, key=lambda r: (-r.accuracy, r.latency_ms))
+    """The trained trials (so within the budgets) that no other trained trial beats on both
+    accuracy and latency, best accuracy first; the same in single and multi mode."""
+    return nondominated([r for r in records(study) if r.accuracy is not None])
+
+
+def nondominated(recs: list[TrialRecord]) -> list[TrialRecord]:
+    """The records not dominated in (accuracy up, latency down), best accuracy first; of equal
+    points the earliest trial is kept."""
+    front: list[TrialRecord] = []
+    for r in sorted(recs, key=lambda r: (-r.accuracy, r.latency_ms, r.number)):
+        if not front or r.latency_ms < front[-1].latency_ms:
+            front.append(r)
+    return front
+
+
+def hypervolume(points: list[tuple[float, float]], max_latency_ms: float) -> float:
+    """Area dominated by (accuracy, latency) points, bounded by accuracy 0 and the latency
+    budget (the reference point): in accuracy x ms, higher is better."""
+    area, best = 0.0, 0.0
+    inside = sorted((lat, acc) for acc, lat in points if lat < max_latency_ms)
+    edges = [lat for lat, _ in inside] + [max_latency_ms]
+    for (lat, acc), right in zip(inside, edges[1:], strict=True):
+        best = max(best, acc)
+        area += best * (right - lat)
+    return area
 
 
 def _si(n: float) -> str:
@@ -68,9 +98,12 @@ def front_table(study: optuna.Study) -> str:
     recs = records(study)
     front = pareto_front(study)
     trained = sum(r.accuracy is not None for r in recs)
+    counts = {s: sum(r.status == s for r in recs) for s in ("stopped", "screened")}
+    others = "".join(f", {n} {s}" for s, n in counts.items() if n)
+    rejected = sum(r.status == "infeasible" for r in recs)
     lines = [
         f"Pareto front of study '{study.study_name}' (accuracy up, latency down): "
-        f"{len(front)} of {trained} trained trials; {len(recs) - trained} rejected by the budgets",
+        f"{len(front)} of {trained} trained trials; {rejected} rejected by the budgets{others}",
         f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  "
         "architecture",
     ]
@@ -111,7 +144,7 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
 
     recs = records(study)
     trained = [r for r in recs if r.accuracy is not None]
-    rejected = [r for r in recs if r.accuracy is None]
+    rejected = [r for r in recs if r.status == "infeasible"]
     front = sorted(pareto_front(study), key=lambda r: r.latency_ms)
     budget = _budgets(study)
     params = [r.params for r in recs] or [1]
@@ -197,3 +230,65 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def study_summary(study: optuna.Study) -> str:
+    """`lvit status`: trials by state and by outcome, the best feasible trial, the front and
+    its hypervolume, and the time spent."""
+    config = study.user_attrs.get("config", {})
+    study_cfg = config.get("study", {})
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name: 0 for s in TrialState}
+    for t in trials:
+        by_state[t.state.name] += 1
+    recs = records(study)
+    outcomes: dict[str, int] = {}
+    for r in recs:
+        outcomes[r.status] = outcomes.get(r.status, 0) + 1
+    mode = study_cfg.get("mode", "multi")
+    objectives = (
+        ["accuracy"]
+        if mode == "single"
+        else (study_cfg.get("objectives") or ["accuracy", "latency_ms"])
+    )
+    lines = [
+        f"study '{study.study_name}': space {study.user_attrs.get('space', {}).get('name', '?')}, "
+        f"mode {mode} ({', '.join(objectives)}), sampler {study_cfg.get('sampler', '?')}"
+        + (f", pruner {study_cfg['pruner']}" if study_cfg.get("pruner") else ""),
+        "trials: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in by_state.items() if n)
+        + f" of {study_cfg.get('n_trials', '?')} candidates asked for",
+        "outcomes: " + (", ".join(f"{n} {s}" for s, n in sorted(outcomes.items())) or "none yet"),
+    ]
+    front = pareto_front(study)
+    if front:
+        best = front[0]
+        lines.append(
+            f"best feasible: trial {best.number}, accuracy {best.accuracy:.4f}, "
+            f"{best.latency_ms:.3f} ms, {best.params:,} params, {best.arch_line}"
+        )
+        budget = _budgets(study).get("max_latency_ms")
+        ref = budget if budget is not None else max(r.latency_ms for r in recs) * 1.1
+        area = hypervolume([(r.accuracy, r.latency_ms) for r in front], ref)
+        lines.append(
+            f"Pareto front: {len(front)} trials; hypervolume {area:.4g} (accuracy x ms, up to "
+            f"{ref:.3g} ms)"
+        )
+    else:
+        lines.append("best feasible: none yet")
+    spans = [
+        (t.datetime_start, t.datetime_complete)
+        for t in trials
+        if t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    if spans:
+        busy = sum((end - start).total_seconds() for start, end in spans)
+        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        training = sum(
+            t.user_attrs.get("train", {}).get("seconds", 0.0) for t in trials if t.user_attrs
+        )
+        lines.append(
+            f"time: {busy / 60:.1f} min in trials ({training / 60:.1f} min training), "
+            f"from {first:%Y-%m-%d %H:%M} to {last:%H:%M}"
+        )
+    return "\n".join(lines)

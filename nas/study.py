@@ -1,28 +1,40 @@
-"""The search: an Optuna study over a search space, under a parameter and a latency budget.
+"""The search: an Optuna study over a search space, under parameter, FLOPs and latency budgets.
 
-Two objectives, validation accuracy (maximise) and latency on the target device (minimise:
-measured, or predicted by a lookup table built there, as `budget.latency_source` says), searched by
-an Optuna sampler (TPE by default) that sees the budgets as Optuna constraints
-(`trial.set_constraint`, one per budget: feasible when <= 0), so it learns where they bind.
+Two modes (`study.mode`). `multi` (the default): accuracy (maximise) against latency on the
+target device (minimise: measured, or predicted by a lookup table built there, as
+`budget.latency_source` says) and optionally params or FLOPs, for a Pareto front. `single`:
+accuracy alone, the budgets as hard limits. Either way an Optuna sampler (TPE, NSGA-II/III, GP,
+random: the config names the class) sees each budget as an Optuna constraint
+(`trial.set_constraint`, feasible when <= 0; Optuna 5's replacement for `constraints_func`), so
+it learns where the budgets bind.
 
 Per trial:
-  1. sample an `ArchConfig` from the space and store it (user attribute `arch`);
+  1. sample an `ArchConfig` from the space and store it (user attribute `arch`) with the seed
+     and the library versions;
   2. build the model and cost it: params, FLOPs, the predicted latency (with a table) and/or the
      measured latency with its conditions (`costs`; `costs.latency_ms` is the one that counts);
   3. check every budget; a candidate over budget is recorded as PRUNED with `status: infeasible`
      and its constraint values, and is never trained (the sampler still learns from it);
-  4. proxy-train, record the per-epoch curve (`train`), and keep the trained weights as a
-     safetensors file in Optuna's artifact store (`weights_artifact_id`) so export never
-     retrains; the trial completes with (accuracy, latency_ms).
+  4. compute the zero-cost proxies asked for (`proxies`); with a pre-screen, candidates are
+     proposed in rounds and only the best by the proxy go on (the rest: `status: screened`);
+  5. proxy-train with the accuracy after each epoch recorded (`curve`); in single mode Optuna's
+     pruner may stop it (`trial.report`), in multi mode the dominance rule of `early_stop` may
+     (`status: stopped`, PRUNED, with `stop_reason`);
+  6. record the per-epoch history (`train`), keep the trained weights as a safetensors file in
+     Optuna's artifact store (`weights_artifact_id`) so export never retrains, and complete the
+     trial with its objective values.
 
-`study.n_trials` counts finished candidates (trained or rejected) across runs: re-running the
-same command resumes the study until it has that many. Ctrl-C marks the running trial failed.
+`study.n_trials` counts finished candidates (trained, rejected, stopped or screened) across runs:
+re-running the same command resumes the study until it has that many. Ctrl-C ends the running
+trial as FAIL (Optuna's rule), so no trial is left RUNNING, and the command exits with 130.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import math
 import os
 import tempfile
 import time
@@ -34,20 +46,22 @@ from typing import Any
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 
 from nas import cost
-from nas.config import ConfigError, SearchConfig
+from nas.config import OBJECTIVE_DIRECTIONS, ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
 from nas.exits import calibrate_exits
 from nas.storage import open_storage, redact
 from nas.train import TrainingFailed, resolve_device, train_model
+from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
 from search_spaces.spaces import get_space
 
 __all__ = [
-    "OBJECTIVES",
+    "Candidate",
     "Inputs",
     "SearchRun",
     "prepare_inputs",
@@ -55,10 +69,85 @@ __all__ = [
     "run_search",
     "trial_seed",
     "finished_count",
+    "objectives",
+    "curve_of",
+    "dominated_reason",
+    "library_versions",
 ]
 
-OBJECTIVES = (("accuracy", "maximize"), ("latency_ms", "minimize"))
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def objectives(config: SearchConfig) -> list[tuple[str, str]]:
+    """The study's (metric name, direction) pairs: accuracy alone in single mode."""
+    return [(name, OBJECTIVE_DIRECTIONS[name]) for name in config.study.objective_names]
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+
+    import timm
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "optuna": optuna.__version__,
+    }
+
+
+@dataclass
+class Candidate:
+    """A proposed architecture within the budgets, built and costed, not yet trained."""
+
+    arch: ArchConfig
+    model: LightViT
+    costs: dict[str, Any]
+    seed: int
+    proxies: dict[str, Any] | None = None
+
+
+class _Stopped(Exception):
+    """Raised from the per-epoch callback to stop a candidate early; the message says why."""
+
+
+def curve_of(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Validation accuracy after each epoch, for a trained or a stopped trial."""
+    history = trial.user_attrs.get("train", {}).get("history")
+    if history:
+        return [h["val_acc"] for h in history]
+    return list(trial.user_attrs.get("curve", []))
+
+
+def dominated_reason(
+    trial: optuna.Trial, config: SearchConfig, costs: dict[str, Any], epoch: int, acc: float
+) -> str | None:
+    """The multi-objective early-stopping rule (see `EarlyStopConfig`): why to stop `trial`
+    after `epoch` at accuracy `acc`, or None to go on."""
+    rule = config.early_stop
+    if epoch < rule.min_epoch:
+        return None
+    trained = [
+        t
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("status") == "trained"
+    ]
+    if len(trained) < rule.min_trials:
+        return None
+    keys = config.study.objectives[1:]
+    better = []
+    for t in trained:
+        curve, other = curve_of(t), t.user_attrs.get("costs", {})
+        if len(curve) >= epoch and curve[epoch - 1] > acc:
+            if all(other.get(k, float("inf")) <= costs[k] for k in keys):
+                better.append(t.number)
+    if len(better) < rule.dominated_by:
+        return None
+    shown = ", ".join(map(str, better[:5])) + (", ..." if len(better) > 5 else "")
+    return (
+        f"after epoch {epoch} ({acc:.4f}) {len(better)} trained candidates were more accurate "
+        f"at that epoch at no more {' and '.join(keys)} (trials {shown})"
+    )
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -89,6 +178,18 @@ def _make_sampler(config: SearchConfig, n_existing: int) -> optuna.samplers.Base
             raise ConfigError(f"study.sampler_args do not fit {cls.__name__}: {e}") from None
 
 
+def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
+    """Optuna's own pruner class with the config's arguments; none (NopPruner) unless the
+    config names one (Optuna would otherwise default to MedianPruner)."""
+    if config.study.pruner is None:
+        return optuna.pruners.NopPruner()
+    cls = getattr(optuna.pruners, config.study.pruner)
+    try:
+        return cls(**config.study.pruner_args)
+    except TypeError as e:
+        raise ConfigError(f"study.pruner_args do not fit {cls.__name__}: {e}") from None
+
+
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that define a study's results (n_trials may grow on resume)."""
     study = {k: v for k, v in config_dict["study"].items() if k not in ("n_trials", "storage")}
@@ -102,7 +203,8 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
         study_name=config.study.name,
         storage=storage,
         sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trial count is known
-        directions=[d for _, d in OBJECTIVES],
+        pruner=_make_pruner(config),
+        directions=[d for _, d in objectives(config)],
         load_if_exists=True,
     )
     stored = study.user_attrs.get("config")
@@ -111,18 +213,27 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
         space = get_space(config.space)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([name for name, _ in OBJECTIVES])
+            study.set_metric_names([name for name, _ in objectives(config)])
         study.set_user_attr("config", current)
         study.set_user_attr("space", {"name": space.name, "version": space.version})
         study.set_user_attr("artifact_dir", os.path.abspath(config.study.artifact_dir))
-    elif _comparable(stored) != _comparable(current):
-        diffs = _differences(_comparable(stored), _comparable(current))
+    elif _comparable(_with_defaults(stored)) != _comparable(current):
+        diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
         raise ConfigError(
             f"study '{config.study.name}' in {redact(config.study.storage_url)} was made with a "
             f"different config ({'; '.join(diffs[:3])}); rename study.name to start a new study"
         )
     study.sampler = _make_sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
     return study
+
+
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the defaults of keys added since it was written filled in (a study
+    from an older version resumes when nothing it set has changed)."""
+    try:
+        return SearchConfig.from_dict(stored).to_dict()
+    except (ConfigError, ValueError):
+        return stored
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -141,6 +252,8 @@ class SearchRun:
     study: optuna.Study
     trained: int = 0
     rejected: int = 0
+    stopped: int = 0
+    screened: int = 0
     failed: int = 0
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
@@ -164,7 +277,12 @@ class _Objective:
         self.table = inputs.table
         self.teacher = inputs.teacher
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        return self.train(trial, self.propose(trial))
+
+    def propose(self, trial: optuna.Trial) -> Candidate:
+        """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
+        raises `optuna.TrialPruned` when it is over a budget."""
         cfg, data = self.config, self.data
         seed = trial_seed(cfg.study.seed, trial.number)
         arch = self.space.sample(
@@ -176,13 +294,56 @@ class _Objective:
         trial.set_user_attr("arch_line", arch.describe())
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("data", data.info())
-        trial.set_user_attr("versions", {"torch": torch.__version__, "optuna": optuna.__version__})
+        trial.set_user_attr("versions", library_versions())
 
         torch.manual_seed(seed)
         check_start = time.perf_counter()
         model = LightViT(arch)
+        costs = self._costs(arch, model)
+        trial.set_user_attr("costs", costs)
+
+        reasons = []
+        for name, value, budget, fmt in (
+            ("params", costs["params"], cfg.budget.max_params, "{:,}"),
+            ("flops", costs["flops"], cfg.budget.max_flops, "{:,}"),
+            ("latency_ms", costs["latency_ms"], cfg.budget.max_latency_ms, "{:.3g} ms"),
+        ):
+            if budget is None:
+                continue
+            trial.set_constraint(name, float(value - budget))  # samplers read these
+            if value > budget:
+                reasons.append(f"{name.split('_')[0]} {fmt.format(value)} > {fmt.format(budget)}")
+        trial.set_user_attr("budget_check_seconds", round(time.perf_counter() - check_start, 3))
+        if reasons:
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("reject_reason", "; ".join(reasons))
+            self.on_event(
+                "rejected",
+                {
+                    "trial": trial.number,
+                    "arch": arch,
+                    "costs": costs,
+                    "reason": "; ".join(reasons),
+                },
+            )
+            raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+        proxies = None
+        if cfg.proxies.names:
+            from nas.proxies import compute_proxies
+            from nas.train import resize
+
+            batch = min(cfg.proxies.batch_size, len(data.train_y))
+            generator = torch.Generator().manual_seed(seed)
+            index = torch.randperm(len(data.train_y), generator=generator)[:batch]
+            x = resize(data.train_x[index], arch.img_size)
+            proxies = compute_proxies(model, x, data.train_y[index], cfg.proxies.names, seed)
+            trial.set_user_attr("proxies", proxies)
+        return Candidate(arch, model, costs, seed, proxies)
+
+    def _costs(self, arch: ArchConfig, model: LightViT) -> dict[str, Any]:
+        cfg = self.config
         input_size = (arch.in_chans, arch.img_size, arch.img_size)
-        costs = {
+        costs: dict[str, Any] = {
             "params": cost.count_params(model),
             "flops": cost.count_flops(model, input_size),
             "flops_counting": "2 x multiply-adds of matmuls, convs and attention (torch)",
@@ -214,33 +375,39 @@ class _Objective:
         source = "lut" if self.table is not None else "measured"
         costs["latency_source"] = source
         costs["latency_ms"] = costs[f"latency_{'predicted' if source == 'lut' else 'measured'}_ms"]
-        latency_ms = costs["latency_ms"]
-        trial.set_user_attr("costs", costs)
+        return costs
 
-        reasons = []
-        for name, value, budget, fmt in (
-            ("params", costs["params"], cfg.budget.max_params, "{:,}"),
-            ("latency_ms", latency_ms, cfg.budget.max_latency_ms, "{:.3g} ms"),
-        ):
-            if budget is None:
-                continue
-            trial.set_constraint(name, float(value - budget))  # samplers read these
-            if value > budget:
-                reasons.append(f"{name.split('_')[0]} {fmt.format(value)} > {fmt.format(budget)}")
-        trial.set_user_attr("budget_check_seconds", round(time.perf_counter() - check_start, 3))
-        if reasons:
-            trial.set_user_attr("status", "infeasible")
-            trial.set_user_attr("reject_reason", "; ".join(reasons))
+    def train(self, trial: optuna.Trial, candidate: Candidate) -> float | tuple[float, ...]:
+        """Proxy-train a proposed candidate, stopping it early when the pruner (single mode)
+        or the early-stopping rule (multi mode) says so; store its weights; its objective
+        values."""
+        cfg, data = self.config, self.data
+        arch, model = candidate.arch, candidate.model
+        curve: list[float] = []
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            curve.append(round(acc, 5))
+            trial.set_user_attr("curve", curve)
             self.on_event(
-                "rejected",
+                "epoch",
                 {
                     "trial": trial.number,
-                    "arch": arch,
-                    "costs": costs,
-                    "reason": "; ".join(reasons),
+                    "epoch": epoch,
+                    "epochs": cfg.train.epochs,
+                    "val_acc": acc,
                 },
             )
-            raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+            if epoch == cfg.train.epochs:
+                return
+            reason = None
+            if cfg.study.mode == "single":
+                trial.report(acc, epoch)
+                if trial.should_prune():
+                    reason = f"the {cfg.study.pruner} stopped it after epoch {epoch} ({acc:.4f})"
+            elif cfg.early_stop.enabled:
+                reason = dominated_reason(trial, cfg, candidate.costs, epoch, acc)
+            if reason:
+                raise _Stopped(reason)
 
         self.on_event("training", {"trial": trial.number, "arch": arch})
         try:
@@ -248,20 +415,17 @@ class _Objective:
                 model,
                 data,
                 cfg.train,
-                seed,
-                on_epoch=lambda epoch, acc: self.on_event(
-                    "epoch",
-                    {
-                        "trial": trial.number,
-                        "epoch": epoch,
-                        "epochs": cfg.train.epochs,
-                        "val_acc": acc,
-                    },
-                ),
+                candidate.seed,
+                on_epoch=on_epoch,
                 img_size=arch.img_size,
                 teacher=self.teacher.model if self.teacher else None,
                 distill=cfg.distill,
             )
+        except _Stopped as e:
+            trial.set_user_attr("status", "stopped")
+            trial.set_user_attr("stop_reason", str(e))
+            self.on_event("stopped", {"trial": trial.number, "reason": str(e), "curve": curve})
+            raise optuna.TrialPruned(str(e)) from None
         except TrainingFailed as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", str(e))
@@ -310,12 +474,15 @@ class _Objective:
             {
                 "trial": trial.number,
                 "arch": arch,
-                "costs": costs,
+                "costs": candidate.costs,
                 "val_acc": result.val_acc,
                 "seconds": result.seconds,
             },
         )
-        return result.val_acc, latency_ms
+        if cfg.study.mode == "single":
+            return result.val_acc
+        values = {"accuracy": result.val_acc, **candidate.costs}
+        return tuple(float(values[name]) for name in cfg.study.objectives)
 
 
 def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
@@ -374,7 +541,8 @@ def run_search(
 ) -> SearchRun:
     """Run (or resume) the search until the study has `config.study.n_trials` finished trials.
 
-    `on_event(kind, info)` is called with kind in training/epoch/trained/rejected/failed.
+    `on_event(kind, info)` is called with kind in training, epoch, trained, rejected, stopped,
+    screened, failed.
     `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
     return, when the caller has them already.
     """
@@ -387,25 +555,91 @@ def run_search(
     run = SearchRun(study=study)
 
     def record(kind: str, info: dict[str, Any]) -> None:
-        if kind == "trained":
-            run.trained += 1
-        elif kind == "rejected":
-            run.rejected += 1
-        elif kind == "failed":
-            run.failed += 1
+        counter = {
+            "trained": "trained",
+            "rejected": "rejected",
+            "stopped": "stopped",
+            "screened": "screened",
+            "failed": "failed",
+        }.get(kind)
+        if counter:
+            setattr(run, counter, getattr(run, counter) + 1)
         if on_event is not None:
             on_event(kind, info)
 
     objective = _Objective(config, inputs, store, record)
     start = time.perf_counter()
     try:
-        # one trial per optimize() call so that failed trials are retried, not counted
         while finished_count(study) < config.study.n_trials:
             if run.failed > config.study.n_trials:
                 raise RuntimeError(
                     f"{run.failed} trials failed in this run; see their fail_reason"
                 )
-            study.optimize(objective, n_trials=1, catch=(TrainingFailed,))
+            if config.proxies.prescreen_sample:
+                _prescreen_round(study, objective, config, record)
+            else:
+                # one trial per optimize() call so that failed trials are retried, not counted
+                study.optimize(objective, n_trials=1, catch=(TrainingFailed,))
     finally:
         run.seconds = time.perf_counter() - start
     return run
+
+
+def _prescreen_round(
+    study: optuna.Study,
+    objective: _Objective,
+    config: SearchConfig,
+    record: Callable[[str, dict[str, Any]], None],
+) -> None:
+    """Propose up to `prescreen_sample` candidates, rank those within the budgets by the
+    pre-screen proxy, train the best `prescreen_keep` fraction and end the rest as screened.
+    Every asked trial is told, whatever happens: none is left RUNNING."""
+    proxies = config.proxies
+    room = config.study.n_trials - finished_count(study)
+    running: list[optuna.Trial] = []
+    proposed: list[tuple[optuna.Trial, Candidate]] = []
+    beats = contextlib.ExitStack()  # Optuna's heartbeat, as optimize() keeps it, per trial
+    try:
+        for _ in range(min(proxies.prescreen_sample, room)):
+            with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": kept below
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
+            beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+            running.append(trial)
+            try:
+                proposed.append((trial, objective.propose(trial)))
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                running.remove(trial)
+        score = proxies.prescreen_proxy
+
+        def rank_key(item: tuple[optuna.Trial, Candidate]) -> float:
+            value = (item[1].proxies or {}).get(score)
+            return -value if value is not None else float("inf")
+
+        ranked = sorted(proposed, key=rank_key)
+        keep = max(1, math.ceil(proxies.prescreen_keep * len(ranked))) if ranked else 0
+        for rank, (trial, _) in enumerate(ranked, 1):
+            trial.set_user_attr("prescreen", {"proxy": score, "rank": rank, "of": len(ranked)})
+        for trial, candidate in ranked[keep:]:
+            trial.set_user_attr("status", "screened")
+            value = (candidate.proxies or {}).get(score)
+            record("screened", {"trial": trial.number, "proxy": score, "value": value})
+            study.tell(trial, state=TrialState.PRUNED)
+            running.remove(trial)
+        for trial, candidate in ranked[:keep]:
+            try:
+                values = objective.train(trial, candidate)
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            except TrainingFailed:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, values)
+            running.remove(trial)
+    except BaseException:  # Ctrl-C or a bug: end every trial this round still holds
+        for trial in running:
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+    finally:
+        beats.close()

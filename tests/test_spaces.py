@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nas.cli import main
-from search_spaces.arch import ArchConfig, ArchConfigError, StageConfig
+from search_spaces.arch import SCHEMA_VERSION, ArchConfig, ArchConfigError, StageConfig
 from search_spaces.model import LightViT
 from search_spaces.spaces import SPACES, get_space
 from search_spaces.spaces.base import enumerate_leaves
@@ -157,7 +157,9 @@ def test_schema_1_configs_still_read() -> None:
         "schema_version": 1,
     }
     arch = ArchConfig.from_dict(old)
-    assert arch.schema_version == 2 and arch.stages[0] == StageConfig(1, 16, 2, 2.0, "mhsa")
+    assert arch.schema_version == SCHEMA_VERSION and arch.stages[0] == StageConfig(
+        1, 16, 2, 2.0, "mhsa"
+    )
 
 
 def test_space_show_and_sample_commands(capsys: pytest.CaptureFixture[str]) -> None:

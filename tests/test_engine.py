@@ -1,0 +1,343 @@
+"""The search engine: modes, Optuna samplers and pruners from the config, the multi-objective
+early-stopping rule, zero-cost proxies and the pre-screen, Ctrl-C, `lvit status`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.config import ConfigError, EarlyStopConfig, SearchConfig, StudyConfig, load_config
+from nas.proxies import compute_proxies
+from nas.report import hypervolume, nondominated, pareto_front, records
+from nas.study import dominated_reason, run_search
+from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.model import LightViT
+from tests.conftest import write_config
+
+WIDE = "budget: {max_params: 1000000, max_latency_ms: 100}"
+
+
+def _outcomes(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    out: dict[str, list] = {}
+    for t in study.get_trials():
+        out.setdefault(t.user_attrs.get("status", "?"), []).append(t)
+    return out
+
+
+def _study(folder: Path, **keys: str) -> str:
+    """A `study:` section in `folder` with these extra keys (YAML values)."""
+    lines = [f"storage: sqlite:///{folder}/study.db", f"artifacts: {folder}/artifacts"]
+    lines += [f"{k}: {v}" for k, v in {"name": "t", **keys}.items()]
+    return "study:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def test_single_mode_uses_the_configured_optuna_pruner(tmp_path: Path) -> None:
+    # ThresholdPruner(lower=1.01) prunes any accuracy: every trained candidate stops after epoch 1
+    study_yaml = _study(
+        tmp_path,
+        n_trials="3",
+        mode="single",
+        sampler="RandomSampler",
+        pruner="ThresholdPruner",
+        pruner_args="{lower: 1.01}",
+    )
+    config = load_config(write_config(tmp_path, study=study_yaml, budget=WIDE))
+    run = run_search(config)
+    study = run.study
+    assert len(study.directions) == 1 and study.metric_names == ["accuracy"]
+    assert isinstance(study.pruner, optuna.pruners.ThresholdPruner)
+    stopped = _outcomes(study)["stopped"]
+    assert len(stopped) == 3 and run.stopped == 3
+    for t in stopped:
+        assert t.state == TrialState.PRUNED and t.intermediate_values.keys() == {1}
+        assert (
+            len(t.user_attrs["curve"]) == 1
+            and "ThresholdPruner stopped it" in (t.user_attrs["stop_reason"])
+        )
+
+
+def test_single_mode_without_a_pruner_trains_every_candidate_fully(tmp_path: Path) -> None:
+    study_yaml = _study(tmp_path, n_trials="2", mode="single")
+    study = run_search(load_config(write_config(tmp_path, study=study_yaml, budget=WIDE))).study
+    assert isinstance(study.pruner, optuna.pruners.NopPruner)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 2 and all(len(t.values) == 1 for t in done)
+    assert all(len(t.user_attrs["curve"]) == 2 for t in done)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "args"),
+    [
+        ("NSGAIISampler", "{population_size: 2}"),
+        ("NSGAIIISampler", "{population_size: 2}"),
+        ("GPSampler", "{n_startup_trials: 2}"),
+        ("RandomSampler", "{}"),
+    ],
+)
+def test_optuna_samplers_run_from_the_config(tmp_path: Path, sampler: str, args: str) -> None:
+    study_yaml = _study(
+        tmp_path,
+        n_trials="4",
+        seed="3",
+        sampler=sampler,
+        sampler_args=args,
+        objectives="[accuracy, latency_ms, params]",
+    )
+    config = load_config(
+        write_config(
+            tmp_path,
+            study=study_yaml,
+            train="train: {epochs: 1, batch_size: 32, threads: 1}",
+            budget="budget: {max_params: 60000, max_latency_ms: 50.0}",
+        )
+    )
+    study = run_search(config).study
+    assert type(study.sampler).__name__ == sampler
+    assert study.metric_names == ["accuracy", "latency_ms", "params"]
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 4
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.values[2] == t.user_attrs["costs"]["params"]
+
+
+def _trained(study: optuna.Study, latency: float, curve: list[float]) -> None:
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[curve[-1], latency],
+            user_attrs={
+                "status": "trained",
+                "costs": {"latency_ms": latency, "params": 1000},
+                "train": {
+                    "history": [{"epoch": i + 1, "val_acc": a} for i, a in enumerate(curve)]
+                },
+            },
+        )
+    )
+
+
+def test_the_early_stopping_rule_needs_enough_dominating_candidates() -> None:
+    config = SearchConfig(
+        study=StudyConfig(name="x"),
+        early_stop=EarlyStopConfig(enabled=True, min_trials=3, dominated_by=2),
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    _trained(study, 1.0, [0.6, 0.9])
+    _trained(study, 1.0, [0.7, 0.92])
+    trial = study.ask()
+    assert dominated_reason(trial, config, {"latency_ms": 2.0}, 1, 0.5) is None  # 2 < min_trials
+    _trained(study, 3.0, [0.8, 0.95])
+    reason = dominated_reason(trial, config, {"latency_ms": 2.0}, 1, 0.5)
+    assert reason and "2 trained candidates were more accurate" in reason and "0, 1" in reason
+    # faster than all but one of them, or as accurate: it goes on
+    assert dominated_reason(trial, config, {"latency_ms": 0.9}, 1, 0.5) is None
+    assert dominated_reason(trial, config, {"latency_ms": 2.0}, 1, 0.75) is None
+    # epoch 2 compares with their epoch-2 accuracy
+    assert dominated_reason(trial, config, {"latency_ms": 2.0}, 2, 0.85) is not None
+    assert dominated_reason(trial, config, {"latency_ms": 2.0}, 2, 0.95) is None
+
+
+def test_a_multi_objective_search_with_early_stopping_stops_dominated_candidates(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        write_config(
+            tmp_path,
+            budget=WIDE,
+            train="train: {epochs: 3, batch_size: 32, lr: 0.003, threads: 1}",
+            early_stop="early_stop: {enabled: true, min_trials: 1, dominated_by: 1}",
+        )
+    ).replace_study(n_trials=8)
+    run = run_search(config)
+    outcomes = _outcomes(run.study)
+    assert set(outcomes) <= {"trained", "stopped", "infeasible"}
+    assert run.stopped == len(outcomes.get("stopped", []))
+    for t in outcomes.get("stopped", []):
+        assert t.state == TrialState.PRUNED
+        assert (
+            1 <= len(t.user_attrs["curve"]) < 3 and "more accurate" in t.user_attrs["stop_reason"]
+        )
+    assert "stopped" in outcomes, "with dominated_by 1 some of 8 candidates should stop"
+
+
+def test_zero_cost_proxies_are_computed_without_touching_the_model() -> None:
+    arch = ArchConfig(stages=(StageConfig(2, 16, 2, 2.0),), img_size=16, num_classes=4)
+    model = LightViT(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
+    names = ("synflow", "naswot", "grad_norm", "snip")
+    first = compute_proxies(model, x, y, names)
+    again = compute_proxies(model, x, y, names)
+    assert all(isinstance(first[n], float) for n in names)
+    assert {n: first[n] for n in names} == pytest.approx({n: again[n] for n in names})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # snip and grad_norm are what their papers define, on the Linear and Conv weights
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    weights = [
+        m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    ]
+    assert first["snip"] == pytest.approx(sum((w * w.grad).abs().sum().item() for w in weights))
+    assert first["grad_norm"] == pytest.approx(sum(w.grad.norm().item() for w in weights))
+    # synflow needs no data; naswot cannot tell identical images apart
+    assert compute_proxies(model, x * 0, y, ("synflow",))["synflow"] == pytest.approx(
+        first["synflow"]
+    )
+    same = x[:1].expand(16, -1, -1, -1)
+    assert compute_proxies(model, same, y, ("naswot",))["naswot"] is None
+
+
+def test_a_prescreen_trains_only_the_best_by_the_proxy(tmp_path: Path) -> None:
+    config = load_config(
+        write_config(
+            tmp_path,
+            budget=WIDE,
+            train="train: {epochs: 1, batch_size: 32, threads: 1}",
+            proxies="proxies: {compute: [snip], batch_size: 32, prescreen_proxy: naswot, "
+            "prescreen_sample: 4, prescreen_keep: 0.5}",
+        )
+    ).replace_study(n_trials=4)
+    run = run_search(config)
+    study = run.study
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    outcomes = _outcomes(study)
+    trained, screened = outcomes.get("trained", []), outcomes.get("screened", [])
+    feasible = len(trained) + len(screened)
+    assert len(trained) == -(-feasible // 2) and run.screened == len(screened)
+    worst_trained = min(t.user_attrs["proxies"]["naswot"] for t in trained)
+    for t in screened:
+        assert t.state == TrialState.PRUNED and t.user_attrs["proxies"]["naswot"] <= worst_trained
+        assert set(t.user_attrs["proxies"]) >= {"snip", "naswot", "seconds"}
+    ranks = sorted(t.user_attrs["prescreen"]["rank"] for t in trained)
+    assert ranks == list(range(1, len(trained) + 1))
+
+
+def test_a_flops_budget_rejects_before_training(tmp_path: Path) -> None:
+    budget = "budget: {max_params: 1000000, max_latency_ms: 100, max_flops: 1000}"
+    run = run_search(load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=2))
+    for t in run.study.trials:
+        assert t.user_attrs["status"] == "infeasible" and "flops" in t.user_attrs["reject_reason"]
+        assert t.user_attrs["budget_check_seconds"] < 1.0
+
+
+def test_trials_record_their_curve_seed_and_library_versions(finished_study) -> None:
+    _, study = finished_study
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert len(t.user_attrs["curve"]) == 2 and isinstance(t.user_attrs["seed"], int)
+        assert set(t.user_attrs["versions"]) == {"python", "torch", "timm", "optuna"}
+
+
+def test_lvit_status_summarises_a_study(finished_study, capsys) -> None:
+    config, study = finished_study
+    assert main(["status", "--storage", config.study.storage_url]) == 0
+    out = capsys.readouterr().out
+    trained = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert f"{trained} complete" in out and "of 6 candidates asked for" in out
+    best = pareto_front(study)[0]
+    assert f"best feasible: trial {best.number}, accuracy {best.accuracy:.4f}" in out
+    assert f"Pareto front: {len(pareto_front(study))} trials" in out and "min in trials" in out
+
+
+def test_hypervolume_and_the_front() -> None:
+    # two points under a 2 ms budget: 0.8 x (1.0 - 0.5) + 0.9 x (2.0 - 1.0)
+    assert hypervolume([(0.9, 1.0), (0.8, 0.5)], 2.0) == pytest.approx(1.3)
+    assert hypervolume([(0.9, 1.0), (0.8, 0.5), (0.7, 0.7), (0.99, 3.0)], 2.0) == pytest.approx(
+        1.3
+    )
+    assert hypervolume([], 2.0) == 0.0
+
+
+def test_the_report_front_is_the_nondominated_set(finished_study) -> None:
+    _, study = finished_study
+    trained = [r for r in records(study) if r.accuracy is not None]
+    front = nondominated(trained)
+
+    def covers(o, r) -> bool:  # o is at least as good as r on both
+        return o.accuracy >= r.accuracy and o.latency_ms <= r.latency_ms
+
+    for r in front:
+        assert not any(
+            covers(o, r) and (o.accuracy, o.latency_ms) != (r.accuracy, r.latency_ms)
+            for o in trained
+        )
+    for r in trained:
+        assert any(covers(f, r) for f in front)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("study: {name: x, pruner: MedianPruner}", "study.pruner works in single mode only"),
+        ("study: {name: x, mode: single, pruner: Median}", "'Median' is not an Optuna pruner"),
+        ("study: {name: x, objectives: [latency_ms]}", "study.objectives starts with accuracy"),
+        ("study: {name: x, objectives: [accuracy, speed]}", "use accuracy plus one or more of"),
+        ("study: {name: x, mode: double}", "study.mode must be multi or single"),
+    ],
+)
+def test_engine_config_errors_are_one_line(tmp_path, capsys, section, message) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(section + "\n")
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_engine_section_errors() -> None:
+    with pytest.raises(ValueError, match="early_stop is for multi mode"):
+        SearchConfig(
+            study=StudyConfig(name="x", mode="single"),
+            early_stop=EarlyStopConfig(enabled=True),
+        )
+    with pytest.raises(ConfigError, match="proxy 'zen' is unknown"):
+        SearchConfig.from_dict({"study": {"name": "x"}, "proxies": {"compute": ["zen"]}})
+    with pytest.raises(ConfigError, match="needs prescreen_proxy"):
+        SearchConfig.from_dict({"study": {"name": "x"}, "proxies": {"prescreen_sample": 4}})
+
+
+def test_ctrl_c_ends_the_running_trial_and_the_search_resumes(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        budget=WIDE,
+        train="train: {epochs: 200, batch_size: 32, threads: 1}",  # long enough to interrupt
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "search", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    storage = f"sqlite:///{tmp_path}/study.db"
+    deadline = time.monotonic() + 60
+    running = False
+    while time.monotonic() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="t", storage=storage)
+            running = any(
+                "costs" in t.user_attrs and t.user_attrs.get("status") is None
+                for t in study.get_trials(states=(TrialState.RUNNING,))
+            )
+        except (KeyError, Exception):  # the study is not created yet
+            continue
+    assert running, "the search never started a trial"
+    time.sleep(1.0)  # inside training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Run the same command to resume" in err
+    study = optuna.load_study(study_name="t", storage=storage)
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.RUNNING not in states and TrialState.FAIL in states
