@@ -397,11 +397,12 @@ class _Objective:
                     "val_acc": acc,
                 },
             )
+            if cfg.study.mode == "single":
+                trial.report(acc, epoch)  # every epoch, the last too: pruners compare steps
             if epoch == cfg.train.epochs:
                 return
             reason = None
             if cfg.study.mode == "single":
-                trial.report(acc, epoch)
                 if trial.should_prune():
                     reason = f"the {cfg.study.pruner} stopped it after epoch {epoch} ({acc:.4f})"
             elif cfg.early_stop.enabled:

@@ -67,6 +67,30 @@ def test_single_mode_uses_the_configured_optuna_pruner(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("pruner", "args"),
+    [
+        ("MedianPruner", "{n_startup_trials: 1, n_warmup_steps: 0}"),
+        ("SuccessiveHalvingPruner", "{min_resource: 1, reduction_factor: 2}"),
+        ("HyperbandPruner", "{min_resource: 1, max_resource: 3, reduction_factor: 2}"),
+    ],
+)
+def test_optuna_pruners_act_on_the_per_epoch_accuracy(tmp_path: Path, pruner, args) -> None:
+    study_yaml = _study(tmp_path, n_trials="5", mode="single", pruner=pruner, pruner_args=args)
+    train = "train: {epochs: 3, batch_size: 32, lr: 0.003, threads: 1}"
+    config = load_config(write_config(tmp_path, study=study_yaml, budget=WIDE, train=train))
+    study = run_search(config).study
+    assert type(study.pruner).__name__ == pruner
+    for t in study.get_trials():
+        status = t.user_attrs["status"]
+        assert status in ("trained", "stopped")
+        if t.state == TrialState.COMPLETE:
+            assert status == "trained" and sorted(t.intermediate_values) == [1, 2, 3]
+        else:  # stopped by the pruner before the last epoch, with its reason and curve
+            assert t.state == TrialState.PRUNED and pruner in t.user_attrs["stop_reason"]
+            assert len(t.user_attrs["curve"]) == max(t.intermediate_values) < 3
+
+
 def test_single_mode_without_a_pruner_trains_every_candidate_fully(tmp_path: Path) -> None:
     study_yaml = _study(tmp_path, n_trials="2", mode="single")
     study = run_search(load_config(write_config(tmp_path, study=study_yaml, budget=WIDE))).study
