@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(VENV)/bin/lvit search experiments/quickstart.yaml
 
+# tests/services.sh starts PostgreSQL on 127.0.0.1 (and installs it and Chromium as root if missing)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	LVIT_TEST_POSTGRES="$$(bash tests/services.sh)" $(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nas search_spaces tests experiments

@@ -1,9 +1,12 @@
 """The `lvit` command line: one table of commands, each with `add_arguments` and `take_action`.
 
-    lvit search CONFIG            run or resume a search (progress bar, then the Pareto front)
+    lvit search CONFIG            run or resume a search (progress bar, then the Pareto front);
+                                  --workers N: N processes on this machine
+    lvit worker --study NAME      join a study in a shared storage (PostgreSQL, journal)
     lvit export --trial N --out DIR   write a trained trial as a timm model folder
     lvit report                   Pareto-front plot and table of a study
     lvit status                   a study's trials by state, best feasible, front, time spent
+    lvit dashboard                optuna-dashboard on 127.0.0.1 with a note per trial
     lvit space show|sample NAME   a search space's choices and size, or sampled architectures
     lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
     lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
@@ -60,113 +63,273 @@ class Search(Command):
             help="study-wide number of candidates (overrides study.n_trials)",
         )
         parser.add_argument("--study", default=None, help="study name (overrides study.name)")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="worker processes on this machine, each pinned to its share of the cores "
+            "(needs a journal:/// or postgresql:// storage)",
+        )
+        _grace_argument(parser)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
         from nas.config import load_config
-        from nas.report import front_table
-        from nas.study import create_or_resume_study, finished_count, prepare_inputs, run_search
 
         config = load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        _set_grace(args)
         config = config.replace_study(
             n_trials=args.n_trials, storage=args.storage, name=args.study
         )
-        target = config.study.n_trials
-        bar: Any = None
+        if args.workers > 1:
+            return _search_with_workers(config, args.workers)
+        return _search_here(config, "lvit search")
 
-        def on_event(kind: str, info: dict[str, Any]) -> None:
-            n = info.get("trial")
-            if kind == "training":
-                bar.set_postfix_str(f"trial {n}: training")
-            elif kind == "epoch":
-                bar.set_postfix_str(
-                    f"trial {n}: epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
-                )
-            elif kind == "trained":
-                c = info["costs"]
-                bar.write(
-                    f"  #{n:<3} trained   acc {info['val_acc']:.4f}  "
-                    f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
-                    f"{info['arch'].describe()}  ({_duration(info['seconds'])})"
-                )
-                bar.update(1)
-            elif kind == "rejected":
-                bar.write(f"  #{n:<3} rejected  {info['reason']}  {info['arch'].describe()}")
-                bar.update(1)
-            elif kind == "stopped":
-                bar.write(f"  #{n:<3} stopped   {info['reason']}")
-                bar.update(1)
-            elif kind == "screened":
-                value = info["value"]
-                shown = f"{value:.4g}" if value is not None else "none"
-                bar.write(f"  #{n:<3} screened  {info['proxy']} {shown}: not in the best share")
-                bar.update(1)
-            elif kind == "failed":
-                bar.write(f"  #{n:<3} failed    {info['reason']} (recorded; the search goes on)")
 
-        inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
+class Worker(Command):
+    name = "worker"
+    help = "join a study kept in a shared storage (PostgreSQL, journal) and run its trials"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--study", default=None, help="study name (default: the only one)")
+        parser.add_argument(
+            "--threads", type=int, default=0, help="torch threads for training (0: all cores)"
+        )
+        _grace_argument(parser)
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        import dataclasses
+
+        from nas.config import SearchConfig
+        from nas.storage import load_study
+
+        _set_grace(args)
+        url = _storage(args)
+        study = load_study(url, args.study)
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            raise ConfigError(
+                f"study '{study.study_name}' has no stored config: start it with lvit search"
+            )
+        config = SearchConfig.from_dict(stored, f"study '{study.study_name}'")
+        config = config.replace_study(storage=url)
+        if args.threads:
+            config = dataclasses.replace(
+                config, train=dataclasses.replace(config.train, threads=args.threads)
+            )
+        return _search_here(config, "lvit worker")
+
+
+def _grace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=None,
+        help="seconds without a heartbeat after which another worker fails and retries a "
+        "trial (RDB storages; default 120)",
+    )
+
+
+def _set_grace(args: argparse.Namespace) -> None:
+    if args.grace_period is not None:
+        from nas import storage
+
+        if args.grace_period <= 0:
+            raise ConfigError(f"--grace-period must be > 0, got {args.grace_period}")
+        storage.GRACE_PERIOD_S = args.grace_period
+        storage.HEARTBEAT_INTERVAL_S = max(1, int(args.grace_period // 4))
+
+
+def _trial_line(n: int, kind: str, info: dict[str, Any]) -> str:
+    """One line per finished candidate, as `lvit search` prints them."""
+    if kind == "trained":
+        c = info["costs"]
+        return (
+            f"  #{n:<3} trained   acc {info['val_acc']:.4f}  "
+            f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
+            f"{info['arch_line']}  ({_duration(info['seconds'])})"
+        )
+    if kind == "rejected":
+        return f"  #{n:<3} rejected  {info['reason']}  {info['arch_line']}"
+    if kind == "stopped":
+        return f"  #{n:<3} stopped   {info['reason']}"
+    if kind == "screened":
+        value = info["value"]
+        shown = f"{value:.4g}" if value is not None else "none"
+        return f"  #{n:<3} screened  {info['proxy']} {shown}: not in the best share"
+    return f"  #{n:<3} failed    {info['reason']} (recorded; the search goes on)"
+
+
+def _search_here(config: Any, prog: str) -> int:
+    """Run the search in this process with a progress bar and a line per candidate."""
+    from tqdm import tqdm
+
+    from nas.study import create_or_resume_study, finished_count, prepare_inputs, run_search
+
+    target = config.study.n_trials
+    bar: Any = None
+
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        n = info.get("trial")
+        if kind == "training":
+            bar.set_postfix_str(f"trial {n}: training")
+        elif kind == "epoch":
+            bar.set_postfix_str(
+                f"trial {n}: epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
+            )
+        elif kind in ("trained", "rejected", "stopped", "screened", "failed"):
+            if "arch" in info:
+                info = {**info, "arch_line": info["arch"].describe()}
+            bar.write(_trial_line(n, kind, info))
+            if kind != "failed":
+                bar.update(1)
+
+    inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
+    print(
+        f"{prog}: study '{config.study.name}' in {_redact(config.study.storage_url)}, space "
+        f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px "
+        f"({len(inputs.data.train_y)} train / {len(inputs.data.val_y)} val images), "
+        f"{target} candidates",
+        file=sys.stderr,
+    )
+    study = create_or_resume_study(config)
+    done = finished_count(study)
+    if done:
+        print(f"resuming: {done} of {target} candidates already finished", file=sys.stderr)
+    bar = tqdm(
+        total=target,
+        initial=min(done, target),
+        unit="trial",
+        desc="search",
+        dynamic_ncols=True,
+    )
+    try:
+        run = run_search(config, on_event=on_event, study=study, inputs=inputs)
+    except KeyboardInterrupt:
+        bar.close()
+        _interrupted(prog, study, config)
+        return 130
+    finally:
+        bar.close()
+    extra = "".join(
+        f", {count} {label}"
+        for count, label in (
+            (run.stopped, "stopped early"),
+            (run.screened, "screened out by the proxy"),
+        )
+        if count
+    )
+    _summary(
+        run.study,
+        config,
+        f"This run: {run.trained} trained, {run.rejected} rejected by the budgets{extra}, "
+        f"{run.failed} failed, in {_duration(run.seconds)}.",
+    )
+    return 0
+
+
+def _search_with_workers(config: Any, n_workers: int) -> int:
+    from tqdm import tqdm
+
+    from nas.study import create_or_resume_study, finished_count
+    from nas.workers import check_parallel_storage, core_shares, run_workers
+
+    check_parallel_storage(config.study.storage_url)
+    target = config.study.n_trials
+    shares = core_shares(n_workers)
+    print(
+        f"lvit search: study '{config.study.name}' in {_redact(config.study.storage_url)}, "
+        f"{n_workers} worker processes on cores "
+        + " | ".join(",".join(map(str, s)) for s in shares)
+        + f", {target} candidates",
+        file=sys.stderr,
+    )
+    done = finished_count(create_or_resume_study(config))
+    bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search")
+    outcomes: dict[str, int] = {}
+
+    def on_finished(trial: Any) -> None:
+        attrs = trial.user_attrs
+        status = attrs.get("status", "?")
+        outcomes[status] = outcomes.get(status, 0) + 1
+        kind = {"infeasible": "rejected"}.get(status, status)
+        info = {
+            "arch_line": attrs.get("arch_line", "?"),
+            "costs": attrs.get("costs", {}),
+            "reason": attrs.get("reject_reason") or attrs.get("stop_reason", ""),
+            "val_acc": trial.values[0] if trial.values else 0.0,
+            "seconds": attrs.get("train", {}).get("seconds", 0.0),
+            "proxy": attrs.get("prescreen", {}).get("proxy"),
+            "value": None,
+        }
+        bar.write(_trial_line(trial.number, kind, info))
+        bar.update(1)
+
+    try:
+        run = run_workers(config, n_workers, on_finished=on_finished)
+    except KeyboardInterrupt:
+        bar.close()
+        _interrupted("lvit search", create_or_resume_study(config), config)
+        return 130
+    finally:
+        bar.close()
+    labels = {"infeasible": "rejected by the budgets", "screened": "screened out by the proxy"}
+    counts = (
+        ", ".join(f"{n} {labels.get(s, s)}" for s, n in sorted(outcomes.items())) or "nothing new"
+    )
+    recovered = (
+        f"; {len(run.recovered)} trials of dead workers failed and retried, "
+        f"{run.restarted} workers restarted"
+        if run.recovered or run.restarted
+        else ""
+    )
+    _summary(
+        run.study,
+        config,
+        f"This run: {counts} with {n_workers} workers in {_duration(run.seconds)}{recovered}.",
+    )
+    return 0
+
+
+def _redact(url: str) -> str:
+    from nas.storage import redact
+
+    return redact(url)
+
+
+def _interrupted(prog: str, study: Any, config: Any) -> None:
+    from nas.study import finished_count
+
+    print(
+        f"\n{prog}: interrupted; {finished_count(study)} of {config.study.n_trials} candidates "
+        f"are finished in {_redact(config.study.storage_url)} and the running one was ended as "
+        "failed. Run the same command to resume.",
+        file=sys.stderr,
+    )
+
+
+def _summary(study: Any, config: Any, line: str) -> None:
+    from nas.report import front_table
+    from nas.study import finished_count
+
+    url = _redact(config.study.storage_url)
+    print()
+    print(front_table(study))
+    print()
+    print(
+        f"{line} Study: {finished_count(study)} candidates in {url}, weights in "
+        f"{study.user_attrs['artifact_dir']}"
+    )
+    best = _best_trained(study)
+    if best is not None:
         print(
-            f"lvit search: study '{config.study.name}' in {config.study.storage_url}, space "
-            f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px "
-            f"({len(inputs.data.train_y)} train / {len(inputs.data.val_y)} val images), "
-            f"{target} candidates",
-            file=sys.stderr,
+            f"Export:  lvit export --storage {url} --study {config.study.name} --trial {best} "
+            f"--out exports/{config.study.name}-{best}"
         )
-        study = create_or_resume_study(config)
-        done = finished_count(study)
-        if done:
-            print(f"resuming: {done} of {target} candidates already finished", file=sys.stderr)
-        bar = tqdm(
-            total=target,
-            initial=min(done, target),
-            unit="trial",
-            desc="search",
-            dynamic_ncols=True,
-        )
-        try:
-            run = run_search(config, on_event=on_event, study=study, inputs=inputs)
-        except KeyboardInterrupt:
-            bar.close()
-            print(
-                f"\nlvit search: interrupted; {finished_count(study)} of {target} candidates "
-                f"are finished in {config.study.storage_url} and the running one was ended as "
-                "failed. Run the same command to resume.",
-                file=sys.stderr,
-            )
-            return 130
-        finally:
-            bar.close()
-        print()
-        print(front_table(run.study))
-        print()
-        extra = "".join(
-            f", {count} {label}"
-            for count, label in (
-                (run.stopped, "stopped early"),
-                (run.screened, "screened out by the proxy"),
-            )
-            if count
-        )
-        print(
-            f"This run: {run.trained} trained, {run.rejected} rejected by the budgets{extra}, "
-            f"{run.failed} failed, in {_duration(run.seconds)}. Study: "
-            f"{finished_count(run.study)} candidates in {config.study.storage_url}, weights in "
-            f"{run.study.user_attrs['artifact_dir']}"
-        )
-        best = _best_trained(run.study)
-        if best is not None:
-            print(
-                f"Export:  lvit export --storage {config.study.storage_url} --study "
-                f"{config.study.name} --trial {best} --out exports/{config.study.name}-{best}"
-            )
-            print(
-                f"Report:  lvit report --storage {config.study.storage_url} --study "
-                f"{config.study.name}"
-            )
-        return 0
+        print(f"Report:  lvit report --storage {url} --study {config.study.name}")
 
 
 def _best_trained(study: Any) -> int | None:
@@ -244,6 +407,32 @@ class Status(Command):
         from nas.storage import load_study
 
         print(study_summary(load_study(_storage(args), args.study)))
+        return 0
+
+
+class Dashboard(Command):
+    name = "dashboard"
+    help = "start optuna-dashboard on a study storage, with a note describing every trial"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind (default local)")
+        parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from nas.dashboard import serve
+
+        url = _storage(args)
+        print(
+            f"lvit dashboard: {_redact(url)} at http://{args.host}:{args.port}/dashboard/ "
+            "(Ctrl-C stops it)",
+            file=sys.stderr,
+        )
+        try:
+            serve(url, host=args.host, port=args.port)
+        except OSError as e:
+            raise ConfigError(f"cannot serve on {args.host}:{args.port}: {e.strerror}") from None
+        except KeyboardInterrupt:
+            return 0
         return 0
 
 
@@ -628,9 +817,11 @@ class Train(Command):
 
 COMMANDS: list[Command] = [
     Search(),
+    Worker(),
     Export(),
     Report(),
     Status(),
+    Dashboard(),
     Space(),
     Latency(),
     Teacher(),

@@ -135,7 +135,7 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 ## Costs
 - parameters: {costs.get("params")}
 - FLOPs: {costs.get("flops")} ({costs.get("flops_counting", "")})
-- latency: {_latency_line(costs)}
+- latency: {latency_line(costs)}
 
 ## Training
 - data: {data.get("name")} ({data.get("train_size")} train / {data.get("val_size")} val images,
@@ -161,7 +161,8 @@ def _distill_line(distill: dict | None) -> str:
     )
 
 
-def _latency_line(costs: dict) -> str:
+def latency_line(costs: dict) -> str:
+    """Every latency figure of a trial with its conditions, in one line."""
     lines = []
     lat = costs.get("latency")
     if lat:

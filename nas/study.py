@@ -36,6 +36,7 @@ import dataclasses
 import inspect
 import math
 import os
+import socket
 import tempfile
 import time
 import warnings
@@ -69,6 +70,8 @@ __all__ = [
     "run_search",
     "trial_seed",
     "finished_count",
+    "trial_counts",
+    "Surplus",
     "objectives",
     "curve_of",
     "dominated_reason",
@@ -105,6 +108,32 @@ class Candidate:
     costs: dict[str, Any]
     seed: int
     proxies: dict[str, Any] | None = None
+
+
+def _note(trial: optuna.Trial, values: list[float] | None = None) -> None:
+    """The optuna-dashboard note of a trial that is ending (nas.dashboard.trial_note)."""
+    from optuna_dashboard import save_note
+
+    from nas.dashboard import trial_note
+
+    save_note(trial, trial_note(trial.number, trial.user_attrs, values))
+
+
+class Surplus(Exception):
+    """Raised when another worker's trials already fill the study's count."""
+
+
+def _claim(trial: optuna.Trial, n_trials: int) -> None:
+    """Keep `n_trials` study-wide when several workers ask at once: the trials finished or
+    running, in the order they were created, hold the places; a trial created past the count is
+    ended as failed (`status: surplus`) before it costs anything."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    ahead = sum(
+        t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=states)
+    )
+    if ahead >= n_trials:
+        trial.set_user_attr("status", "surplus")
+        raise Surplus(f"the study's {n_trials} places were taken by other workers")
 
 
 class _Stopped(Exception):
@@ -157,6 +186,21 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials finished (COMPLETE or PRUNED), running, waiting (enqueued retries) and failed."""
+    counts = {"finished": 0, "running": 0, "waiting": 0, "failed": 0}
+    key = {
+        TrialState.COMPLETE: "finished",
+        TrialState.PRUNED: "finished",
+        TrialState.RUNNING: "running",
+        TrialState.WAITING: "waiting",
+        TrialState.FAIL: "failed",
+    }
+    for t in study.get_trials(deepcopy=False):
+        counts[key[t.state]] += 1
+    return counts
 
 
 def _make_sampler(config: SearchConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -284,6 +328,8 @@ class _Objective:
         """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
         raises `optuna.TrialPruned` when it is over a budget."""
         cfg, data = self.config, self.data
+        _claim(trial, cfg.study.n_trials)
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         seed = trial_seed(cfg.study.seed, trial.number)
         arch = self.space.sample(
             trial, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
@@ -326,6 +372,7 @@ class _Objective:
                     "reason": "; ".join(reasons),
                 },
             )
+            _note(trial)
             raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
         proxies = None
         if cfg.proxies.names:
@@ -426,6 +473,7 @@ class _Objective:
             trial.set_user_attr("status", "stopped")
             trial.set_user_attr("stop_reason", str(e))
             self.on_event("stopped", {"trial": trial.number, "reason": str(e), "curve": curve})
+            _note(trial)
             raise optuna.TrialPruned(str(e)) from None
         except TrainingFailed as e:
             trial.set_user_attr("status", "failed")
@@ -480,6 +528,7 @@ class _Objective:
                 "seconds": result.seconds,
             },
         )
+        _note(trial, [result.val_acc])
         if cfg.study.mode == "single":
             return result.val_acc
         values = {"accuracy": result.val_acc, **candidate.costs}
@@ -539,8 +588,12 @@ def run_search(
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     study: optuna.Study | None = None,
     inputs: Inputs | None = None,
+    poll_seconds: float = 2.0,
 ) -> SearchRun:
-    """Run (or resume) the search until the study has `config.study.n_trials` finished trials.
+    """Run (or resume) the search until the study has `config.study.n_trials` finished trials,
+    counted study-wide: several processes may run this on one study (workers), and together
+    they finish exactly that many. When the last places are held by other workers' running
+    trials, this one waits (`poll_seconds`) in case one of them dies and is retried.
 
     `on_event(kind, info)` is called with kind in training, epoch, trained, rejected, stopped,
     screened, failed.
@@ -570,17 +623,28 @@ def run_search(
 
     objective = _Objective(config, inputs, store, record)
     start = time.perf_counter()
+    n_trials = config.study.n_trials
     try:
-        while finished_count(study) < config.study.n_trials:
-            if run.failed > config.study.n_trials:
+        while True:
+            counts = trial_counts(study)
+            if counts["finished"] >= n_trials:
+                break
+            if run.failed > n_trials:
                 raise RuntimeError(
                     f"{run.failed} trials failed in this run; see their fail_reason"
                 )
+            if not counts["waiting"] and counts["finished"] + counts["running"] >= n_trials:
+                # other workers hold the last places; one of them may die and be retried
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+                time.sleep(poll_seconds)
+                continue
             if config.proxies.prescreen_sample:
                 _prescreen_round(study, objective, config, record)
             else:
                 # one trial per optimize() call so that failed trials are retried, not counted
-                study.optimize(objective, n_trials=1, catch=(TrainingFailed,))
+                study.optimize(objective, n_trials=1, catch=(TrainingFailed, Surplus))
     finally:
         run.seconds = time.perf_counter() - start
     return run
@@ -596,7 +660,8 @@ def _prescreen_round(
     pre-screen proxy, train the best `prescreen_keep` fraction and end the rest as screened.
     Every asked trial is told, whatever happens: none is left RUNNING."""
     proxies = config.proxies
-    room = config.study.n_trials - finished_count(study)
+    counts = trial_counts(study)
+    room = config.study.n_trials - counts["finished"] - counts["running"]
     running: list[optuna.Trial] = []
     proposed: list[tuple[optuna.Trial, Candidate]] = []
     beats = contextlib.ExitStack()  # Optuna's heartbeat, as optimize() keeps it, per trial
@@ -612,6 +677,9 @@ def _prescreen_round(
             except optuna.TrialPruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 running.remove(trial)
+            except Surplus:
+                study.tell(trial, state=TrialState.FAIL)
+                running.remove(trial)
         score = proxies.prescreen_proxy
 
         def rank_key(item: tuple[optuna.Trial, Candidate]) -> float:
@@ -624,6 +692,7 @@ def _prescreen_round(
             trial.set_user_attr("prescreen", {"proxy": score, "rank": rank, "of": len(ranked)})
         for trial, candidate in ranked[keep:]:
             trial.set_user_attr("status", "screened")
+            _note(trial)
             value = (candidate.proxies or {}).get(score)
             record("screened", {"trial": trial.number, "proxy": score, "value": value})
             study.tell(trial, state=TrialState.PRUNED)

@@ -1,0 +1,117 @@
+"""optuna-dashboard for our studies: `lvit dashboard --storage URL`.
+
+Each finished trial gets a note (optuna-dashboard's Markdown notes) that describes its
+architecture in words (stem, position encoding, each stage's mixer, depth, width, heads and MLP
+ratio, token reduction, exits) and its costs with their measurement conditions. The search
+writes the note when a trial ends; the dashboard command adds the missing ones for studies made
+earlier. The server binds to 127.0.0.1 unless told otherwise, and serves the study's trained
+weights through Optuna's artifact store.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+
+from nas.export import latency_line
+
+__all__ = ["trial_note", "annotate", "serve"]
+
+_MIXERS = {
+    "mhsa": "multi-head self-attention",
+    "window": "window attention",
+    "sra": "spatial-reduction attention",
+    "linear": "linear attention",
+    "pool": "pooling",
+    "dwconv": "depthwise convolution",
+}
+
+
+def _stage_words(i: int, s: dict[str, Any]) -> str:
+    mixer = _MIXERS.get(s["mixer"], s["mixer"])
+    option = {
+        "sra": f", reduction {s.get('sr_ratio')}",
+        "window": f", window {s.get('window')}",
+        "dwconv": f", kernel {s.get('kernel_size')}",
+    }.get(s["mixer"], "")
+    heads = f", {s['heads']} heads" if s["mixer"] in ("mhsa", "window", "sra", "linear") else ""
+    extra = ""
+    if s.get("merge_r"):
+        extra += f", ToMe merging {s['merge_r']} tokens per block"
+    if s.get("keep_rate", 1.0) < 1:
+        extra += f", EViT keeping {s['keep_rate']:g} of the tokens"
+    down = ", halving the grid first" if s.get("downsample") else ""
+    return (
+        f"- stage {i}: {s['depth']} block(s) of {mixer}{option}{heads}, width {s['dim']}, "
+        f"MLP ratio {s['mlp_ratio']:g}{extra}{down}"
+    )
+
+
+def trial_note(number: int, attrs: dict[str, Any], values: list[float] | None) -> str:
+    """The Markdown note for a trial, from its user attributes and values."""
+    arch = attrs.get("arch")
+    status = attrs.get("status", "?")
+    lines = [f"## Trial {number}: {status}", "", f"`{attrs.get('arch_line', '?')}`", ""]
+    if arch:
+        lines += [
+            f"- input {arch['in_chans']}x{arch['img_size']}x{arch['img_size']}, "
+            f"{arch['num_classes']} classes",
+            f"- stem `{arch['stem']}` of stride {arch['patch_size']}, position encoding "
+            f"`{arch['pos_enc']}`",
+            *(_stage_words(i, s) for i, s in enumerate(arch["stages"], 1)),
+        ]
+        if arch.get("exits"):
+            lines.append(f"- early exits after blocks {', '.join(map(str, arch['exits']))}")
+        if arch.get("distill_head"):
+            lines.append("- a distillation head beside the classifier")
+    costs = attrs.get("costs")
+    if costs:
+        lines += ["", "### Costs"]
+        lines.append(f"- {costs['params']:,} parameters, {costs['flops']:,} FLOPs")
+        lines.append(f"- latency: {latency_line(costs)}")
+    reason = attrs.get("reject_reason") or attrs.get("stop_reason") or attrs.get("fail_reason")
+    if reason:
+        lines += ["", f"**Why:** {reason}"]
+    if status == "trained" and values:
+        train = attrs.get("train", {})
+        lines += [
+            "",
+            f"**Validation accuracy {values[0]:.4f}** after {train.get('epochs')} epochs "
+            f"({train.get('seconds')} s on {train.get('device')}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def annotate(study: optuna.Study) -> int:
+    """Add a note to every finished trial that has none; returns how many were added."""
+    from optuna_dashboard import get_note, save_note
+
+    added = 0
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for frozen in study.get_trials(deepcopy=False, states=states):
+        trial = optuna.Trial(study, frozen._trial_id)
+        if get_note(trial):
+            continue
+        save_note(trial, trial_note(frozen.number, frozen.user_attrs, frozen.values))
+        added += 1
+    return added
+
+
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Annotate every study in the storage, then run optuna-dashboard (blocks)."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from nas.storage import open_storage
+
+    storage = open_storage(storage_url, create=False, heartbeat=False)
+    artifact_dirs = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        annotate(study)
+        artifact_dirs.append(study.user_attrs.get("artifact_dir"))
+    existing = [d for d in artifact_dirs if d and os.path.isdir(d)]
+    store = FileSystemArtifactStore(existing[0]) if existing else None
+    run_server(storage, host=host, port=port, artifact_store=store)

@@ -1,0 +1,172 @@
+"""Several worker processes on one machine sharing one study: `lvit search CONFIG --workers N`.
+
+The parent creates (or resumes) the study, then starts N processes (spawned, so each has its own
+torch), each pinned to its share of the CPU cores with as many torch threads, and each running
+`run_search` on the same study: the study-wide count holds across them (`nas.study._claim`).
+The storage must take parallel writers: Optuna's journal file (`journal:///runs/NAME.journal`)
+on one machine, or an RDB server such as PostgreSQL; SQLite is refused.
+
+The parent watches its workers. Optuna's heartbeat covers RDB storages; the journal storage has
+none, so when a worker process dies (killed, out of memory) the parent ends the trials it was
+running as failed, enqueues a retry of each (Optuna's RetryHeartbeatStaleTrialCallback, as the
+heartbeat would) and starts a replacement worker, so the study still reaches its count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.config import ConfigError, SearchConfig
+from nas.storage import MAX_RETRY
+from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
+
+__all__ = ["WorkersRun", "core_shares", "run_workers", "worker_main"]
+
+
+def core_shares(n_workers: int, cores: list[int] | None = None) -> list[list[int]]:
+    """Split the cores this process may use into `n_workers` contiguous shares (one core each,
+    round robin, when there are more workers than cores)."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    if n_workers >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(n_workers)]
+    size, extra = divmod(len(cores), n_workers)
+    shares, start = [], 0
+    for i in range(n_workers):
+        end = start + size + (i < extra)
+        shares.append(cores[start:end])
+        start = end
+    return shares
+
+
+def worker_main(config_dict: dict[str, Any], cores: list[int], quiet: bool = True) -> None:
+    """One worker process: pin to `cores`, train with that many threads, run the search."""
+    import torch
+
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    if quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = SearchConfig.from_dict(config_dict)
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, threads=len(cores))
+    )
+    try:
+        run_search(config, poll_seconds=1.0)
+    except KeyboardInterrupt:  # the parent was interrupted too; Optuna ended our trial
+        raise SystemExit(130) from None
+
+
+@dataclass
+class WorkersRun:
+    study: optuna.Study
+    workers: int
+    seconds: float = 0.0
+    restarted: int = 0
+    recovered: list[int] = field(default_factory=list)  # trials of dead workers, failed+retried
+
+
+def check_parallel_storage(url: str) -> None:
+    if url.startswith("sqlite:"):
+        raise ConfigError(
+            f"--workers needs a storage that takes parallel writers, not SQLite ({url}): set "
+            "study.storage (or --storage) to journal:///runs/NAME.journal on one machine, or a "
+            "postgresql:// URL"
+        )
+
+
+def run_workers(
+    config: SearchConfig,
+    n_workers: int,
+    on_finished: Callable[[FrozenTrial], None] | None = None,
+    poll_seconds: float = 1.0,
+) -> WorkersRun:
+    """Run the search with `n_workers` local processes until the study has its count."""
+    check_parallel_storage(config.study.storage_url)
+    prepare_inputs(config)  # bad data, tables or teachers fail here, once, not in N workers
+    study = create_or_resume_study(config)
+    shares = core_shares(n_workers)
+    context = multiprocessing.get_context("spawn")
+    config_dict = config.to_dict()
+
+    def start(share: list[int]) -> Any:
+        process = context.Process(target=worker_main, args=(config_dict, share), daemon=False)
+        process.start()
+        return process
+
+    processes = [(start(share), share) for share in shares]
+    run = WorkersRun(study=study, workers=n_workers)
+    reported = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    begin = time.perf_counter()
+    try:
+        while True:
+            _report(study, reported, on_finished)
+            alive = []
+            for process, share in processes:
+                if process.exitcode is None:
+                    alive.append((process, share))
+                elif process.exitcode != 0:  # died mid-search: recover its trials, replace it
+                    run.recovered += recover_dead_worker(study, process.pid)
+                    if trial_counts(study)["finished"] < config.study.n_trials:
+                        run.restarted += 1
+                        alive.append((start(share), share))
+            processes = alive
+            if not processes:
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        for process, _ in processes:  # they got the SIGINT too; give them time to end trials
+            process.join(timeout=30)
+        for process, _ in processes:
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+            recover_dead_worker(study, process.pid, retry=False)
+        raise
+    finally:
+        run.seconds = time.perf_counter() - begin
+    _report(study, reported, on_finished)
+    return run
+
+
+def _report(
+    study: optuna.Study, reported: set[int], on_finished: Callable[[FrozenTrial], None] | None
+) -> None:
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        if t.number not in reported:
+            reported.add(t.number)
+            if on_finished is not None:
+                on_finished(t)
+
+
+def recover_dead_worker(study: optuna.Study, pid: int | None, retry: bool = True) -> list[int]:
+    """End the RUNNING trials of a dead worker process on this host as FAIL and (with `retry`)
+    enqueue a retry of each, as Optuna's heartbeat does on RDB storages."""
+    host = socket.gethostname()
+    recovered = []
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", {})
+        if worker.get("pid") != pid or worker.get("host") != host:
+            continue
+        try:  # its attributes first: a finished trial takes no more writes
+            study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            study._storage.set_trial_user_attr(
+                t._trial_id, "fail_reason", f"worker process {pid} died during this trial"
+            )
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished after all
+        if retry:
+            callback(study, study._storage.get_trial(t._trial_id))
+        recovered.append(t.number)
+    return recovered

@@ -1,0 +1,270 @@
+"""Scale-out on real parts: local worker processes on a journal file, workers on a real
+PostgreSQL server (started by tests/services.sh), killed workers, storage URL errors, and
+optuna-dashboard loaded in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.workers import core_shares
+from tests.conftest import write_config
+
+WIDE = "budget: {max_params: 1000000, max_latency_ms: 100}"
+SLOW = "train: {epochs: 40, batch_size: 32, threads: 1}"  # long enough to kill mid-trial
+
+
+def _config(folder: Path, storage: str, n_trials: int, **overrides: str) -> Path:
+    study = f"""study:
+      name: t
+      storage: "{storage}"
+      artifacts: {folder}/artifacts
+      n_trials: {n_trials}
+      seed: 0"""
+    return write_config(folder, study=study, budget=WIDE, **overrides)
+
+
+def _lvit(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_for(predicate, timeout: float = 120.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            value = None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def _training_trial(storage: str, exclude_pid: int | None = None) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial that passed its budget check and is training (its worker recorded)."""
+    study = optuna.load_study(study_name="t", storage=storage)
+    for t in study.get_trials(states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if worker and "costs" in t.user_attrs and "status" not in t.user_attrs:
+            if worker["pid"] != exclude_pid:
+                return t
+    return None
+
+
+def _check_count(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == n  # exactly the count: nothing lost, nothing extra
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    for t in finished:
+        assert t.user_attrs["status"] in ("trained", "infeasible") and "arch" in t.user_attrs
+    return finished
+
+
+def test_core_shares_split_the_cores() -> None:
+    assert core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3, 4]]
+    assert core_shares(3, [0, 1]) == [[0], [1], [0]]
+    assert core_shares(1, [5, 7]) == [[5, 7]]
+
+
+def test_two_local_workers_share_one_journal_study(tmp_path: Path, capsys) -> None:
+    storage = f"journal:///{tmp_path}/study.journal"
+    config = _config(tmp_path, storage, 8)
+    assert main(["search", str(config), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(f"{tmp_path}/study.journal")
+        ),
+    )
+    finished = _check_count(study, 8)
+    assert len({t.user_attrs["worker"]["pid"] for t in finished}) == 2
+    assert "with 2 workers" in out and "Pareto front" in out
+
+
+def test_sqlite_is_refused_for_parallel_workers(tmp_path: Path, capsys) -> None:
+    config = _config(tmp_path, f"sqlite:///{tmp_path}/s.db", 2)
+    assert main(["search", str(config), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "not SQLite" in err and "journal:///runs/NAME.journal" in err
+
+
+def test_a_killed_local_worker_is_recovered_and_the_count_reached(tmp_path: Path) -> None:
+    storage_path = tmp_path / "study.journal"
+    storage = f"journal:///{storage_path}"
+    config = _config(tmp_path, storage, 4, train=SLOW.replace("40", "6"))
+    proc = _lvit("search", str(config), "--workers", "2")
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage_path))
+    )
+    victim = _wait_for(lambda: storage_path.exists() and _training_trial(journal))
+    os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="t", storage=journal)
+    _check_count(study, 4)
+    killed = study.trials[victim.number]
+    assert (
+        killed.state == TrialState.FAIL
+        and "died during this trial" in (killed.user_attrs["fail_reason"])
+    )
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retries and retries[0].params == killed.params
+    assert "failed and retried" in out
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """A fresh database on the PostgreSQL server that tests/services.sh started."""
+    admin = os.environ.get("LVIT_TEST_POSTGRES")
+    if not admin:
+        pytest.skip("no PostgreSQL server: run the tests with `make test` (tests/services.sh)")
+    import psycopg
+
+    name = f"lvit_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield admin.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_two_workers_on_postgresql_finish_exactly_the_count(postgres_url, tmp_path) -> None:
+    config = _config(tmp_path, postgres_url, 8)
+    search = _lvit("search", str(config))
+    _wait_for(lambda: optuna.load_study(study_name="t", storage=postgres_url))
+    worker = _lvit("worker", "--storage", postgres_url, "--study", "t")
+    for proc in (search, worker):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="t", storage=postgres_url)
+    finished = _check_count(study, 8)
+    assert len({t.user_attrs["worker"]["pid"] for t in finished}) == 2
+    surplus = study.get_trials(states=(TrialState.FAIL,))
+    assert all(t.user_attrs.get("status") == "surplus" for t in surplus)
+
+
+def test_a_worker_killed_on_postgresql_is_failed_by_heartbeat_and_retried(
+    postgres_url, tmp_path
+) -> None:
+    config = _config(tmp_path, postgres_url, 4, train=SLOW.replace("40", "6"))
+    name = ["--study", "t2"]
+    search = _lvit("search", str(config), *name, "--grace-period", "4")
+    _wait_for(lambda: optuna.load_study(study_name="t2", storage=postgres_url))
+    worker = _lvit("worker", "--storage", postgres_url, *name, "--grace-period", "4")
+
+    def worker_training():
+        study = optuna.load_study(study_name="t2", storage=postgres_url)
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            w = t.user_attrs.get("worker", {})
+            if w.get("pid") == worker.pid and "costs" in t.user_attrs:
+                return t
+        return None
+
+    victim = _wait_for(worker_training, timeout=300)
+    worker.kill()
+    worker.communicate()
+    _, err = search.communicate(timeout=600)
+    assert search.returncode == 0, err
+    study = optuna.load_study(study_name="t2", storage=postgres_url)
+    _check_count(study, 4)
+    assert study.trials[victim.number].state == TrialState.FAIL
+    assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://lvit:s3cret@127.0.0.1:1/nothing", "cannot open storage"),
+        ("nosuchdb://host/x", "cannot open storage nosuchdb://host/x"),
+        ("journal://relative.journal", "not a valid journal URL"),
+    ],
+)
+def test_bad_storage_urls_are_one_line_errors_without_the_password(url, message, capsys) -> None:
+    assert main(["status", "--storage", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "s3cret" not in err and len(err.splitlines()) == 1
+
+
+def test_a_refused_login_names_the_url_without_its_password(postgres_url, capsys) -> None:
+    bad = postgres_url.replace("lvit:lvit@", "lvit:wrong-s3cret@")
+    assert main(["status", "--storage", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot open storage postgresql://lvit:***@" in err and "s3cret" not in err
+    assert len(err.splitlines()) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_trials_carry_a_dashboard_note_describing_them(finished_study) -> None:
+    from optuna_dashboard import get_note
+
+    _, study = finished_study
+    for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        note = get_note(optuna.Trial(study, t._trial_id))
+        assert f"## Trial {t.number}" in note and "parameters" in note and "latency" in note
+        assert "stage 1:" in note and "stem `" in note
+
+
+def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_path) -> None:
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("no chromium/chromedriver: run the tests with `make test` (tests/services.sh)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    config, study = finished_study
+    port = _free_port()
+    server = _lvit("dashboard", "--storage", config.study.storage_url, "--port", str(port))
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1400,1000")
+    driver = None
+    try:
+        _wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), timeout=60)
+        driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+        driver.get(f"http://127.0.0.1:{port}/dashboard/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: study.study_name in d.find_element(By.TAG_NAME, "body").text)
+        driver.get(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials")
+        wait.until(lambda d: "Trial 0" in d.find_element(By.TAG_NAME, "body").text)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        first = study.trials[0]
+        # the trial's note, rendered: the architecture in words and its costs
+        assert f"Trial 0: {first.user_attrs['status']}" in body
+        assert first.user_attrs["arch_line"] in body and "parameters" in body
+        assert study.metric_names == ["accuracy", "latency_ms"]
+        shot = tmp_path / "dashboard.png"
+        driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.communicate(timeout=30)
