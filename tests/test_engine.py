@@ -329,7 +329,7 @@ def test_engine_section_errors() -> None:
         SearchConfig.from_dict({"study": {"name": "x"}, "proxies": {"prescreen_sample": 4}})
 
 
-def test_ctrl_c_ends_the_running_trial_and_the_search_resumes(tmp_path: Path) -> None:
+def test_ctrl_c_ends_the_running_trial_and_exits_130(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
         budget=WIDE,
