@@ -353,6 +353,11 @@ class Export(Command):
             "--artifacts", default=None, help="folder of the study's weights, if it has moved"
         )
         parser.add_argument("--force", action="store_true", help="replace an existing --out")
+        parser.add_argument(
+            "--no-fuse",
+            action="store_true",
+            help="keep re-parameterisable blocks unfused (default: fused for inference)",
+        )
 
     def take_action(self, args: argparse.Namespace) -> int:
         from nas.export import export_trial
@@ -361,12 +366,20 @@ class Export(Command):
         study = load_study(_storage(args), args.study)
         out = args.out or os.path.join("exports", f"{study.study_name}-{args.trial}")
         result = export_trial(
-            study, args.trial, out, artifact_dir=args.artifacts, force=args.force
+            study,
+            args.trial,
+            out,
+            artifact_dir=args.artifacts,
+            force=args.force,
+            reparameterize=not args.no_fuse,
+        )
+        fused = (
+            f"; fused: max abs logit change {result.fused:.1e}" if result.fused is not None else ""
         )
         print(
             f"Exported trial {result.trial} of '{study.study_name}' to {result.out_dir} "
             f"(config.json, model.safetensors, arch.json, README.md); reloaded through timm: "
-            f"max abs logit diff {result.max_abs_diff:.1e}"
+            f"max abs logit diff {result.max_abs_diff:.1e}{fused}"
         )
         print(
             f"Load it:  import search_spaces, timm; "

@@ -35,11 +35,13 @@ __all__ = [
     "check_out_dir",
     "data_config_of",
     "export_trial",
+    "fuse",
     "load_trial_model",
     "save_timm_folder",
 ]
 
 LOGIT_TOLERANCE = 1e-5
+FUSE_TOLERANCE = 1e-4  # fusing conv-BN branches reorders float sums
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ExportResult:
     out_dir: str
     trial: int
     max_abs_diff: float
+    fused: float | None = None  # max abs logit change from fusing, when anything was fused
 
 
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -231,7 +234,7 @@ def save_timm_folder(
             staging,
             safe_serialization=True,
             data_config=data_config,
-            model_args={"arch": arch.to_dict()} if arch is not None else None,
+            model_args=_model_args(model),
         )
         meta_path = os.path.join(staging, "config.json")
         with open(meta_path) as f:
@@ -254,6 +257,39 @@ def save_timm_folder(
     return diff
 
 
+def _model_args(model: torch.nn.Module) -> dict[str, Any] | None:
+    """What `timm.create_model` needs to rebuild `model`: its ArchConfig, and whether it is in
+    its fused (re-parameterised) form."""
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        return None
+    args: dict[str, Any] = {"arch": arch.to_dict()}
+    if getattr(model, "reparameterized", False):
+        args["reparameterized"] = True
+    return args
+
+
+@torch.no_grad()
+def fuse(model: torch.nn.Module) -> float | None:
+    """Re-parameterise `model` in place for inference; the max abs logit change it caused
+    (None when the model has nothing to fuse)."""
+    if not getattr(model, "has_reparameterizable", False):
+        return None
+    model.eval()
+    x = torch.randn(4, *_input_size(model), generator=torch.Generator().manual_seed(1))
+    before = model(x)
+    model.reparameterize()
+    diff = (model(x) - before).abs().max().item()
+    if diff > FUSE_TOLERANCE:
+        raise RuntimeError(f"fusing changed the logits by {diff:.2e}; export with --no-fuse")
+    return diff
+
+
+def _input_size(model: torch.nn.Module) -> tuple[int, int, int]:
+    arch = model.arch
+    return (arch.in_chans, arch.img_size, arch.img_size)
+
+
 def export_trial(
     study: optuna.Study,
     number: int,
@@ -261,16 +297,20 @@ def export_trial(
     *,
     artifact_dir: str | None = None,
     force: bool = False,
+    reparameterize: bool = True,
 ) -> ExportResult:
-    """Write trial `number` of `study` to `out_dir` as a timm folder and verify it reloads."""
+    """Write trial `number` of `study` to `out_dir` as a timm folder and verify it reloads.
+    Re-parameterisable blocks are fused first unless `reparameterize` is false."""
     check_out_dir(out_dir, force)
     model, trial = load_trial_model(study, number, artifact_dir)
     arch = model.arch
+    fused = fuse(model) if reparameterize else None
     provenance = {
         "study": study.study_name,
         "trial": trial.number,
         "val_acc": trial.values[0],
         "costs": trial.user_attrs["costs"],
+        "reparameterized": None if fused is None else {"max_abs_logit_change": fused},
     }
     diff = save_timm_folder(
         model,
@@ -282,7 +322,7 @@ def export_trial(
         ),
         card=_model_card(trial, study.study_name, arch),
     )
-    return ExportResult(out_dir=out_dir, trial=trial.number, max_abs_diff=diff)
+    return ExportResult(out_dir=out_dir, trial=trial.number, max_abs_diff=diff, fused=fused)
 
 
 @torch.no_grad()

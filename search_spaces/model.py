@@ -156,8 +156,11 @@ class LightViT(nn.Module):
         global_pool: str | None = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        reparameterized: bool = False,
     ) -> None:
-        """Build `cfg`; timm's `num_classes`, `in_chans` and `img_size` override its fields."""
+        """Build `cfg`; timm's `num_classes`, `in_chans` and `img_size` override its fields.
+        `reparameterized` builds the fused inference form (what `reparameterize()` gives), so
+        that fused weights load into it."""
         super().__init__()
         if global_pool not in ("avg", None):
             raise ValueError(f"LightViT pools by averaging tokens; global_pool={global_pool!r}")
@@ -199,6 +202,9 @@ class LightViT(nn.Module):
         self.distilled_training = False
         self.pretrained_cfg = self.default_cfg = _cfg(cfg)
         self.apply(_init_weights)
+        self.reparameterized = False
+        if reparameterized:
+            self.reparameterize()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -247,6 +253,12 @@ class LightViT(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "reparameterize"):
                 module.reparameterize()
+        self.reparameterized = True
+
+    @property
+    def has_reparameterizable(self) -> bool:
+        """Whether any block has branches that `reparameterize()` fuses."""
+        return any(m is not self and hasattr(m, "reparameterize") for m in self.modules())
 
     def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         feat = self.stem(x)

@@ -1,0 +1,60 @@
+"""Export details: re-parameterisable blocks fused at export (or kept), reloading through timm."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from nas.export import data_config_of, fuse, save_timm_folder
+from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.model import LightViT
+
+REP = ArchConfig(stages=(StageConfig(1, 16, 2, 2.0),), stem="repconv", img_size=16, num_classes=4)
+
+
+def _trained_like(model: LightViT) -> LightViT:
+    """Batch-norm statistics away from their defaults, as after training."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 16, 16) * 2 + 0.5)
+    return model.eval()
+
+
+def test_fusing_keeps_the_logits_and_the_fused_folder_reloads_through_timm(tmp_path) -> None:
+    model = _trained_like(LightViT(REP))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+    change = fuse(model)
+    assert change is not None and change < 1e-4 and model.reparameterized
+    assert not any("bn3" in k for k in model.state_dict())
+    out = tmp_path / "fused"
+    save_timm_folder(
+        model, str(out), data_config=data_config_of((3, 16, 16), {}), card="#", provenance={}
+    )
+    assert json.loads((out / "config.json").read_text())["model_args"]["reparameterized"]
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(before, tmp_path / "before.pt")
+    code = f"""
+import search_spaces, timm, torch
+m = timm.create_model("local-dir:{out}", pretrained=True).eval()
+x, before = torch.load("{tmp_path}/x.pt"), torch.load("{tmp_path}/before.pt")
+assert m.reparameterized and m.stem.layers[0].fused is not None
+assert (m(x) - before).abs().max().item() < 1e-4
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unfused_export_keeps_the_branches(tmp_path) -> None:
+    model = _trained_like(LightViT(REP))
+    out = tmp_path / "unfused"
+    save_timm_folder(
+        model, str(out), data_config=data_config_of((3, 16, 16), {}), card="#", provenance={}
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert "reparameterized" not in config["model_args"]
+    assert fuse(LightViT(ArchConfig(stages=REP.stages, img_size=16))) is None  # nothing to fuse
