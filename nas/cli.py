@@ -358,6 +358,11 @@ class Export(Command):
             action="store_true",
             help="keep re-parameterisable blocks unfused (default: fused for inference)",
         )
+        parser.add_argument(
+            "--onnx",
+            action="store_true",
+            help="also write model.onnx, checked against torch with ONNX Runtime, and time it",
+        )
 
     def take_action(self, args: argparse.Namespace) -> int:
         from nas.export import export_trial
@@ -372,6 +377,7 @@ class Export(Command):
             artifact_dir=args.artifacts,
             force=args.force,
             reparameterize=not args.no_fuse,
+            onnx=args.onnx,
         )
         fused = (
             f"; fused: max abs logit change {result.fused:.1e}" if result.fused is not None else ""
@@ -381,6 +387,13 @@ class Export(Command):
             f"(config.json, model.safetensors, arch.json, README.md); reloaded through timm: "
             f"max abs logit diff {result.max_abs_diff:.1e}{fused}"
         )
+        if result.onnx:
+            o = result.onnx
+            print(
+                f"model.onnx: ONNX Runtime matches torch (max abs diff "
+                f"{o['max_abs_diff_vs_torch']:.1e}); {o['latency_ms']:.4f} ms median on "
+                f"{o['latency_conditions']['threads']} CPU thread(s), batch 1"
+            )
         print(
             f"Load it:  import search_spaces, timm; "
             f"timm.create_model('local-dir:{result.out_dir}', pretrained=True)"

@@ -58,3 +58,27 @@ def test_an_unfused_export_keeps_the_branches(tmp_path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert "reparameterized" not in config["model_args"]
     assert fuse(LightViT(ArchConfig(stages=REP.stages, img_size=16))) is None  # nothing to fuse
+
+
+def test_export_with_onnx_matches_torch_and_records_its_latency(finished_study, tmp_path) -> None:
+    import onnxruntime as ort
+    from optuna.trial import TrialState
+
+    from nas.cli import main
+
+    config, study = finished_study
+    number = study.get_trials(states=(TrialState.COMPLETE,))[0].number
+    out = tmp_path / "with-onnx"
+    args = ["export", "--storage", config.study.storage_url, "--trial", str(number)]
+    assert main([*args, "--out", str(out), "--onnx"]) == 0
+    record = json.loads((out / "config.json").read_text())["lightweight_vit"]["onnx"]
+    assert record["max_abs_diff_vs_torch"] < 1e-4 and record["latency_ms"] > 0
+    assert record["latency_conditions"]["device"] == "onnxruntime"
+    import timm
+
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, *record["input_shape"][1:])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert (torch.from_numpy(got) - model(x)).abs().max().item() < 1e-4
