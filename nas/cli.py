@@ -704,16 +704,17 @@ class Latency(Command):
 
 def _load_target(target: str) -> tuple[Any, Any]:
     """A model and its ArchConfig from an ArchConfig JSON file or an exported folder."""
-    import timm
 
     import search_spaces  # noqa: F401 - registers lightvit
     from search_spaces.arch import ArchConfig, ArchConfigError
     from search_spaces.model import LightViT
 
     if os.path.isdir(target):
-        if not os.path.isfile(os.path.join(target, "config.json")):
-            raise ConfigError(f"{target} has no config.json; pass an `lvit export` folder")
-        model = timm.create_model(f"local-dir:{os.path.abspath(target)}", pretrained=True)
+        from nas.export import load_export
+
+        model = load_export(target)
+        if not hasattr(model, "arch"):
+            raise ConfigError(f"{target} is not a LightViT export; pass an `lvit export` folder")
         return model, model.arch
     if not os.path.isfile(target):
         raise ConfigError(f"{target} not found; pass an ArchConfig JSON file or an export folder")

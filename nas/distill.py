@@ -21,7 +21,7 @@ from nas.config import SearchConfig
 from nas.cost import count_params
 from nas.data import Dataset
 from nas.errors import UserError
-from nas.export import check_out_dir, data_config_of, save_timm_folder
+from nas.export import check_out_dir, data_config_of, load_export, save_timm_folder
 from nas.train import TrainResult, evaluate, train_model
 
 __all__ = ["Teacher", "load_teacher", "train_teacher"]
@@ -36,13 +36,7 @@ class Teacher:
 def load_teacher(path: str, data: Dataset) -> Teacher:
     """A teacher folder for `data`: safetensors weights only, the same classes; its validation
     accuracy on the search's split is measured here and recorded."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"teacher {path} has no config.json; train one with `lvit teacher train`")
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        raise UserError(
-            f"teacher {path} has no model.safetensors; only safetensors weights are loaded"
-        )
-    model = timm.create_model(f"local-dir:{os.path.abspath(path)}", pretrained=True).eval()
+    model = load_export(path)
     classes = getattr(model, "num_classes", None)
     if classes != data.num_classes:
         raise UserError(

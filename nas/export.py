@@ -30,7 +30,7 @@ from timm.models import save_for_hf
 
 import search_spaces  # noqa: F401 - registers `lightvit` with timm
 from nas.errors import UserError
-from search_spaces.arch import ATTENTION_MIXERS, ArchConfig
+from search_spaces.arch import ATTENTION_MIXERS, ArchConfig, ArchConfigError
 
 __all__ = [
     "ExportResult",
@@ -40,6 +40,7 @@ __all__ = [
     "fuse",
     "write_onnx",
     "load_trial_model",
+    "load_export",
     "save_timm_folder",
 ]
 
@@ -306,6 +307,50 @@ def write_onnx(model: torch.nn.Module, folder: str, threads: int = 1) -> dict[st
             "latency_conditions": conditions("onnxruntime", threads, 1, input_size, "float32", 10),
         }
     }
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def load_export(folder: str) -> torch.nn.Module:
+    """A timm folder loaded safely: safetensors weights only (a folder holding a pickle weight
+    file is refused, since unpickling runs code), and a config.json that parses and, for a
+    LightViT, holds an ArchConfig that validates. Raises `UserError` naming the problem."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder} is not a folder; pass a folder written by lvit export")
+    pickles = sorted(f for f in os.listdir(folder) if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UserError(
+            f"{folder} holds pickle weights ({', '.join(pickles)}), which are never loaded "
+            "(unpickling can run code): keep only model.safetensors"
+        )
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        raise UserError(f"{folder} has no model.safetensors; only safetensors weights are loaded")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{folder} has no config.json; pass a folder written by lvit export")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config_path} is not valid JSON (line {e.lineno}): {e.msg}") from None
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise UserError(f"{config_path} names no architecture; it is not a timm model config")
+    if config["architecture"] == "lightvit":
+        arch = (config.get("model_args") or {}).get("arch")
+        if arch is None:
+            raise UserError(f"{config_path} has no model_args.arch for its LightViT")
+        try:
+            ArchConfig.from_dict(arch)
+        except ArchConfigError as e:
+            raise UserError(f"{config_path}: model_args.{e}") from None
+    elif not timm.is_model(config["architecture"]):
+        raise UserError(f"{config_path}: '{config['architecture']}' is not a timm model name")
+    try:
+        return timm.create_model(f"local-dir:{os.path.abspath(folder)}", pretrained=True).eval()
+    except (RuntimeError, ValueError, KeyError) as e:  # weights that do not fit the config
+        reason = str(e).splitlines()[0][:200]
+        raise UserError(f"{folder}: the weights do not fit its config.json: {reason}") from None
 
 
 def _model_args(model: torch.nn.Module) -> dict[str, Any] | None:

@@ -69,7 +69,9 @@ def test_a_teacher_folder_must_hold_safetensors_and_match_the_classes(teacher_di
     bad.mkdir()
     (bad / "config.json").write_text((out / "config.json").read_text())
     (bad / "pytorch_model.bin").write_bytes(b"anything")
-    with pytest.raises(UserError, match="only safetensors weights are loaded"):
+    with pytest.raises(
+        UserError, match=r"holds pickle weights \(pytorch_model.bin\), which are never"
+    ):
         load_teacher(str(bad), data)
     other = load_dataset(DataConfig(name="synthetic", img_size=16, num_classes=6, num_samples=60))
     with pytest.raises(UserError, match="predicts 4 classes, the data has 6"):

@@ -82,3 +82,49 @@ def test_export_with_onnx_matches_torch_and_records_its_latency(finished_study, 
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert (torch.from_numpy(got) - model(x)).abs().max().item() < 1e-4
+
+
+def _export_folder(tmp_path) -> object:
+    out = tmp_path / "ok"
+    save_timm_folder(
+        LightViT(REP).eval(),
+        str(out),
+        data_config=data_config_of((3, 16, 16), {}),
+        card="#",
+        provenance={},
+    )
+    return out
+
+
+def test_loading_refuses_pickles_and_configs_that_do_not_validate(tmp_path) -> None:
+    import shutil
+
+    import pytest
+
+    from nas.errors import UserError
+    from nas.export import load_export
+
+    good = _export_folder(tmp_path)
+    assert load_export(str(good)).arch == REP
+    cases = {
+        "pickle": ("pytorch_model.bin", None, "holds pickle weights"),
+        "badjson": ("config.json", "{not json", "is not valid JSON"),
+        "badarch": ("config.json", "DEPTH", "model_args.arch.stages[0].depth"),
+    }
+    for name, (file, text, message) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        if text is None:
+            (folder / file).write_bytes(b"\x80\x04anything")
+        elif text == "DEPTH":
+            config = json.loads((folder / file).read_text())
+            config["model_args"]["arch"]["stages"][0]["depth"] = "two"
+            (folder / file).write_text(json.dumps(config))
+        else:
+            (folder / file).write_text(text)
+        with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_export(str(folder))
+    (tmp_path / "noweights").mkdir()
+    shutil.copy(good / "config.json", tmp_path / "noweights")
+    with pytest.raises(UserError, match="no model.safetensors"):
+        load_export(str(tmp_path / "noweights"))
