@@ -403,21 +403,34 @@ class Export(Command):
 
 class Report(Command):
     name = "report"
-    help = "write the Pareto-front plot of a study and print its front"
+    help = "write a study's report: Pareto front, hypervolume, importances, an architecture"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--study", default=None, help="study name (default: the only one)")
         parser.add_argument("--out", default=None, help="output folder (default: reports/STUDY)")
+        parser.add_argument(
+            "--trial", type=int, default=None, help="architecture to draw (default: the best)"
+        )
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from nas.report import front_table, pareto_plot
+        from nas.plots import write_report
+        from nas.report import front_table
         from nas.storage import load_study
 
         study = load_study(_storage(args), args.study)
+        if args.trial is not None and not 0 <= args.trial < len(study.trials):
+            raise ConfigError(
+                f"--trial {args.trial}: study '{study.study_name}' has trials 0 to "
+                f"{len(study.trials) - 1}"
+            )
         out = args.out or os.path.join("reports", study.study_name)
-        path = pareto_plot(study, os.path.join(out, "pareto.png"))
+        try:
+            paths = write_report(study, out, args.trial)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         print(front_table(study))
-        print(f"\nWrote {path}")
+        names = ", ".join(os.path.basename(p) for p in paths.values())
+        print(f"\nWrote {out}: {names}")
         return 0
 
 

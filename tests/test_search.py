@@ -14,6 +14,7 @@ import timm
 import torch
 from optuna.trial import TrialState
 
+import nas.report
 import nas.study
 from nas.cli import main
 from nas.config import load_config
@@ -169,29 +170,36 @@ def test_export_refuses_an_untrained_trial_and_an_occupied_folder(
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".lvit-export-")]
 
 
-def test_report_writes_the_pareto_plot(finished_study, tmp_path, capsys) -> None:
-    config, study = finished_study
-    assert (
-        main(
-            [
-                "report",
-                "--storage",
-                config.study.storage_url,
-                "--study",
-                "shared",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
-    png = tmp_path / "pareto.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+def test_report_writes_every_plot_and_the_markdown_report(finished_study, tmp_path, capsys):
     import matplotlib.image
 
-    height, width, _ = matplotlib.image.imread(str(png)).shape
-    assert (width, height) == (960, 720)
+    config, study = finished_study
+    args = ["report", "--storage", config.study.storage_url, "--study", "shared"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    best = nas.report.pareto_front(study)[0].number
+    sizes = {
+        "pareto.png": (960, 720),
+        "hypervolume.png": (840, 480),
+        f"arch-{best}.png": None,
+        "importances.png": None,
+    }
+    for name, size in sizes.items():
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        height, width, _ = matplotlib.image.imread(str(png)).shape
+        assert size is None or (width, height) == size, name
+        assert width >= 800 and height >= 400
+    report = (tmp_path / "report.md").read_text()
+    for name in sizes:
+        assert f"({name})" in report
+    assert "Pareto front of study 'shared'" in report and f"trial {best}" in report
     assert "Pareto front of study 'shared'" in capsys.readouterr().out
+    # another trial's architecture on request; a trial that does not exist is a clear error
+    other = study.trials[0].number
+    assert main([*args, "--out", str(tmp_path / "b"), "--trial", str(other)]) == 0
+    assert (tmp_path / "b" / f"arch-{other}.png").exists()
+    assert main([*args, "--out", str(tmp_path / "c"), "--trial", "99"]) == 2
+    assert "--trial 99: study 'shared' has trials 0 to 5" in capsys.readouterr().err
 
 
 def test_report_on_a_missing_database_is_a_clear_error(tmp_path, capsys) -> None:
