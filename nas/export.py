@@ -153,7 +153,17 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 - recipe: proxy training, {train.get("epochs")} epochs, AdamW, warm-up and cosine decay, seed
   {trial.user_attrs.get("seed")}
 - validation accuracy: {trial.values[0]:.4f}{_distill_line(trial.user_attrs.get("distill"))}
+
+## Papers of the blocks it uses
+{_papers(arch)}
 """
+
+
+def _papers(arch: ArchConfig) -> str:
+    from search_spaces.blocks import papers_of
+
+    rows = [f"- {kind}: {title}, arXiv {arxiv}" for kind, title, arxiv in papers_of(arch)]
+    return "\n".join(rows) or "- (none)"
 
 
 def _distill_line(distill: dict | None) -> str:

@@ -194,3 +194,22 @@ def test_learned_pos_enc_resamples_to_a_new_resolution() -> None:
         stages=(StageConfig(1, 16, 2, 2.0, "mhsa"),), pos_enc="learned", img_size=16, patch_size=4
     )
     assert LightViT(arch)(torch.randn(1, 3, 24, 24)).shape == (1, 10)
+
+
+def test_every_block_cites_its_paper_and_model_cards_list_them() -> None:
+    from search_spaces.blocks import REGISTRIES, citations, papers_of
+
+    for family, registry in REGISTRIES.items():
+        for name, cls in registry.items():
+            if (family, name) != ("pos_enc", "none"):
+                assert citations(cls), f"{family} '{name}' cites no paper (title, arXiv id)"
+    arch = ArchConfig(
+        stages=(StageConfig(2, 32, 2, 2.0, "window", window=2), StageConfig(1, 32, 2, 2.0)),
+        stem="overlap",
+        pos_enc="rel_bias",
+        img_size=16,
+        exits=(1,),
+    )
+    ids = [arxiv for _, _, arxiv in papers_of(arch)]
+    assert ids[:2] == ["2103.15808", "2106.13797"] and len(ids) == len(set(ids))
+    assert "1706.03762" in ids and "1709.01686" in ids

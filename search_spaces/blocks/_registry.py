@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -32,3 +33,12 @@ def lookup(registry: dict[str, type], kind: str, name: str) -> type:
         raise KeyError(
             f"unknown {kind} '{name}'; registered: {', '.join(sorted(registry))}"
         ) from None
+
+
+_CITATION = re.compile(r'"([^"]+)"(?:\s*\([^)]*\))?,\s*arXiv\s+(\d{4}\.\d{4,5})')
+
+
+def citations(cls: type) -> list[tuple[str, str]]:
+    """The papers a block's docstring cites, as (title, arXiv id), in order."""
+    text = " ".join((cls.__doc__ or "").split())
+    return [(title, arxiv) for title, arxiv in _CITATION.findall(text)]
