@@ -159,6 +159,26 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 """
 
 
+def _export_lines(record: dict[str, Any]) -> str:
+    """The card's lines about the exported files: fusing and ONNX."""
+    lines = []
+    fused = record.get("reparameterized")
+    if fused:
+        lines.append(
+            "- re-parameterisable blocks fused for inference (max abs logit change "
+            f"{fused['max_abs_logit_change']:.1e})"
+        )
+    onnx = record.get("onnx")
+    if onnx:
+        c = onnx["latency_conditions"]
+        lines.append(
+            f"- `model.onnx` (opset {onnx['opset']}, input {onnx['input_shape']}): ONNX Runtime "
+            f"matches torch within {onnx['max_abs_diff_vs_torch']:.1e}; "
+            f"{onnx['latency_ms']:.4f} ms median on {c['hardware']}, {c['threads']} thread(s)"
+        )
+    return "\n## Exported files\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _papers(arch: ArchConfig) -> str:
     from search_spaces.blocks import papers_of
 
@@ -232,7 +252,7 @@ def save_timm_folder(
     out_dir: str,
     *,
     data_config: dict[str, Any],
-    card: str,
+    card: str | Callable[[dict[str, Any]], str],
     provenance: dict[str, Any],
     force: bool = False,
     extra: Callable[[str], dict[str, Any]] | None = None,
@@ -266,7 +286,7 @@ def save_timm_folder(
             with open(os.path.join(staging, "arch.json"), "w") as f:
                 f.write(arch.to_json(indent=2) + "\n")
         with open(os.path.join(staging, "README.md"), "w") as f:
-            f.write(card)
+            f.write(card(provenance) if callable(card) else card)
         diff = _verify(model, staging, data_config["input_size"])
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir) if os.path.isdir(out_dir) else os.remove(out_dir)
@@ -428,7 +448,7 @@ def export_trial(
         data_config=data_config_of(
             (arch.in_chans, arch.img_size, arch.img_size), trial.user_attrs.get("data", {})
         ),
-        card=_model_card(trial, study.study_name, arch),
+        card=lambda record: _model_card(trial, study.study_name, arch) + _export_lines(record),
         extra=(lambda folder: write_onnx(model, folder, onnx_threads)) if onnx else None,
     )
     onnx_record = None
