@@ -399,16 +399,8 @@ def _override(cfg: ArchConfig, **fields: Any) -> ArchConfig:
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-@register_model
-def lightvit(
-    pretrained: bool = False, arch: ArchConfig | dict | str | None = None, **kwargs: Any
-) -> LightViT:
-    """LightViT from an ArchConfig (an `ArchConfig`, its dict, or its JSON).
-
-    timm's usual `num_classes`, `in_chans` and `img_size` keyword arguments override the
-    architecture's; `drop_rate` and `drop_path_rate` are passed to the model.
-    """
-    cfg = _as_arch(arch)
+def create(variant: str, cfg: ArchConfig, pretrained: bool = False, **kwargs: Any) -> LightViT:
+    """Build a LightViT through timm's `build_model_with_cfg` under the entrypoint `variant`."""
     # timm fills num_classes / in_chans from the pretrained cfg when not given: make that the
     # architecture's own unless the caller (or an exported config.json) says otherwise.
     overlay = {
@@ -418,5 +410,17 @@ def lightvit(
     }
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(
-        LightViT, "lightvit", pretrained, model_cfg=cfg, pretrained_cfg_overlay=overlay, **kwargs
+        LightViT, variant, pretrained, model_cfg=cfg, pretrained_cfg_overlay=overlay, **kwargs
     )
+
+
+@register_model
+def lightvit(
+    pretrained: bool = False, arch: ArchConfig | dict | str | None = None, **kwargs: Any
+) -> LightViT:
+    """LightViT from an ArchConfig (an `ArchConfig`, its dict, or its JSON).
+
+    timm's usual `num_classes`, `in_chans` and `img_size` keyword arguments override the
+    architecture's; `drop_rate` and `drop_path_rate` are passed to the model.
+    """
+    return create("lightvit", _as_arch(arch), pretrained, **kwargs)

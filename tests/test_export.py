@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -131,3 +132,17 @@ def test_loading_refuses_pickles_and_configs_that_do_not_validate(tmp_path) -> N
     shutil.copy(good / "config.json", tmp_path / "noweights")
     with pytest.raises(UserError, match="no model.safetensors"):
         load_export(str(tmp_path / "noweights"))
+
+
+def test_named_presets_are_timm_entrypoints() -> None:
+    import timm
+
+    from search_spaces import PRESETS
+
+    assert set(PRESETS) <= set(timm.list_models("lightvit_*"))
+    for name, arch in PRESETS.items():
+        model = timm.create_model(name, num_classes=5).eval()
+        assert model.arch == dataclasses.replace(arch, num_classes=5)
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, arch.img_size, arch.img_size)).shape == (1, 5)
+        assert model.pretrained_cfg["architecture"] == name
