@@ -451,6 +451,9 @@ def export_trial(
         card=lambda record: _model_card(trial, study.study_name, arch) + _export_lines(record),
         extra=(lambda folder: write_onnx(model, folder, onnx_threads)) if onnx else None,
     )
+    exports = dict(study.user_attrs.get("exports", {}))
+    exports[str(trial.number)] = os.path.abspath(out_dir)
+    study.set_user_attr("exports", exports)  # the report marks exported trials
     onnx_record = None
     if onnx:
         with open(os.path.join(out_dir, "config.json")) as f:

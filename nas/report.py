@@ -135,7 +135,8 @@ def _budgets(study: optuna.Study) -> dict[str, Any]:
 
 def pareto_plot(study: optuna.Study, path: str) -> str:
     """Accuracy against latency for trained trials (params as colour, the front joined, the
-    budgets drawn); rejected candidates shown apart in a strip below, at their latency."""
+    budgets drawn, exported trials starred with their folder's name); rejected candidates shown
+    apart in a strip below, at their latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,6 +210,29 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
     ax.set_ylabel("validation accuracy")
     ax_rej.set_xlabel(latency_label(study))
     ax.set_title(f"{study.study_name}: {len(trained)} trained, {len(rejected)} rejected")
+    exported = {int(k): v for k, v in study.user_attrs.get("exports", {}).items()}
+    marked = [r for r in trained if r.number in exported]
+    if marked:
+        ax.scatter(
+            [r.latency_ms for r in marked],
+            [r.accuracy for r in marked],
+            marker="*",
+            s=260,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            label="exported",
+            zorder=4,
+        )
+        for r in marked:
+            ax.annotate(
+                os.path.basename(os.path.normpath(exported[r.number])),
+                (r.latency_ms, r.accuracy),
+                textcoords="offset points",
+                xytext=(6, -12),
+                fontsize=7,
+                color="tab:red",
+            )
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = ax_rej.get_legend_handles_labels()

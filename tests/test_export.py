@@ -76,6 +76,7 @@ def test_export_with_onnx_matches_torch_and_records_its_latency(finished_study, 
     card = (out / "README.md").read_text()
     assert "## Papers of the blocks it uses" in card and "arXiv" in card
     assert "`model.onnx` (opset 18" in card and "ONNX Runtime matches torch" in card
+    assert study.user_attrs["exports"][str(number)] == str(out)  # the report stars it
     assert record["max_abs_diff_vs_torch"] < 1e-4 and record["latency_ms"] > 0
     assert record["latency_conditions"]["device"] == "onnxruntime"
     import timm
