@@ -17,7 +17,7 @@ import optuna
 
 from nas.export import latency_line
 
-__all__ = ["trial_note", "annotate", "serve"]
+__all__ = ["trial_note", "annotate", "attach_pictures", "serve"]
 
 _MIXERS = {
     "mhsa": "multi-head self-attention",
@@ -99,6 +99,45 @@ def annotate(study: optuna.Study) -> int:
     return added
 
 
+def attach_pictures(study: optuna.Study, store: Any) -> int:
+    """Attach the report's pictures to the study as artifacts (a finished trial takes no new
+    artifacts, so they go on the study): its current `pareto-N.png` (N finished trials), and
+    `arch-K.png` for each trained trial K that the search did not give its own
+    `architecture.png`. Returns how many were added."""
+    import tempfile
+
+    from optuna.artifacts import get_all_artifact_meta, upload_artifact
+
+    from nas.plots import arch_plot
+    from nas.report import pareto_plot
+    from search_spaces.arch import ArchConfig
+
+    storage = study._storage
+    have = {m.filename for m in get_all_artifact_meta(study)}
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = study.get_trials(deepcopy=False, states=states)
+    added = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in finished:
+            name = f"arch-{t.number}.png"
+            if t.state != optuna.trial.TrialState.COMPLETE or "arch" not in t.user_attrs:
+                continue
+            if name in have or "architecture.png" in {
+                m.filename for m in get_all_artifact_meta(t, storage=storage)
+            }:
+                continue
+            arch = ArchConfig.from_dict(t.user_attrs["arch"])
+            path = arch_plot(arch, os.path.join(tmp, name), f"trial {t.number}: {arch.describe()}")
+            upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
+            added += 1
+        name = f"pareto-{len(finished)}.png"
+        if finished and name not in have:
+            path = pareto_plot(study, os.path.join(tmp, name))
+            upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
+            added += 1
+    return added
+
+
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Annotate every study in the storage, then run optuna-dashboard (blocks)."""
     from optuna.artifacts import FileSystemArtifactStore
@@ -107,11 +146,12 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     from nas.storage import open_storage
 
     storage = open_storage(storage_url, create=False, heartbeat=False)
-    artifact_dirs = []
+    store = None
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         annotate(study)
-        artifact_dirs.append(study.user_attrs.get("artifact_dir"))
-    existing = [d for d in artifact_dirs if d and os.path.isdir(d)]
-    store = FileSystemArtifactStore(existing[0]) if existing else None
+        artifact_dir = study.user_attrs.get("artifact_dir")
+        if artifact_dir and os.path.isdir(artifact_dir):
+            store = store or FileSystemArtifactStore(artifact_dir)
+            attach_pictures(study, FileSystemArtifactStore(artifact_dir))
     run_server(storage, host=host, port=port, artifact_store=store)

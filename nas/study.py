@@ -516,6 +516,12 @@ class _Objective:
             artifact_id = upload_artifact(
                 artifact_store=self.artifact_store, file_path=path, study_or_trial=trial
             )
+            from nas.plots import arch_plot  # the dashboard shows it beside the trial
+
+            picture = arch_plot(arch, os.path.join(tmp, "architecture.png"), arch.describe())
+            upload_artifact(
+                artifact_store=self.artifact_store, file_path=picture, study_or_trial=trial
+            )
         trial.set_user_attr("weights_artifact_id", artifact_id)
         trial.set_user_attr("status", "trained")
         self.on_event(

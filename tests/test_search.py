@@ -46,7 +46,9 @@ def test_completed_trials_keep_their_weights(finished_study) -> None:
     assert completed, "the shared study should train some candidates"
     for t in completed:
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
-        assert [m.artifact_id for m in metas] == [t.user_attrs["weights_artifact_id"]]
+        by_name = {m.filename: m.artifact_id for m in metas}
+        assert by_name["model.safetensors"] == t.user_attrs["weights_artifact_id"]
+        assert set(by_name) == {"model.safetensors", "architecture.png"}  # the dashboard's
         assert len(t.user_attrs["train"]["history"]) == 2  # one record per epoch
 
 

@@ -260,6 +260,13 @@ def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_pa
         assert f"Trial 0: {first.user_attrs['status']}" in body
         assert first.user_attrs["arch_line"] in body and "parameters" in body
         assert study.metric_names == ["accuracy", "latency_ms"]
+        # the report's pictures as artifacts: each trained trial's drawing, the study's front
+        from optuna.artifacts import get_all_artifact_meta
+
+        for t in study.get_trials(states=(TrialState.COMPLETE,)):
+            names = {m.filename for m in get_all_artifact_meta(t, storage=study._storage)}
+            assert "architecture.png" in names
+        assert "pareto-6.png" in {m.filename for m in get_all_artifact_meta(study)}
         shot = tmp_path / "dashboard.png"
         driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
