@@ -79,12 +79,15 @@ def trained_count(study: optuna.Study) -> int:
     return sum(t.user_attrs.get("status") == "trained" for t in study.get_trials(deepcopy=False))
 
 
-def run_until(config: SearchConfig, inputs: Any, trained: int, bar: Any) -> optuna.Study:
-    """Run the study until it has `trained` trained candidates."""
+def run_until(
+    config: SearchConfig, inputs: Any, trained: int, bar: Any, max_candidates: int
+) -> optuna.Study:
+    """Run the study until it has `trained` trained candidates, or `max_candidates`
+    candidates in all (a strategy that keeps proposing candidates over the budgets)."""
     study = create_or_resume_study(config)
-    while (have := trained_count(study)) < trained:
-        config = config.replace_study(n_trials=finished_count(study) + trained - have)
-        run_search(config, study=study, inputs=inputs)
+    while (have := trained_count(study)) < trained and finished_count(study) < max_candidates:
+        n = min(finished_count(study) + trained - have, max_candidates)
+        run_search(config.replace_study(n_trials=n), study=study, inputs=inputs)
         bar.update(trained_count(study) - have)
     return study
 
@@ -125,6 +128,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trained", type=int, default=20, help="trained candidates per study")
+    parser.add_argument(
+        "--max-candidates", type=int, default=400, help="stop a study at this many candidates"
+    )
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--epochs", type=int, default=4, help="proxy-training epochs")
     parser.add_argument("--max-params", type=int, default=250_000)
@@ -142,7 +148,7 @@ def main() -> int:
         )
         return 2
     os.makedirs(args.storage_dir, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # GP's fallback notes, per parameter
     start = time.perf_counter()
     probe = make_config(args, "probe", "random", 0)
     inputs = prepare_inputs(probe)
@@ -156,9 +162,13 @@ def main() -> int:
             extra = {"proxies": proxies} if sampler == "random" else {}
             config = make_config(args, f"{sampler}-s{seed}", sampler, seed, **extra)
             bar.set_postfix_str(f"{sampler} seed {seed}")
-            study = run_until(config, inputs, args.trained, bar)
+            study = run_until(config, inputs, args.trained, bar, args.max_candidates)
             studies[sampler, seed] = study
-            curves[sampler][seed] = hv_curve(study, args.max_latency)[: args.trained]
+            curve = hv_curve(study, args.max_latency)[: args.trained]
+            # a study stopped by the candidate cap keeps its last hypervolume
+            curves[sampler][seed] = curve + [curve[-1] if curve else 0.0] * (
+                args.trained - len(curve)
+            )
     bar.close()
 
     def mean_curve(sampler: str) -> list[float]:
@@ -169,6 +179,7 @@ def main() -> int:
         "data": "digits 32x32",
         "epochs": args.epochs,
         "trained": args.trained,
+        "max_candidates": args.max_candidates,
         "seeds": args.seeds,
         "budget": {"max_params": args.max_params, "max_latency_ms": args.max_latency},
         "latency": f"lookup table {args.lut} (cpu, 1 thread, batch 1)",
@@ -187,6 +198,7 @@ def main() -> int:
             "final_hv": finals,
             "mean_curve": mean,
             "candidates": [finished_count(studies[sampler, s]) for s in args.seeds],
+            "trained_counts": [trained_count(studies[sampler, s]) for s in args.seeds],
             "wall_seconds": [round(wall_seconds(studies[sampler, s]), 1) for s in args.seeds],
             "trained_to_reach_random_final": first_reaching(mean, baseline)
             if baseline is not None
@@ -262,7 +274,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {name} ({s['optuna']}) | {s['final_hv_mean']:.4f} ± {s['final_hv_sd']:.4f} | "
             f"{f'{reach} of {n}' if reach else f'not within {n}'} | "
-            f"{', '.join(map(str, s['candidates']))} |"
+            + ", ".join(
+                f"{c}" + (f" ({t} trained, capped)" if t < n else "")
+                for c, t in zip(s["candidates"], s["trained_counts"], strict=True)
+            )
+            + " |"
         )
     es = summary.get("early_stop")
     if es:
