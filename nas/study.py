@@ -235,9 +235,11 @@ def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that define a study's results (n_trials may grow on resume)."""
+    """The parts of a config that define a study's results: n_trials may grow on resume, the
+    storage URL differs between machines, and each worker sets its own training threads."""
     study = {k: v for k, v in config_dict["study"].items() if k not in ("n_trials", "storage")}
-    return {**config_dict, "study": study}
+    train = {k: v for k, v in config_dict.get("train", {}).items() if k != "threads"}
+    return {**config_dict, "study": study, "train": train}
 
 
 def create_or_resume_study(config: SearchConfig) -> optuna.Study:

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.config import ConfigError, SearchConfig
+from nas.errors import UserError
 from nas.storage import MAX_RETRY
 from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
 
@@ -73,6 +74,7 @@ class WorkersRun:
     seconds: float = 0.0
     restarted: int = 0
     recovered: list[int] = field(default_factory=list)  # trials of dead workers, failed+retried
+    errors: list[int] = field(default_factory=list)  # exit codes of workers that raised
 
 
 def check_parallel_storage(url: str) -> None:
@@ -114,13 +116,20 @@ def run_workers(
             for process, share in processes:
                 if process.exitcode is None:
                     alive.append((process, share))
-                elif process.exitcode != 0:  # died mid-search: recover its trials, replace it
+                elif process.exitcode != 0:
                     run.recovered += recover_dead_worker(study, process.pid)
-                    if trial_counts(study)["finished"] < config.study.n_trials:
-                        run.restarted += 1
+                    if process.exitcode > 0:  # it raised: restarting would raise again
+                        run.errors.append(process.exitcode)
+                    elif trial_counts(study)["finished"] < config.study.n_trials:
+                        run.restarted += 1  # killed by a signal (SIGKILL, out of memory)
                         alive.append((start(share), share))
             processes = alive
             if not processes:
+                if trial_counts(study)["finished"] < config.study.n_trials:
+                    raise UserError(
+                        f"{len(run.errors)} of the worker processes stopped with an error "
+                        "(printed above) before the study reached its count"
+                    )
                 break
             time.sleep(poll_seconds)
     except KeyboardInterrupt:

@@ -275,3 +275,12 @@ def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_pa
             driver.quit()
         server.terminate()
         server.communicate(timeout=30)
+
+
+def test_a_worker_joins_with_its_own_thread_count(tmp_path: Path, capsys) -> None:
+    # the threads a worker trains with are its own business, not a different study
+    config = _config(tmp_path, f"sqlite:///{tmp_path}/s.db", 2)
+    assert main(["search", str(config)]) == 0
+    storage = f"sqlite:///{tmp_path}/s.db"
+    assert main(["worker", "--storage", storage, "--study", "t", "--threads", "2"]) == 0
+    assert "Study: 2 candidates" in capsys.readouterr().out
