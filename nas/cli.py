@@ -411,10 +411,15 @@ class Report(Command):
         parser.add_argument(
             "--trial", type=int, default=None, help="architecture to draw (default: the best)"
         )
+        parser.add_argument(
+            "--baselines",
+            default=None,
+            help="CSV of reference models (name, latency_ms, accuracy) to label on the front",
+        )
 
     def take_action(self, args: argparse.Namespace) -> int:
         from nas.plots import write_report
-        from nas.report import front_table
+        from nas.report import front_table, load_baselines
         from nas.storage import load_study
 
         study = load_study(_storage(args), args.study)
@@ -425,7 +430,10 @@ class Report(Command):
             )
         out = args.out or os.path.join("reports", study.study_name)
         try:
-            paths = write_report(study, out, args.trial)
+            baselines = load_baselines(args.baselines) if args.baselines else None
+            paths = write_report(study, out, args.trial, baselines)
+        except FileNotFoundError:
+            raise ConfigError(f"--baselines {args.baselines}: no such file") from None
         except ValueError as e:
             raise ConfigError(str(e)) from None
         print(front_table(study))

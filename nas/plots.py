@@ -197,14 +197,20 @@ def arch_plot(arch: ArchConfig, path: str, title: str = "") -> str:
     return _save(fig, path)
 
 
-def write_report(study: optuna.Study, out: str, trial: int | None = None) -> dict[str, str]:
+def write_report(
+    study: optuna.Study,
+    out: str,
+    trial: int | None = None,
+    baselines: list[dict[str, Any]] | None = None,
+) -> dict[str, str]:
     """Every picture of the report and `report.md` tying them together with the front's table;
-    the architecture drawn is `trial`'s (default: the most accurate on the front)."""
+    the architecture drawn is `trial`'s (default: the most accurate on the front); `baselines`
+    are drawn on the Pareto plot."""
     from nas.report import front_table, pareto_front, pareto_plot, study_summary
 
     os.makedirs(out, exist_ok=True)
     paths = {
-        "pareto": pareto_plot(study, os.path.join(out, "pareto.png")),
+        "pareto": pareto_plot(study, os.path.join(out, "pareto.png"), baselines),
         "hypervolume": hypervolume_plot(study, os.path.join(out, "hypervolume.png")),
     }
     paths["importances"], importances = importance_plot(

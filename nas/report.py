@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
+    "load_baselines",
     "TrialRecord",
     "records",
     "pareto_front",
@@ -86,6 +87,30 @@ def hypervolume(points: list[tuple[float, float]], max_latency_ms: float) -> flo
     return area
 
 
+def load_baselines(path: str) -> list[dict[str, Any]]:
+    """Reference models to draw beside a study's front: a CSV with columns name, latency_ms,
+    accuracy (measured the way the study measures). Raises ValueError naming the problem."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for i, row in enumerate(rows, 2):
+        try:
+            out.append(
+                {
+                    "name": row["name"],
+                    "latency_ms": float(row["latency_ms"]),
+                    "accuracy": float(row["accuracy"]),
+                }
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{path} line {i}: needs columns name, latency_ms, accuracy with numbers"
+            ) from None
+    return out
+
+
 def _si(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -133,10 +158,13 @@ def _budgets(study: optuna.Study) -> dict[str, Any]:
     return study.user_attrs.get("config", {}).get("budget", {})
 
 
-def pareto_plot(study: optuna.Study, path: str) -> str:
+def pareto_plot(
+    study: optuna.Study, path: str, baselines: list[dict[str, Any]] | None = None
+) -> str:
     """Accuracy against latency for trained trials (params as colour, the front joined, the
-    budgets drawn, exported trials starred with their folder's name); rejected candidates shown
-    apart in a strip below, at their latency."""
+    budgets drawn, exported trials starred with their folder's name, `baselines` (dicts with
+    name, latency_ms, accuracy) as labelled diamonds); rejected candidates shown apart in a
+    strip below, at their latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,6 +260,24 @@ def pareto_plot(study: optuna.Study, path: str) -> str:
                 xytext=(6, -12),
                 fontsize=7,
                 color="tab:red",
+            )
+    if baselines:
+        ax.scatter(
+            [b["latency_ms"] for b in baselines],
+            [b["accuracy"] for b in baselines],
+            marker="D",
+            s=50,
+            color="black",
+            label="baselines",
+            zorder=4,
+        )
+        for b in baselines:
+            ax.annotate(
+                b["name"],
+                (b["latency_ms"], b["accuracy"]),
+                textcoords="offset points",
+                xytext=(5, 3),
+                fontsize=7,
             )
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

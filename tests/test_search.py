@@ -202,6 +202,14 @@ def test_report_writes_every_plot_and_the_markdown_report(finished_study, tmp_pa
     assert (tmp_path / "b" / f"arch-{other}.png").exists()
     assert main([*args, "--out", str(tmp_path / "c"), "--trial", "99"]) == 2
     assert "--trial 99: study 'shared' has trials 0 to 5" in capsys.readouterr().err
+    # reference models labelled on the front, from a CSV; a malformed one is a clear error
+    good, bad = tmp_path / "baselines.csv", tmp_path / "bad.csv"
+    good.write_text("name,latency_ms,accuracy\nDeiT-style,0.9,0.8\n")
+    bad.write_text("name,latency_ms\nx,1\n")
+    assert main([*args, "--out", str(tmp_path / "d"), "--baselines", str(good)]) == 0
+    assert (tmp_path / "d" / "pareto.png").stat().st_size > 10_000
+    assert main([*args, "--out", str(tmp_path / "e"), "--baselines", str(bad)]) == 2
+    assert "line 2: needs columns name, latency_ms, accuracy" in capsys.readouterr().err
 
 
 def test_report_on_a_missing_database_is_a_clear_error(tmp_path, capsys) -> None:
