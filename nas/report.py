@@ -206,14 +206,7 @@ def pareto_plot(
             label="Pareto front",
             zorder=2,
         )
-        for r in front:
-            ax.annotate(
-                f"#{r.number}",
-                (r.latency_ms, r.accuracy),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=7,
-            )
+        _label(ax, [(r.latency_ms, r.accuracy, f"#{r.number}") for r in front], (4, 4))
     ax_rej.scatter(
         [r.latency_ms for r in rejected],
         [0.0] * len(rejected),
@@ -252,15 +245,15 @@ def pareto_plot(
             label="exported",
             zorder=4,
         )
-        for r in marked:
-            ax.annotate(
-                os.path.basename(os.path.normpath(exported[r.number])),
-                (r.latency_ms, r.accuracy),
-                textcoords="offset points",
-                xytext=(6, -12),
-                fontsize=7,
-                color="tab:red",
-            )
+        _label(
+            ax,
+            [
+                (r.latency_ms, r.accuracy, os.path.basename(os.path.normpath(exported[r.number])))
+                for r in marked
+            ],
+            (6, -12),
+            color="tab:red",
+        )
     if baselines:
         ax.scatter(
             [b["latency_ms"] for b in baselines],
@@ -271,14 +264,7 @@ def pareto_plot(
             label="baselines",
             zorder=4,
         )
-        for b in baselines:
-            ax.annotate(
-                b["name"],
-                (b["latency_ms"], b["accuracy"]),
-                textcoords="offset points",
-                xytext=(5, 3),
-                fontsize=7,
-            )
+        _label(ax, [(b["latency_ms"], b["accuracy"], b["name"]) for b in baselines], (5, 3))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = ax_rej.get_legend_handles_labels()
@@ -300,6 +286,14 @@ def pareto_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _label(
+    ax: Any, points: list[tuple[float, float, str]], offset: tuple[int, int], **style: Any
+) -> None:
+    """Small text labels beside plotted points."""
+    for x, y, text in points:
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7, **style)
 
 
 def study_summary(study: optuna.Study) -> str:
