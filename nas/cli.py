@@ -234,10 +234,12 @@ def _search_here(config: Any, prog: str) -> int:
 def _search_with_workers(config: Any, n_workers: int) -> int:
     from tqdm import tqdm
 
-    from nas.study import create_or_resume_study, finished_count
+    from nas.study import create_or_resume_study, finished_count, prepare_inputs
     from nas.workers import check_parallel_storage, core_shares, run_workers
 
     check_parallel_storage(config.study.storage_url)
+    prepare_inputs(config)  # bad data, tables or teachers fail here, once, not in N workers
+    study = create_or_resume_study(config)
     target = config.study.n_trials
     shares = core_shares(n_workers)
     print(
@@ -247,7 +249,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         + f", {target} candidates",
         file=sys.stderr,
     )
-    done = finished_count(create_or_resume_study(config))
+    done = finished_count(study)
     bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search")
     outcomes: dict[str, int] = {}
 
@@ -269,10 +271,10 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         bar.update(1)
 
     try:
-        run = run_workers(config, n_workers, on_finished=on_finished)
+        run = run_workers(config, n_workers, on_finished=on_finished, study=study)
     except KeyboardInterrupt:
         bar.close()
-        _interrupted("lvit search", create_or_resume_study(config), config)
+        _interrupted("lvit search", study, config)
         return 130
     finally:
         bar.close()

@@ -440,6 +440,12 @@ def export_trial(
         "costs": trial.user_attrs["costs"],
         "reparameterized": None if fused is None else {"max_abs_logit_change": fused},
     }
+    written: dict[str, Any] = {}
+
+    def write_and_keep(folder: str) -> dict[str, Any]:
+        written.update(write_onnx(model, folder, onnx_threads))
+        return written
+
     diff = save_timm_folder(
         model,
         out_dir,
@@ -449,17 +455,17 @@ def export_trial(
             (arch.in_chans, arch.img_size, arch.img_size), trial.user_attrs.get("data", {})
         ),
         card=lambda record: _model_card(trial, study.study_name, arch) + _export_lines(record),
-        extra=(lambda folder: write_onnx(model, folder, onnx_threads)) if onnx else None,
+        extra=write_and_keep if onnx else None,
     )
     exports = dict(study.user_attrs.get("exports", {}))
     exports[str(trial.number)] = os.path.abspath(out_dir)
     study.set_user_attr("exports", exports)  # the report marks exported trials
-    onnx_record = None
-    if onnx:
-        with open(os.path.join(out_dir, "config.json")) as f:
-            onnx_record = json.load(f)["lightweight_vit"]["onnx"]
     return ExportResult(
-        out_dir=out_dir, trial=trial.number, max_abs_diff=diff, fused=fused, onnx=onnx_record
+        out_dir=out_dir,
+        trial=trial.number,
+        max_abs_diff=diff,
+        fused=fused,
+        onnx=written.get("onnx"),
     )
 
 

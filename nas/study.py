@@ -617,15 +617,8 @@ def run_search(
     run = SearchRun(study=study)
 
     def record(kind: str, info: dict[str, Any]) -> None:
-        counter = {
-            "trained": "trained",
-            "rejected": "rejected",
-            "stopped": "stopped",
-            "screened": "screened",
-            "failed": "failed",
-        }.get(kind)
-        if counter:
-            setattr(run, counter, getattr(run, counter) + 1)
+        if kind in ("trained", "rejected", "stopped", "screened", "failed"):
+            setattr(run, kind, getattr(run, kind) + 1)
         if on_event is not None:
             on_event(kind, info)
 

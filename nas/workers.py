@@ -91,11 +91,15 @@ def run_workers(
     n_workers: int,
     on_finished: Callable[[FrozenTrial], None] | None = None,
     poll_seconds: float = 1.0,
+    study: optuna.Study | None = None,
 ) -> WorkersRun:
-    """Run the search with `n_workers` local processes until the study has its count."""
-    check_parallel_storage(config.study.storage_url)
-    prepare_inputs(config)  # bad data, tables or teachers fail here, once, not in N workers
-    study = create_or_resume_study(config)
+    """Run the search with `n_workers` local processes until the study has its count.
+    `study` is what `create_or_resume_study(config)` returns, when the caller has checked the
+    storage and the inputs and made it already."""
+    if study is None:
+        check_parallel_storage(config.study.storage_url)
+        prepare_inputs(config)  # bad data, tables or teachers fail here, once, not in N workers
+        study = create_or_resume_study(config)
     shares = core_shares(n_workers)
     context = multiprocessing.get_context("spawn")
     config_dict = config.to_dict()

@@ -26,6 +26,14 @@ WIDE = "budget: {max_params: 1000000, max_latency_ms: 100}"
 SLOW = "train: {epochs: 40, batch_size: 32, threads: 1}"  # long enough to kill mid-trial
 
 
+def _missing(reason: str) -> None:
+    """A real service is missing: a failure where `make test` could provide it (as root, as in
+    CI, LVIT_REQUIRE_SERVICES=1), else a skip with the reason."""
+    if os.environ.get("LVIT_REQUIRE_SERVICES"):
+        pytest.fail(f"{reason} (required here: tests/services.sh could not provide it)")
+    pytest.skip(reason)
+
+
 def _config(folder: Path, storage: str, n_trials: int, **overrides: str) -> Path:
     study = f"""study:
       name: t
@@ -137,7 +145,7 @@ def postgres_url() -> str:
     """A fresh database on the PostgreSQL server that tests/services.sh started."""
     admin = os.environ.get("LVIT_TEST_POSTGRES")
     if not admin:
-        pytest.skip("no PostgreSQL server: run the tests with `make test` (tests/services.sh)")
+        _missing("no PostgreSQL server: run the tests with `make test` (tests/services.sh)")
     import psycopg
 
     name = f"lvit_test_{uuid.uuid4().hex[:8]}"
@@ -231,7 +239,7 @@ def test_trials_carry_a_dashboard_note_describing_them(finished_study) -> None:
 
 def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_path) -> None:
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("no chromium/chromedriver: run the tests with `make test` (tests/services.sh)")
+        _missing("no chromium/chromedriver: run the tests with `make test` (tests/services.sh)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
