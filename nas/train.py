@@ -123,7 +123,9 @@ def train_model(
     exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
     dist_head = getattr(model, "head_dist", None) is not None
     if dist_head and teacher is None:
-        raise ValueError("the model has a distillation head: train it with a teacher")
+        if getattr(getattr(model, "arch", None), "distill_head", False):
+            raise ValueError("the model has a distillation head: train it with a teacher")
+        dist_head = False  # a timm model's (LeViT's): both heads learn the labels, averaged
     if dist_head:
         model.set_distilled_training(True)
     autocast = torch.autocast(

@@ -1,0 +1,144 @@
+"""The baselines benchmark (`experiments/bench_baselines.py`) end to end on generated data: it
+searches per budget, scales the families, trains every model with one recipe over the seeds,
+measures them side by side, writes a CSV that `lvit report --baselines` reads, a Markdown table
+and the plot, and resumes without retraining."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.config import TrainConfig
+from nas.data import load_dataset
+from nas.report import load_baselines
+from nas.train import train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_baselines", ROOT / "experiments" / "bench_baselines.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ARGS = [
+    "--data", "synthetic", "--img-size", "16", "--seeds", "0", "1", "--epochs", "1",
+    "--trained", "1", "--proxy-epochs", "1", "--rounds", "1", "--max-candidates", "30",
+    "--families", "poolformer", "repvit",
+    "--timm", "mobilevit_xxs", "efficientformer_l1",
+    "--budgets", "deit:48", "smallest-timm",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("bench")
+    bench = _bench()
+    args = ARGS + ["--work", str(folder / "work"), "--out", str(folder / "out")]
+    assert bench.main(args) == 0
+    return bench, args, folder
+
+
+def _rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "out" / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_budget_compares_the_search_with_random_families_and_timm(bench_run) -> None:
+    _, _, folder = bench_run
+    rows = _rows(folder)
+    budgets = {r["budget"] for r in rows}
+    assert budgets == {"deit-style w48", "mobilevit_xxs"}
+    for budget in budgets:
+        mine = [r for r in rows if r["budget"] == budget]
+        kinds = {r["kind"] for r in mine}
+        assert {"found", "random", "timm"} <= kinds, mine
+        assert {r["name"] for r in mine if r["kind"] == "random"} == {"random 1", "random 2"}
+        cap = int(mine[0]["max_params"])
+        for r in mine:
+            if r["fits"] == "True":
+                assert int(r["params"]) <= cap, r  # what fits is within the params budget
+            assert float(r["latency_ms"]) > 0 and float(r["latency_2t_ms"]) > 0
+            assert int(r["flops"]) > 0
+            accs = [float(a) for a in r["accuracies"].split()]
+            assert len(accs) == 2  # one per seed
+            assert float(r["accuracy"]) == pytest.approx(sum(accs) / 2, abs=1e-4)
+    # the reference model of a budget fits it
+    timm_row = next(r for r in rows if r["budget"] == "mobilevit_xxs" and r["kind"] == "timm")
+    assert timm_row["name"] == "mobilevit_xxs" and timm_row["fits"] == "True"
+    assert timm_row["max_params"] == timm_row["params"]
+
+
+def test_outputs_are_readable_by_the_report_and_people(bench_run) -> None:
+    _, _, folder = bench_run
+    out = folder / "out"
+    baselines = load_baselines(str(out / "results.csv"))  # `lvit report --baselines` input
+    assert baselines and all(b["latency_ms"] > 0 for b in baselines)
+    text = (out / "results.md").read_text()
+    assert "| **found (TPE)** |" in text and "Found (TPE) against each model that fits (" in text
+    assert "efficientformer_l1 does not run at this size" in text
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 2 * height  # one panel per budget, side by side
+    run = json.loads((out / "run.json").read_text())
+    assert run["versions"]["torch"] and run["seconds"] > 0
+
+
+def test_a_second_run_resumes_without_retraining(bench_run) -> None:
+    bench, args, folder = bench_run
+    log = folder / "work" / "trained.jsonl"
+    before, rows_before = log.read_text(), _rows(folder)
+    assert bench.main(args) == 0
+    assert log.read_text() == before  # every (architecture, seed) came from the record
+    accuracy = {(r["budget"], r["name"]): r["accuracy"] for r in rows_before}
+    assert {(r["budget"], r["name"]): r["accuracy"] for r in _rows(folder)} == accuracy
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "imagefolder"], "imagefolder needs a folder"),
+        (["--data", "mnist"], "use digits, imagefolder:PATH or cifar10:PATH"),
+        (["--budgets", "poolformer:x"], "use FAMILY:WIDTH"),
+    ],
+)
+def test_bad_arguments_stop_with_one_line(args, message, tmp_path, capsys) -> None:
+    assert _bench().main(args + ["--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # nothing started
+
+
+def test_a_timm_distillation_head_trains_on_the_labels_without_a_teacher() -> None:
+    """LeViT in timm carries a second head; without a teacher both learn the labels."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+            self.head, self.head_dist = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.body(x)
+            return (self.head(h) + self.head_dist(h)) / 2
+
+    from nas.config import DataConfig
+
+    data = load_dataset(DataConfig(name="synthetic", img_size=16, num_classes=4))
+    model = TwoHeads()
+    before = model.head_dist.weight.detach().clone()
+    result = train_model(model, data, TrainConfig(epochs=1, threads=1, device="cpu"), 0)
+    assert result.val_acc >= 0 and not torch.equal(model.head_dist.weight, before)
