@@ -1,7 +1,7 @@
-"""The baselines benchmark (`experiments/bench_baselines.py`) end to end on generated data: it
-searches per budget, scales the families, trains every model with one recipe over the seeds,
-measures them side by side, writes a CSV that `lvit report --baselines` reads, a Markdown table
-and the plot, and resumes without retraining."""
+"""The baselines benchmark (`experiments/bench_baselines.py`) end to end on a small image
+folder: it searches per budget, scales the families, trains every model with one recipe over
+the seeds, measures them side by side, writes a CSV that `lvit report --baselines` reads, a
+Markdown table and the plot, and resumes without retraining."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from nas.config import TrainConfig
 from nas.data import load_dataset
 from nas.report import load_baselines
 from nas.train import train_model
+from tests.test_data import _make_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def _bench():
 
 
 ARGS = [
-    "--data", "synthetic", "--img-size", "16", "--seeds", "0", "1", "--epochs", "1",
+    "--img-size", "16", "--seeds", "0", "1", "--epochs", "1",
     "--trained", "1", "--proxy-epochs", "1", "--rounds", "1", "--max-candidates", "30",
     "--families", "poolformer", "repvit",
     "--timm", "mobilevit_xxs", "efficientformer_l1",
@@ -46,7 +47,11 @@ ARGS = [
 def bench_run(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("bench")
     bench = _bench()
-    args = ARGS + ["--work", str(folder / "work"), "--out", str(folder / "out")]
+    images = _make_folder(folder / "photos", per_class=40)  # a user's own image folder
+    args = ARGS + [
+        "--data", f"imagefolder:{images}",
+        "--work", str(folder / "work"), "--out", str(folder / "out"),
+    ]  # fmt: skip
     assert bench.main(args) == 0
     return bench, args, folder
 
@@ -59,6 +64,7 @@ def _rows(folder: Path) -> list[dict[str, str]]:
 def test_every_budget_compares_the_search_with_random_families_and_timm(bench_run) -> None:
     _, _, folder = bench_run
     rows = _rows(folder)
+    assert {r["data"] for r in rows} == {"imagefolder-photos16"}
     budgets = {r["budget"] for r in rows}
     assert budgets == {"deit-style w48", "mobilevit_xxs"}
     for budget in budgets:
