@@ -359,7 +359,12 @@ def test_ctrl_c_ends_the_running_trial_and_exits_130(tmp_path: Path) -> None:
     assert running, "the search never started a trial"
     time.sleep(1.0)  # inside training
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # say where it hung: seen once in CI, not reproduced
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"no exit 60 s after SIGINT; stderr ends: {err[-1500:]!r}")
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Run the same command to resume" in err
     study = optuna.load_study(study_name="t", storage=storage)
