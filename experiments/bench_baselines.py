@@ -696,7 +696,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="training epochs of the recipe")
     parser.add_argument("--trained", type=int, help="trained candidates per TPE search")
     parser.add_argument("--proxy-epochs", type=int, help="epochs per candidate in the search")
-    parser.add_argument("--max-candidates", type=int, default=300)
+    parser.add_argument(
+        "--max-candidates",
+        type=int,
+        help="proposals per search before it stops short of --trained (300 full, 100 quick)",
+    )
     parser.add_argument("--search-seed", type=int, default=0)
     parser.add_argument(
         "--budgets",
@@ -718,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         "trained": 4 if quick else 8,
         "proxy_epochs": 1 if quick else 4,
         "rounds": 1 if quick else 3,
+        "max_candidates": 100 if quick else 300,
         "work": "runs/bench-baselines" + ("-quick" if quick else ""),
         "out": "runs/bench-baselines-quick/results" if quick else "experiments/results/baselines",
     }

@@ -11,6 +11,8 @@
     lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
     lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
     lvit train ARCH|EXPORT --config CONFIG   retrain a found architecture into a timm folder
+    lvit supernet train CONFIG    train a config's one-shot supernet (the nni extra)
+    lvit supernet export CONFIG --arch JSON --out DIR   a subnet with inherited weights
 
 `--storage` (an Optuna storage URL) is shared by the commands that read a study.
 Errors in the input print one line, `lvit: error: ...`, and exit with code 2.
@@ -152,6 +154,13 @@ def _trial_line(n: int, kind: str, info: dict[str, Any]) -> str:
             f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
             f"{info['arch_line']}  ({_duration(info['seconds'])})"
         )
+    if kind == "scored":
+        c = info["costs"]
+        return (
+            f"  #{n:<3} scored    acc {info['val_acc']:.4f}  "
+            f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
+            f"{info['arch_line']}  (inherited weights, {info['seconds']:.1f}s)"
+        )
     if kind == "rejected":
         return f"  #{n:<3} rejected  {info['reason']}  {info['arch_line']}"
     if kind == "stopped":
@@ -180,7 +189,7 @@ def _search_here(config: Any, prog: str) -> int:
             bar.set_postfix_str(
                 f"trial {n}: epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
             )
-        elif kind in ("trained", "rejected", "stopped", "screened", "failed"):
+        elif kind in ("trained", "scored", "rejected", "stopped", "screened", "failed"):
             if "arch" in info:
                 info = {**info, "arch_line": info["arch"].describe()}
             bar.write(_trial_line(n, kind, info))
@@ -222,11 +231,59 @@ def _search_here(config: Any, prog: str) -> int:
         )
         if count
     )
-    _summary(
-        run.study,
-        config,
-        f"This run: {run.trained} trained, {run.rejected} rejected by the budgets{extra}, "
-        f"{run.failed} failed, in {_duration(run.seconds)}.",
+    done_what = (
+        f"{run.scored} scored with inherited weights"
+        if config.evaluation == "supernet"
+        else f"{run.trained} trained"
+    )
+    line = (
+        f"This run: {done_what}, {run.rejected} rejected by the budgets{extra}, "
+        f"{run.failed} failed, in {_duration(run.seconds)}."
+    )
+    if config.evaluation == "supernet" and config.supernet.retrain_top_k:
+        return _retrain_best(config, run.study, inputs, line)
+    _summary(run.study, config, line)
+    return 0
+
+
+def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
+    """After a supernet search: retrain its best candidates from scratch, with a bar, then a
+    table of inherited against stand-alone accuracy."""
+    from tqdm import tqdm
+
+    from nas.study import best_scored, retrain_best, retrain_config
+
+    k = len(best_scored(study, config.supernet.retrain_top_k))
+    bar = tqdm(total=k, unit="trial", desc="retrain best", dynamic_ncols=True)
+
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        if kind == "epoch":
+            bar.set_postfix_str(
+                f"epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
+            )
+        elif kind in ("trained", "failed", "rejected"):
+            bar.update(1)
+
+    try:
+        result = retrain_best(config, study, inputs, on_event=on_event)
+    except KeyboardInterrupt:
+        bar.close()
+        _interrupted("lvit search", study, retrain_config(config, k))
+        return 130
+    finally:
+        bar.close()
+    _summary(study, config, line)
+    name = result.study.study_name
+    print(f"\nRetrained from scratch ({config.train.epochs} epochs), study '{name}':")
+    print("  candidate  inherited  stand-alone  retrained trial")
+    for source, inherited, trial, alone in result.pairs:
+        shown = f"{alone:.4f}" if alone is not None else "  -   "
+        print(f"  #{source:<8} {inherited:.4f}     {shown}       #{trial}")
+    seconds = result.run.seconds if result.run else 0.0
+    url = _redact(config.study.storage_url)
+    print(
+        f"Retraining took {_duration(seconds)}. Export a retrained one:  lvit export --storage "
+        f"{url} --study {name} --trial N --out exports/{name}-N"
     )
     return 0
 
@@ -865,6 +922,123 @@ class Train(Command):
         return 0
 
 
+class Supernet(Command):
+    name = "supernet"
+    help = "train a one-shot supernet over a config's supernet space (the nni extra)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        train = actions.add_parser(
+            "train", help="train the supernet of a config's supernet section (SPOS)"
+        )
+        train.add_argument("config", help="YAML config with a supernet section")
+        train.add_argument("--epochs", type=int, default=None, help="override supernet.epochs")
+        train.add_argument("--force", action="store_true", help="replace a trained supernet")
+        export = actions.add_parser(
+            "export", help="a subnet as a timm folder with the weights it inherits"
+        )
+        export.add_argument("config", help="the config the supernet was trained from")
+        export.add_argument("--arch", required=True, help="an ArchConfig JSON file")
+        export.add_argument("--out", required=True, help="output folder")
+        export.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        import dataclasses
+
+        from nas.config import load_config
+
+        config = load_config(args.config)
+        if config.supernet is None:
+            raise ConfigError(
+                f"{args.config} has no supernet section (stems, pos_encs, stages); see "
+                "experiments/oneshot.yaml"
+            )
+        if getattr(args, "epochs", None) is not None:
+            if args.epochs < 1:
+                raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+            config = dataclasses.replace(
+                config, supernet=dataclasses.replace(config.supernet, epochs=args.epochs)
+            )
+        if args.action == "train":
+            return self._train(config, args)
+        return self._export(config, args)
+
+    def _train(self, config: Any, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.data import load_dataset
+        from nas.supernet import SUPERNET_META
+
+        try:
+            from nas.oneshot import train_supernet
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+        folder = config.supernet.folder(config.study.name)
+        if os.path.isfile(os.path.join(folder, SUPERNET_META)) and not args.force:
+            raise ConfigError(
+                f"{folder} already holds a trained supernet; use --force to train it again "
+                "(or set supernet.path)"
+            )
+        data = load_dataset(config.data)
+        sn = config.supernet
+        steps = sn.epochs * -(-len(data.train_y) // config.train.batch_size)
+        space = sn.space()
+        print(
+            f"lvit supernet train: {space.description}; {len(space.choices(data.img_size))} "
+            f"choices, {space.size(data.img_size):,} architectures; data '{data.name}' "
+            f"({len(data.train_y)} train / {len(data.val_y)} val); {sn.epochs} epochs",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=steps, unit="path", desc="supernet", dynamic_ncols=True)
+        try:
+            run = train_supernet(
+                config,
+                data,
+                on_epoch=lambda epoch, acc: bar.set_postfix_str(
+                    f"epoch {epoch}/{sn.epochs}: largest subnet acc {acc:.3f}"
+                ),
+                on_step=lambda: bar.update(1),
+            )
+        finally:
+            bar.close()
+        print(
+            f"Trained the supernet for {sn.epochs} epochs ({run.paths} paths, one per batch) in "
+            f"{_duration(run.seconds)}: the largest subnet scores "
+            f"{run.meta['largest_accuracy']:.4f} with inherited weights. Wrote {folder}. "
+            f"Search it:  lvit search {args.config}  (evaluation: supernet)"
+        )
+        return 0
+
+    def _export(self, config: Any, args: argparse.Namespace) -> int:
+        from nas.data import load_dataset
+        from nas.retrain import read_arch
+        from nas.supernet import SharedWeights, SupernetError, export_subnet
+
+        arch = read_arch(args.arch)
+        folder = config.supernet.folder(config.study.name)
+        try:
+            shared, _ = SharedWeights.load(folder)
+            data = load_dataset(config.data)
+            acc, _ = export_subnet(
+                shared,
+                arch,
+                data,
+                args.out,
+                folder=folder,
+                calib_batches=config.supernet.calib_batches,
+                force=args.force,
+            )
+        except SupernetError as e:
+            raise ConfigError(str(e)) from None
+        print(
+            f"Exported {arch.describe()} with the weights it inherits from {folder} "
+            f"(validation accuracy {acc:.4f}) to {args.out}; load it with "
+            f"timm.create_model('local-dir:{args.out}', pretrained=True) after importing "
+            "search_spaces"
+        )
+        return 0
+
+
 COMMANDS: list[Command] = [
     Search(),
     Worker(),
@@ -876,6 +1050,7 @@ COMMANDS: list[Command] = [
     Latency(),
     Teacher(),
     Train(),
+    Supernet(),
 ]
 
 

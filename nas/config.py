@@ -18,6 +18,11 @@ A config has these sections (all optional but `study.name`):
              hint_block
     early_stop: enabled, min_epoch, min_trials, dominated_by (multi mode)
     proxies: compute, batch_size, prescreen_proxy, prescreen_sample, prescreen_keep
+    evaluation: train (each candidate trained from scratch, the default) | supernet (scored
+             with weights inherited from a one-shot supernet, the best retrained)
+    supernet: path, patch_size, stems, pos_encs, stages (per stage: depths, dims, heads,
+             mlp_ratios, mixers, downsample, kernel_sizes, sr_ratios, windows), epochs, seed,
+             calib_batches, retrain_top_k
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from search_spaces.spaces import SPACES
+from search_spaces.spaces import SPACES, SearchSpace, get_space
+from search_spaces.spaces.shared import SharedSpace, StageChoices
 from search_spaces.typed import TypeCheckError, from_dict, to_dict
 
 __all__ = [
@@ -44,9 +50,12 @@ __all__ = [
     "DistillConfig",
     "EarlyStopConfig",
     "ProxyConfig",
+    "SupernetConfig",
+    "EVALUATIONS",
     "load_config",
 ]
 
+EVALUATIONS = ("train", "supernet")
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10")
 DISTILL_KINDS = ("soft", "hard")
 PROXY_NAMES = ("synflow", "naswot", "grad_norm", "snip")
@@ -411,6 +420,52 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class SupernetConfig:
+    """A one-shot supernet (`lvit supernet train CONFIG` trains it; `space: supernet` searches
+    its space; `evaluation: supernet` scores candidates with its weights). Its space: the
+    `stems` and `pos_encs` to choose from, a fixed `patch_size`, and per stage the options of
+    `stages` (`StageChoices`: depths, dims, heads, mlp_ratios, mixers, downsample,
+    kernel_sizes, sr_ratios, windows). It trains for `epochs` with the `train` section's
+    recipe, one uniformly sampled path per batch (SPOS), from `seed`, and is written to `path`
+    (default `runs/<study.name>-supernet`). Scoring recalibrates batch norms on
+    `calib_batches` training batches; after the search the `retrain_top_k` most accurate
+    candidates are trained from scratch."""
+
+    path: str | None = None
+    patch_size: int = 4
+    stems: tuple[str, ...] = ("patch",)
+    pos_encs: tuple[str, ...] = ("learned",)
+    stages: tuple[StageChoices, ...] = (StageChoices(),)
+    epochs: int = 30
+    seed: int = 0
+    calib_batches: int = 20
+    retrain_top_k: int = 3
+
+    def __post_init__(self) -> None:
+        from search_spaces.blocks import POS_ENCODINGS
+
+        _positive("supernet", patch_size=self.patch_size, epochs=self.epochs)
+        if self.calib_batches < 0 or self.retrain_top_k < 0:
+            raise ValueError("supernet.calib_batches and retrain_top_k must be >= 0")
+        unknown = [p for p in self.pos_encs if p not in POS_ENCODINGS]
+        if unknown:
+            raise ValueError(
+                f"supernet.pos_encs: '{unknown[0]}' is unknown; use any of "
+                + ", ".join(POS_ENCODINGS)
+            )
+        try:
+            self.space()
+        except ValueError as e:
+            raise ValueError(f"supernet: {e}") from None
+
+    def space(self) -> SharedSpace:
+        return SharedSpace(self.stages, self.stems, self.pos_encs, self.patch_size)
+
+    def folder(self, study_name: str) -> str:
+        return self.path or os.path.join("runs", f"{study_name}-supernet")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     study: StudyConfig
     space: str = "tiny"
@@ -421,14 +476,36 @@ class SearchConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     proxies: ProxyConfig = field(default_factory=ProxyConfig)
+    evaluation: str = "train"
+    supernet: SupernetConfig | None = None
 
     def __post_init__(self) -> None:
         if self.early_stop.enabled and self.study.mode != "multi":
             raise ValueError(
                 "early_stop is for multi mode; in single mode use study.pruner (e.g. MedianPruner)"
             )
-        if self.space not in SPACES:
-            raise ValueError(f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}")
+        if self.space not in SPACES and self.space != "supernet":
+            raise ValueError(
+                f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}, supernet"
+            )
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(
+                f"evaluation must be {' or '.join(EVALUATIONS)}, got {self.evaluation!r}"
+            )
+        if (self.space == "supernet" or self.evaluation == "supernet") and self.supernet is None:
+            raise ValueError(
+                "space: supernet and evaluation: supernet need a supernet section (its stems, "
+                "pos_encs and stages); see experiments/oneshot.yaml"
+            )
+        if self.evaluation == "supernet" and self.space != "supernet":
+            raise ValueError(
+                "evaluation: supernet scores candidates of the supernet's own space: set "
+                "space: supernet"
+            )
+        if self.evaluation == "supernet" and (self.distill.teacher or self.proxies.names):
+            raise ValueError(
+                "evaluation: supernet does not train candidates: remove distill and proxies"
+            )
         if self.budget.lut_path is None and not self.latency.measure:
             raise ValueError(
                 "latency.measure is false but budget.latency_source is measured: "
@@ -437,6 +514,12 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def search_space(self) -> SearchSpace:
+        """The space the study searches: a registered one, or the supernet section's."""
+        if self.space == "supernet":
+            return self.supernet.space()
+        return get_space(self.space)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> SearchConfig:

@@ -56,10 +56,10 @@ from nas.config import OBJECTIVE_DIRECTIONS, ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
 from nas.exits import calibrate_exits
 from nas.storage import open_storage, redact
-from nas.train import TrainingFailed, resolve_device, train_model
+from nas.supernet import recalibrate_bn
+from nas.train import TrainingFailed, evaluate, resolve_device, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
-from search_spaces.spaces import get_space
 
 __all__ = [
     "Candidate",
@@ -68,6 +68,10 @@ __all__ = [
     "prepare_inputs",
     "create_or_resume_study",
     "run_search",
+    "retrain_best",
+    "retrain_config",
+    "best_scored",
+    "Retrained",
     "trial_seed",
     "finished_count",
     "trial_counts",
@@ -256,12 +260,16 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
     stored = study.user_attrs.get("config")
     current = config.to_dict()
     if stored is None:
-        space = get_space(config.space)
+        space = config.search_space()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([name for name, _ in objectives(config)])
         study.set_user_attr("config", current)
-        study.set_user_attr("space", {"name": space.name, "version": space.version})
+        spec = space.spec() if hasattr(space, "spec") else None  # a supernet's own options
+        study.set_user_attr(
+            "space",
+            {"name": space.name, "version": space.version, **({"spec": spec} if spec else {})},
+        )
         study.set_user_attr("artifact_dir", os.path.abspath(config.study.artifact_dir))
     elif _comparable(_with_defaults(stored)) != _comparable(current):
         diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
@@ -297,6 +305,7 @@ class SearchRun:
 
     study: optuna.Study
     trained: int = 0
+    scored: int = 0
     rejected: int = 0
     stopped: int = 0
     screened: int = 0
@@ -317,14 +326,18 @@ class _Objective:
     ) -> None:
         self.config = config
         self.data = inputs.data
-        self.space = get_space(config.space)
+        self.space = config.search_space()
         self.artifact_store = artifact_store
         self.on_event = on_event
         self.table = inputs.table
         self.teacher = inputs.teacher
+        self.supernet = inputs.supernet
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        return self.train(trial, self.propose(trial))
+        candidate = self.propose(trial)
+        if self.supernet is not None:
+            return self.score(trial, candidate)
+        return self.train(trial, candidate)
 
     def propose(self, trial: optuna.Trial) -> Candidate:
         """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
@@ -426,6 +439,68 @@ class _Objective:
         costs["latency_ms"] = costs[f"latency_{'predicted' if source == 'lut' else 'measured'}_ms"]
         return costs
 
+    def score(self, trial: optuna.Trial, candidate: Candidate) -> float | tuple[float, ...]:
+        """Score a proposed candidate with the weights it inherits from the supernet (batch
+        norms recalibrated on training batches); store those weights so that it exports."""
+        cfg, arch, model = self.config, candidate.arch, candidate.model
+        start = time.perf_counter()
+        self.supernet.inherit(model)
+        calib = cfg.supernet.calib_batches
+        bn = recalibrate_bn(model, self.data, calib, img_size=arch.img_size, seed=candidate.seed)
+        acc = evaluate(model.eval(), self.data.val_x, self.data.val_y, img_size=arch.img_size)
+        seconds = time.perf_counter() - start
+        trial.set_user_attr(
+            "inherited",
+            {
+                "accuracy": round(acc, 5),
+                "seconds": round(seconds, 3),
+                "supernet": os.path.abspath(cfg.supernet.folder(cfg.study.name)),
+                "batch_norms_recalibrated": bn,
+                "calib_batches": cfg.supernet.calib_batches if bn else 0,
+            },
+        )
+        self._store_weights(trial, model, arch)
+        trial.set_user_attr("status", "scored")
+        self.on_event(
+            "scored",
+            {
+                "trial": trial.number,
+                "arch": arch,
+                "costs": candidate.costs,
+                "val_acc": acc,
+                "seconds": seconds,
+            },
+        )
+        _note(trial, [acc])
+        return self._values(acc, candidate.costs)
+
+    def _values(self, acc: float, costs: dict[str, Any]) -> float | tuple[float, ...]:
+        if self.config.study.mode == "single":
+            return acc
+        values = {"accuracy": acc, **costs}
+        return tuple(float(values[name]) for name in self.config.study.objectives)
+
+    def _store_weights(self, trial: optuna.Trial, model: LightViT, arch: ArchConfig) -> None:
+        """The weights as a safetensors artifact of the trial, with its architecture picture
+        (the dashboard shows it beside the trial)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.safetensors")
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()},
+                path,
+                metadata={"arch": arch.to_json()},
+            )
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store, file_path=path, study_or_trial=trial
+            )
+            from nas.plots import arch_plot
+
+            picture = arch_plot(arch, os.path.join(tmp, "architecture.png"), arch.describe())
+            upload_artifact(
+                artifact_store=self.artifact_store, file_path=picture, study_or_trial=trial
+            )
+        trial.set_user_attr("weights_artifact_id", artifact_id)
+
     def train(self, trial: optuna.Trial, candidate: Candidate) -> float | tuple[float, ...]:
         """Proxy-train a proposed candidate, stopping it early when the pruner (single mode)
         or the early-stopping rule (multi mode) says so; store its weights; its objective
@@ -508,23 +583,7 @@ class _Objective:
                 threads=cfg.latency.threads,
             )
             trial.set_user_attr("exits", report.to_dict())
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.safetensors")
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items()},
-                path,
-                metadata={"arch": arch.to_json()},
-            )
-            artifact_id = upload_artifact(
-                artifact_store=self.artifact_store, file_path=path, study_or_trial=trial
-            )
-            from nas.plots import arch_plot  # the dashboard shows it beside the trial
-
-            picture = arch_plot(arch, os.path.join(tmp, "architecture.png"), arch.describe())
-            upload_artifact(
-                artifact_store=self.artifact_store, file_path=picture, study_or_trial=trial
-            )
-        trial.set_user_attr("weights_artifact_id", artifact_id)
+        self._store_weights(trial, model, arch)
         trial.set_user_attr("status", "trained")
         self.on_event(
             "trained",
@@ -537,10 +596,7 @@ class _Objective:
             },
         )
         _note(trial, [result.val_acc])
-        if cfg.study.mode == "single":
-            return result.val_acc
-        values = {"accuracy": result.val_acc, **candidate.costs}
-        return tuple(float(values[name]) for name in cfg.study.objectives)
+        return self._values(result.val_acc, candidate.costs)
 
 
 def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
@@ -572,6 +628,7 @@ class Inputs:
     data: Dataset
     table: Any = None
     teacher: Any = None  # nas.distill.Teacher
+    supernet: Any = None  # nas.supernet.SharedWeights (evaluation: supernet)
 
 
 def prepare_inputs(config: SearchConfig) -> Inputs:
@@ -582,13 +639,44 @@ def prepare_inputs(config: SearchConfig) -> Inputs:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     data = load_dataset(config.data)
-    table = _load_table(config, data, get_space(config.space)) if config.budget.lut_path else None
+    table = _load_table(config, data, config.search_space()) if config.budget.lut_path else None
     teacher = None
     if config.distill.teacher:
         from nas.distill import load_teacher
 
         teacher = load_teacher(config.distill.teacher, data)
-    return Inputs(data, table, teacher)
+    supernet = _load_supernet(config, data) if config.evaluation == "supernet" else None
+    return Inputs(data, table, teacher, supernet)
+
+
+def _load_supernet(config: SearchConfig, data: Dataset) -> Any:
+    """The trained supernet that scores candidates, refused (with the fix) when it was trained
+    for another space or another task."""
+    from nas.supernet import SharedWeights, SupernetError
+
+    folder = config.supernet.folder(config.study.name)
+    try:
+        shared, meta = SharedWeights.load(folder)
+    except SupernetError as e:
+        raise ConfigError(str(e)) from None
+    wanted = config.supernet.space().fingerprint()
+    task = (data.num_classes, data.in_chans, data.img_size)
+    if (
+        meta["fingerprint"] != wanted
+        or (
+            meta["num_classes"],
+            meta["in_chans"],
+            meta["img_size"],
+        )
+        != task
+    ):
+        raise ConfigError(
+            f"the supernet in {folder} was trained for another space or task (space "
+            f"{meta['fingerprint']} vs {wanted}, classes/channels/size "
+            f"{meta['num_classes']}/{meta['in_chans']}/{meta['img_size']} vs "
+            f"{'/'.join(map(str, task))}): retrain it with `lvit supernet train CONFIG`"
+        )
+    return shared
 
 
 def run_search(
@@ -603,8 +691,8 @@ def run_search(
     they finish exactly that many. When the last places are held by other workers' running
     trials, this one waits (`poll_seconds`) in case one of them dies and is retried.
 
-    `on_event(kind, info)` is called with kind in training, epoch, trained, rejected, stopped,
-    screened, failed.
+    `on_event(kind, info)` is called with kind in training, epoch, trained, scored (evaluation:
+    supernet), rejected, stopped, screened, failed.
     `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
     return, when the caller has them already.
     """
@@ -617,7 +705,7 @@ def run_search(
     run = SearchRun(study=study)
 
     def record(kind: str, info: dict[str, Any]) -> None:
-        if kind in ("trained", "rejected", "stopped", "screened", "failed"):
+        if kind in ("trained", "scored", "rejected", "stopped", "screened", "failed"):
             setattr(run, kind, getattr(run, kind) + 1)
         if on_event is not None:
             on_event(kind, info)
@@ -649,6 +737,78 @@ def run_search(
     finally:
         run.seconds = time.perf_counter() - start
     return run
+
+
+def retrain_config(config: SearchConfig, n_trials: int) -> SearchConfig:
+    """The from-scratch study (`<name>-retrained`, same storage, space, data, budgets and
+    `train` recipe) in which the best candidates of a supernet search are retrained."""
+    study = dataclasses.replace(
+        config.study, name=f"{config.study.name}-retrained", n_trials=max(1, n_trials)
+    )
+    return dataclasses.replace(config, study=study, evaluation="train")
+
+
+def best_scored(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The `k` candidates with the best inherited-weight accuracy (ties: the faster)."""
+    scored = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("status") == "scored"
+    ]
+    scored.sort(key=lambda t: (-t.values[0], t.user_attrs["costs"]["latency_ms"]))
+    return scored[:k]
+
+
+@dataclass
+class Retrained:
+    """A supernet search's best candidates and their stand-alone (from scratch) results."""
+
+    study: optuna.Study
+    pairs: list[tuple[int, float, int, float | None]]  # scored trial, inherited, trial, alone
+    run: SearchRun | None = None
+
+
+def retrain_best(
+    config: SearchConfig,
+    study: optuna.Study,
+    inputs: Inputs,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Retrained:
+    """Train from scratch the `supernet.retrain_top_k` best candidates of a supernet search,
+    as trials of the study `retrain_config` names (each with `from_trial` and its
+    `inherited_accuracy`), so that their stand-alone accuracy sits beside the inherited one and
+    they export like any trained trial. Resumes: a candidate already retrained is not again."""
+    best = best_scored(study, config.supernet.retrain_top_k)
+    wanted = [t.number for t in best]
+    probe = retrain_config(config, len(wanted))
+    storage = open_storage(probe.study.storage_url, create=True)
+    try:
+        existing = optuna.load_study(study_name=probe.study.name, storage=storage)
+        have = {t.user_attrs.get("from_trial") for t in existing.get_trials(deepcopy=False)}
+    except KeyError:
+        have = set()
+    total = len(have | set(wanted))
+    rconfig = retrain_config(config, total)
+    rstudy = create_or_resume_study(rconfig)
+    for t in best:
+        if t.number not in have:
+            rstudy.enqueue_trial(
+                t.params,
+                user_attrs={"from_trial": t.number, "inherited_accuracy": t.values[0]},
+            )
+    run = None
+    if total:
+        plain = Inputs(inputs.data, inputs.table, None, None)
+        run = run_search(rconfig, on_event=on_event, study=rstudy, inputs=plain)
+    by_source = {
+        t.user_attrs.get("from_trial"): t
+        for t in rstudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    pairs = []
+    for t in best:
+        r = by_source.get(t.number)
+        pairs.append((t.number, t.values[0], r.number if r else -1, r.values[0] if r else None))
+    return Retrained(rstudy, pairs, run)
 
 
 def _prescreen_round(

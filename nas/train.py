@@ -102,8 +102,11 @@ def train_model(
     img_size: int | None = None,
     teacher: nn.Module | None = None,
     distill: DistillConfig | None = None,
+    evaluate_fn: Callable[[nn.Module], float] | None = None,
 ) -> TrainResult:
     """Train `model` in place for `cfg.epochs` epochs; `on_epoch(epoch, val_acc)` after each.
+    The accuracy is `evaluate` on the validation split, or what `evaluate_fn(model)` says (a
+    supernet scores one of its subnets).
 
     `img_size` is the model's input resolution when it differs from the data's (the survey
     space searches the resolution): images are resized to it, for training and validation.
@@ -199,7 +202,10 @@ def train_model(
                 loss_sum += loss.item() * len(yb)
                 seen += len(yb)
             train_seconds = time.perf_counter() - epoch_start
-            result.val_acc = evaluate(model, data.val_x, data.val_y, img_size=img_size)
+            if evaluate_fn is not None:
+                result.val_acc = evaluate_fn(model)
+            else:
+                result.val_acc = evaluate(model, data.val_x, data.val_y, img_size=img_size)
             result.history.append(
                 {
                     "epoch": epoch,

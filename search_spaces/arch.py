@@ -92,6 +92,11 @@ class StageConfig:
     keep_rate: float = 1.0
 
     def __post_init__(self) -> None:
+        _require_numbers(
+            self,
+            ("depth", "dim", "heads", "sr_ratio", "window", "kernel_size", "merge_r"),
+            ("mlp_ratio", "keep_rate"),
+        )
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
         if self.dim < 1 or self.heads < 1:
@@ -141,6 +146,7 @@ class ArchConfig:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        _require_numbers(self, ("patch_size", "img_size", "in_chans", "num_classes"), ())
         if self.schema_version not in READABLE_SCHEMAS:
             raise ValueError(
                 f"schema_version {self.schema_version} is not supported (this version reads "
@@ -270,6 +276,24 @@ class ArchConfig:
         for e in self.exits:
             dims.append(next(dim for end, dim in bounds if e <= end))
         return dims
+
+
+def _require_numbers(obj: object, ints: tuple[str, ...], reals: tuple[str, ...]) -> None:
+    """Refuse anything but plain numbers (numpy integers become ints): a search library's
+    choice object (an `nni.choice`, say) must be resolved before it reaches a layer; NNI loops
+    until memory runs out when a torch layer gets one."""
+    import numbers
+
+    for name in ints + reals:
+        value = getattr(obj, name)
+        kind = numbers.Integral if name in ints else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(
+                f"{name} must be {'an integer' if name in ints else 'a number'}, got "
+                f"{type(value).__name__} {str(value)[:60]}: resolve choices before building"
+            )
+        if name in ints and type(value) is not int:
+            object.__setattr__(obj, name, int(value))
 
 
 def largest_divisor_below(n: int, limit: int) -> int:

@@ -183,7 +183,7 @@ class LightViT(nn.Module):
             else None
         )
 
-        rates = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, cfg.depth, device="cpu").tolist()
         stages, in_dim = [], stem_dim
         for stage_cfg, grid in zip(cfg.stages, grids, strict=True):
             stage_rates, rates = rates[: stage_cfg.depth], rates[stage_cfg.depth :]

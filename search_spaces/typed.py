@@ -54,6 +54,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]) and value is not None:
+            return _convert(options[0], value, path)  # a section's own error says what is wrong
         for arg in args:
             if arg is type(None):
                 continue

@@ -17,9 +17,34 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.arch import (
+    ATTENTION_POS_ENCS,
+    POS_ATTENTION_MIXERS,
+    ArchConfig,
+    StageConfig,
+)
 
-__all__ = ["SearchSpace", "StagedSpace", "StageContext", "TrialLike", "enumerate_leaves"]
+__all__ = [
+    "SearchSpace",
+    "StagedSpace",
+    "StageContext",
+    "TrialLike",
+    "enumerate_leaves",
+    "usable_pos_enc",
+]
+
+
+def usable_pos_enc(pos_enc: str, stages: tuple[StageConfig, ...]) -> str:
+    """`pos_enc`, or `none` where it cannot act: an attention-site encoding with no mhsa or
+    window stage to act in, or RoPE where such a stage's head width is not a multiple of 4."""
+    if pos_enc not in ATTENTION_POS_ENCS:
+        return pos_enc
+    attending = [s for s in stages if s.mixer in POS_ATTENTION_MIXERS]
+    if not attending:
+        return "none"
+    if pos_enc.startswith("rope") and any((s.dim // s.heads) % 4 for s in attending):
+        return "none"
+    return pos_enc
 
 
 class TrialLike(Protocol):

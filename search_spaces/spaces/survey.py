@@ -28,15 +28,13 @@ from typing import Any
 
 from search_spaces.arch import (
     ATTENTION_MIXERS,
-    ATTENTION_POS_ENCS,
     GRID_FREE_MIXERS,
     INPUT_POS_ENCS,
-    POS_ATTENTION_MIXERS,
     ArchConfig,
     StageConfig,
     largest_divisor_below,
 )
-from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike
+from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike, usable_pos_enc
 
 __all__ = ["SurveySpace"]
 
@@ -156,11 +154,7 @@ class SurveySpace(StagedSpace):
         num_classes: int,
         in_chans: int,
     ) -> ArchConfig:
-        pos_enc = g["pos_enc"]
-        if pos_enc in ATTENTION_POS_ENCS and not any(
-            s.mixer in POS_ATTENTION_MIXERS for s in stages
-        ):
-            pos_enc = "none"
+        pos_enc = usable_pos_enc(g["pos_enc"], stages)
         depth = sum(s.depth for s in stages)
         exits = set()
         for e in range(1, trial.suggest_int("num_exits", 0, 2) + 1):
