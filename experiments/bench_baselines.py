@@ -28,7 +28,7 @@ Writes `results.csv` (columns `name`, `latency_ms`, `accuracy` first, so that `l
 --baselines` reads it), `results.md` and `pareto.png` (one panel per budget) to `--out`.
 Trained accuracies are kept in `--work` as they finish, so an interrupted run resumes.
 
-    python experiments/bench_baselines.py --quick     # about 10 min on a 2-core CPU
+    python experiments/bench_baselines.py --quick     # 10.8 min on a 2-core CPU
     python experiments/bench_baselines.py             # full mode
 """
 

@@ -320,7 +320,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
             "costs": attrs.get("costs", {}),
             "reason": attrs.get("reject_reason") or attrs.get("stop_reason", ""),
             "val_acc": trial.values[0] if trial.values else 0.0,
-            "seconds": attrs.get("train", {}).get("seconds", 0.0),
+            "seconds": attrs.get("train", attrs.get("inherited", {})).get("seconds", 0.0),
             "proxy": attrs.get("prescreen", {}).get("proxy"),
             "value": None,
         }
@@ -335,7 +335,11 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         return 130
     finally:
         bar.close()
-    labels = {"infeasible": "rejected by the budgets", "screened": "screened out by the proxy"}
+    labels = {
+        "infeasible": "rejected by the budgets",
+        "screened": "screened out by the proxy",
+        "scored": "scored with inherited weights",
+    }
     counts = (
         ", ".join(f"{n} {labels.get(s, s)}" for s, n in sorted(outcomes.items())) or "nothing new"
     )
@@ -345,11 +349,10 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         if run.recovered or run.restarted
         else ""
     )
-    _summary(
-        run.study,
-        config,
-        f"This run: {counts} with {n_workers} workers in {_duration(run.seconds)}{recovered}.",
-    )
+    line = f"This run: {counts} with {n_workers} workers in {_duration(run.seconds)}{recovered}."
+    if config.evaluation == "supernet" and config.supernet.retrain_top_k:
+        return _retrain_best(config, run.study, prepare_inputs(config), line)
+    _summary(run.study, config, line)
     return 0
 
 
@@ -999,6 +1002,14 @@ class Supernet(Command):
                 ),
                 on_step=lambda: bar.update(1),
             )
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"\nlvit supernet train: interrupted; nothing was written to {folder} (a "
+                "supernet is saved when its training ends). Run the same command to start again.",
+                file=sys.stderr,
+            )
+            return 130
         finally:
             bar.close()
         print(

@@ -7,7 +7,8 @@ A config has these sections (all optional but `study.name`):
 
     study:   name, storage, artifacts, n_trials, seed, mode (multi|single), objectives,
              sampler, sampler_args, pruner, pruner_args
-    space:   a registered search space name
+    space:   a registered search space name, `supernet` (the supernet section's), or
+             `nni:autoformer` (NNI's AutoFormer space, the nni extra)
     data:    name, img_size, val_fraction, seed, (synthetic only) num_classes, num_samples
     train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad,
              threads
@@ -18,6 +19,8 @@ A config has these sections (all optional but `study.name`):
              hint_block
     early_stop: enabled, min_epoch, min_trials, dominated_by (multi mode)
     proxies: compute, batch_size, prescreen_proxy, prescreen_sample, prescreen_keep
+    space_args: arguments of an NNI hub space (`space: nni:autoformer`: search_embed_dim,
+             search_mlp_ratio, search_num_heads, search_depth, patch_size)
     evaluation: train (each candidate trained from scratch, the default) | supernet (scored
              with weights inherited from a one-shot supernet, the best retrained)
     supernet: path, patch_size, stems, pos_encs, stages (per stage: depths, dims, heads,
@@ -56,6 +59,8 @@ __all__ = [
 ]
 
 EVALUATIONS = ("train", "supernet")
+# Spaces of NNI's hub the engine searches (nas.oneshot; the nni extra).
+HUB_SPACES = ("nni:autoformer",)
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10")
 DISTILL_KINDS = ("soft", "hard")
 PROXY_NAMES = ("synflow", "naswot", "grad_norm", "snip")
@@ -478,16 +483,20 @@ class SearchConfig:
     proxies: ProxyConfig = field(default_factory=ProxyConfig)
     evaluation: str = "train"
     supernet: SupernetConfig | None = None
+    space_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.early_stop.enabled and self.study.mode != "multi":
             raise ValueError(
                 "early_stop is for multi mode; in single mode use study.pruner (e.g. MedianPruner)"
             )
-        if self.space not in SPACES and self.space != "supernet":
+        if self.space not in SPACES and self.space not in ("supernet", *HUB_SPACES):
             raise ValueError(
-                f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}, supernet"
+                f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}, supernet, "
+                + ", ".join(HUB_SPACES)
             )
+        if self.space_args and self.space not in HUB_SPACES:
+            raise ValueError("space_args are for NNI's hub spaces (space: nni:autoformer)")
         if self.evaluation not in EVALUATIONS:
             raise ValueError(
                 f"evaluation must be {' or '.join(EVALUATIONS)}, got {self.evaluation!r}"
@@ -519,6 +528,15 @@ class SearchConfig:
         """The space the study searches: a registered one, or the supernet section's."""
         if self.space == "supernet":
             return self.supernet.space()
+        if self.space in HUB_SPACES:
+            try:
+                from nas.oneshot import hub_space
+            except ImportError as e:
+                raise ConfigError(str(e)) from None
+            try:
+                return hub_space(self.space, self.space_args)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"space {self.space}: {e}") from None
         return get_space(self.space)
 
     @classmethod

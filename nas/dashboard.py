@@ -81,6 +81,19 @@ def trial_note(number: int, attrs: dict[str, Any], values: list[float] | None) -
             f"**Validation accuracy {values[0]:.4f}** after {train.get('epochs')} epochs "
             f"({train.get('seconds')} s on {train.get('device')}).",
         ]
+    if status == "scored" and values:
+        inherited = attrs.get("inherited", {})
+        lines += [
+            "",
+            f"**Validation accuracy {values[0]:.4f} with weights inherited** from the supernet "
+            f"in {inherited.get('supernet')} ({inherited.get('seconds')} s; batch norms "
+            f"recalibrated on {inherited.get('calib_batches')} batches); not trained on its own.",
+        ]
+    if attrs.get("from_trial") is not None:
+        lines.append(
+            f"Retrained from scratch: candidate #{attrs['from_trial']} of the supernet search "
+            f"scored {attrs.get('inherited_accuracy', 0):.4f} with inherited weights."
+        )
     return "\n".join(lines) + "\n"
 
 

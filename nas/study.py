@@ -638,8 +638,9 @@ def prepare_inputs(config: SearchConfig) -> Inputs:
         resolve_device(config.train.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    space = config.search_space()  # a hub space needing NNI, or bad space_args, fail here
     data = load_dataset(config.data)
-    table = _load_table(config, data, config.search_space()) if config.budget.lut_path else None
+    table = _load_table(config, data, space) if config.budget.lut_path else None
     teacher = None
     if config.distill.teacher:
         from nas.distill import load_teacher

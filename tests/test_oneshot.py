@@ -168,14 +168,13 @@ def test_batch_norm_recalibration_is_the_average_of_batch_statistics():
 
 
 def test_a_choice_object_never_reaches_a_layer():
-    class Choice:  # what nni.choice(...) is to a dataclass: not a number
-        def __lt__(self, other):
-            return self
-
-    with pytest.raises(ValueError, match="dim must be an integer"):
-        StageConfig(depth=1, dim=Choice())
+    import nni
     import numpy as np
 
+    with pytest.raises(ValueError, match="dim must be an integer"):
+        StageConfig(depth=1, dim=nni.choice("width", [32, 64]))
+    with pytest.raises(ValueError, match="mlp_ratio must be a number"):
+        StageConfig(depth=1, dim=32, mlp_ratio=nni.choice("ratio", [2.0, 4.0]))
     assert type(StageConfig(depth=np.int64(2), dim=32).depth) is int
 
 
@@ -302,3 +301,32 @@ def test_without_nni_the_tool_works_and_one_shot_says_what_to_install(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install -e '.[nni]'" in result.stderr
+
+
+def test_nni_autoformer_space_is_searched_by_the_same_engine(tmp_path, capsys):
+    from nas.oneshot import hub_space
+
+    space = hub_space("nni:autoformer", {"search_depth": (2, 3), "search_embed_dim": (16, 32)})
+    options = space.choices()
+    assert {"embed_dim", "depth", "mlp_ratio_0", "num_head_2"} <= set(options)
+    assert options["depth"] == (2, 3) and options["embed_dim"] == (16, 32)
+    per_layer = len(options["mlp_ratio_0"]) * len(options["num_head_0"])
+    assert space.size() == 2 * (per_layer**2 + per_layer**3)
+    archs = space.sample_many(8, seed=0, num_classes=4, img_size=16)
+    for arch in archs:
+        assert arch.depth in (2, 3) and len({s.dim for s in arch.stages}) == 1
+        assert arch.stem == "patch" and arch.patch_size == 4 and arch.pos_enc == "learned"
+
+    args = "space_args: {search_depth: [2, 3], search_embed_dim: [16, 32]}"
+    path = write_config(tmp_path, "af", space="space: nni:autoformer", space_args=args)
+    assert main(["search", str(path), "--n-trials", "2"]) == 0
+    study = optuna.load_study(study_name="af", storage=f"sqlite:///{tmp_path}/study.db")
+    assert study.user_attrs["space"]["name"] == "nni:autoformer"
+    trained = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
+    assert trained and "embed_dim" in trained[0].params
+    capsys.readouterr()
+    bad = write_config(
+        tmp_path, "bad", space="space: nni:autoformer", space_args="space_args: {depth: [2]}"
+    )
+    assert main(["search", str(bad)]) == 2
+    assert "not arguments of nni.nas.hub.pytorch.AutoFormer" in capsys.readouterr().err
