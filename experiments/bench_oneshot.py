@@ -10,7 +10,8 @@ space, data, budgets and recipe) and runs in one process on this machine:
      after a quarter, half and all of its epochs;
   2. ranking: `--subnets` architectures drawn uniformly from the supernet's space within the
      budgets are scored with inherited weights (each kept copy; 20 and 2 batches of batch-norm
-     recalibration) and trained from scratch with the recipe. Kendall's tau and Spearman's rho
+     recalibration; and after `--tune-steps` steps of each subnet alone) and trained from
+     scratch with the recipe. Kendall's tau and Spearman's rho
      between inherited and stand-alone accuracy, with the parameter count as a zero-cost
      reference ranking;
   3. speed: subnets scored per minute (inherit, recalibrate, evaluate), and candidates per
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, help="one-shot candidates: 300 full, 60 quick")
     parser.add_argument("--trained", type=int, help="from-scratch trained: 24 full, 6 quick")
     parser.add_argument("--proxy-epochs", type=int, help="from-scratch proxy: 4 full, 1 quick")
+    parser.add_argument(
+        "--tune-steps", type=int, default=45, help="steps of a subnet alone before scoring"
+    )
     parser.add_argument("--work", help="kept results (resumable)")
     parser.add_argument("--out", help="where results.json/.md and the plot go")
     parser.add_argument("--threads", type=int, default=2)
@@ -228,39 +232,45 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. ranking: inherited against stand-alone
     subnets = within_budget(config, data, args.subnets, seed=1)
-    ranking: dict[str, Any] = {"subnets": [], "by_epoch": {}, "calib_2": None}
-    scores: dict[tuple[int, int], list[float]] = {}
-    score_seconds = []
-    with tqdm(total=len(subnets) * (len(kept) + 1), desc="inherited", unit="subnet") as bar:
-        for epoch in kept:
+    ranking: dict[str, Any] = {"subnets": [], "by_epoch": {}}
+    scores: dict[tuple[int, int, int], list[float]] = {}
+    seconds: dict[tuple[int, int, int], list[float]] = {}
+    calib, final_epoch = supernet.calib_batches, supernet.epochs
+    settings = [(e, calib, 0) for e in kept] + [(final_epoch, 2, 0)]
+    settings.append((final_epoch, calib, args.tune_steps))
+    with tqdm(total=len(subnets) * len(settings), desc="inherited", unit="subnet") as bar:
+        for epoch, batches_, tune in settings:
             folder = (
                 supernet.path
-                if epoch == supernet.epochs
+                if epoch == final_epoch
                 else os.path.join(supernet.path, f"epoch-{epoch}")
             )
             shared, _ = SharedWeights.load(folder)
-            calibs = (
-                (supernet.calib_batches, 2)
-                if epoch == supernet.epochs
-                else (supernet.calib_batches,)
-            )
-            for calib in calibs:
-                for s in subnets:
-                    t0 = time.perf_counter()
-                    acc = shared.score(s["arch"], data, calib_batches=calib)
-                    if epoch == supernet.epochs and calib == supernet.calib_batches:
-                        score_seconds.append(time.perf_counter() - t0)
-                    scores.setdefault((epoch, calib), []).append(acc)
-                    bar.update(1)
+            for s in subnets:
+                t0 = time.perf_counter()
+                acc = shared.score(
+                    s["arch"],
+                    data,
+                    calib_batches=batches_,
+                    tune_steps=tune,
+                    tune_lr=train.lr / 10,
+                )
+                seconds.setdefault((epoch, batches_, tune), []).append(time.perf_counter() - t0)
+                scores.setdefault((epoch, batches_, tune), []).append(acc)
+                bar.update(1)
     alone = []
     for s in tqdm(subnets, desc=f"from scratch ({args.epochs} epochs)", unit="subnet"):
         alone.append(standalone.accuracy(s["arch"], args.epochs))
     stand = [a["accuracy"] for a in alone]
     for epoch in kept:
-        ranking["by_epoch"][epoch] = taus(scores[epoch, supernet.calib_batches], stand)
-    ranking["calib_2"] = taus(scores[supernet.epochs, 2], stand)
+        ranking["by_epoch"][epoch] = taus(scores[epoch, calib, 0], stand)
+    ranking["calib_2"] = taus(scores[final_epoch, 2, 0], stand)
+    ranking["tuned"] = taus(scores[final_epoch, calib, args.tune_steps], stand)
+    ranking["tuned_per_minute"] = 60 / statistics.median(
+        seconds[final_epoch, calib, args.tune_steps]
+    )
     ranking["params"] = taus([s["params"] for s in subnets], stand)
-    final = scores[supernet.epochs, supernet.calib_batches]
+    final = scores[final_epoch, calib, 0]
     for s, inh, a in zip(subnets, final, alone, strict=True):
         ranking["subnets"].append(
             {
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_seconds": a["seconds"],
             }
         )
-    per_minute = 60 / statistics.median(score_seconds)
+    per_minute = 60 / statistics.median(seconds[final_epoch, calib, 0])
     train_minutes = statistics.median(a["seconds"] for a in alone) / 60
 
     # 3-4. one-shot search against search from scratch, same space and budget
@@ -407,6 +417,11 @@ def markdown(s: dict[str, Any]) -> str:
         f"| {sn['epochs']} epochs | 2 batches | {t['kendall_tau']:.3f} | "
         f"{t['tau_p']:.3g} | {t['spearman_rho']:.3f} |"
     )
+    t = r["tuned"]
+    lines.append(
+        f"| {sn['epochs']} epochs, then {a['tune_steps']} steps on each subnet alone | 20 "
+        f"batches | {t['kendall_tau']:.3f} | {t['tau_p']:.3g} | {t['spearman_rho']:.3f} |"
+    )
     t = r["params"]
     lines.append(
         f"| (parameter count) | - | {t['kendall_tau']:.3f} | {t['tau_p']:.3g} | "
@@ -415,7 +430,8 @@ def markdown(s: dict[str, Any]) -> str:
     lines += [
         "",
         f"Speed: {s['scored_per_minute']:.0f} subnets scored per minute (inherit, recalibrate, "
-        f"evaluate); the one-shot search ran {o['candidates_per_minute']:.0f} candidates per "
+        f"evaluate; {r['tuned_per_minute']:.0f} with the tuning steps); the one-shot search "
+        f"ran {o['candidates_per_minute']:.0f} candidates per "
         f"minute with latency measured; training one from scratch takes "
         f"{s['standalone_minutes_median']:.2f} min (median).",
         "",

@@ -25,7 +25,7 @@ A config has these sections (all optional but `study.name`):
              with weights inherited from a one-shot supernet, the best retrained)
     supernet: path, patch_size, stems, pos_encs, stages (per stage: depths, dims, heads,
              mlp_ratios, mixers, downsample, kernel_sizes, sr_ratios, windows), epochs, seed,
-             calib_batches, retrain_top_k
+             calib_batches, tune_steps, retrain_top_k
 """
 
 from __future__ import annotations
@@ -434,7 +434,9 @@ class SupernetConfig:
     recipe, one uniformly sampled path per batch (SPOS), from `seed`, and is written to `path`
     (default `runs/<study.name>-supernet`). Scoring recalibrates batch norms on
     `calib_batches` training batches; after the search the `retrain_top_k` most accurate
-    candidates are trained from scratch."""
+    candidates are trained from scratch. `tune_steps` > 0 adapts each candidate's inherited
+    weights alone for that many batches (AdamW at a tenth of `train.lr`) before it is scored:
+    slower scoring, scores closer to training from scratch."""
 
     path: str | None = None
     patch_size: int = 4
@@ -444,14 +446,15 @@ class SupernetConfig:
     epochs: int = 30
     seed: int = 0
     calib_batches: int = 20
+    tune_steps: int = 0
     retrain_top_k: int = 3
 
     def __post_init__(self) -> None:
         from search_spaces.blocks import POS_ENCODINGS
 
         _positive("supernet", patch_size=self.patch_size, epochs=self.epochs)
-        if self.calib_batches < 0 or self.retrain_top_k < 0:
-            raise ValueError("supernet.calib_batches and retrain_top_k must be >= 0")
+        if min(self.calib_batches, self.retrain_top_k, self.tune_steps) < 0:
+            raise ValueError("supernet.calib_batches, tune_steps and retrain_top_k must be >= 0")
         unknown = [p for p in self.pos_encs if p not in POS_ENCODINGS]
         if unknown:
             raise ValueError(

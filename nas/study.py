@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import socket
@@ -56,7 +57,7 @@ from nas.config import OBJECTIVE_DIRECTIONS, ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
 from nas.exits import calibrate_exits
 from nas.storage import open_storage, redact
-from nas.supernet import recalibrate_bn
+from nas.supernet import fine_tune, recalibrate_bn
 from nas.train import TrainingFailed, evaluate, resolve_device, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
@@ -445,8 +446,11 @@ class _Objective:
         cfg, arch, model = self.config, candidate.arch, candidate.model
         start = time.perf_counter()
         self.supernet.inherit(model)
-        calib = cfg.supernet.calib_batches
+        calib, tune = cfg.supernet.calib_batches, cfg.supernet.tune_steps
         bn = recalibrate_bn(model, self.data, calib, img_size=arch.img_size, seed=candidate.seed)
+        if tune:
+            fine_tune(model, self.data, tune, lr=cfg.train.lr / 10, seed=candidate.seed)
+            recalibrate_bn(model, self.data, calib, img_size=arch.img_size, seed=candidate.seed)
         acc = evaluate(model.eval(), self.data.val_x, self.data.val_y, img_size=arch.img_size)
         seconds = time.perf_counter() - start
         trial.set_user_attr(
@@ -457,6 +461,7 @@ class _Objective:
                 "supernet": os.path.abspath(cfg.supernet.folder(cfg.study.name)),
                 "batch_norms_recalibrated": bn,
                 "calib_batches": cfg.supernet.calib_batches if bn else 0,
+                "tune_steps": tune,
             },
         )
         self._store_weights(trial, model, arch)
@@ -750,14 +755,22 @@ def retrain_config(config: SearchConfig, n_trials: int) -> SearchConfig:
 
 
 def best_scored(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The `k` candidates with the best inherited-weight accuracy (ties: the faster)."""
+    """The `k` distinct architectures with the best inherited-weight accuracy (ties: the
+    faster, then the earlier); a sampler that proposes one architecture again (other values
+    of labels it does not use) gets it retrained once."""
     scored = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("status") == "scored"
     ]
-    scored.sort(key=lambda t: (-t.values[0], t.user_attrs["costs"]["latency_ms"]))
-    return scored[:k]
+    scored.sort(key=lambda t: (-t.values[0], t.user_attrs["costs"]["latency_ms"], t.number))
+    best, seen = [], set()
+    for t in scored:
+        key = json.dumps(t.user_attrs["arch"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            best.append(t)
+    return best[:k]
 
 
 @dataclass

@@ -13,7 +13,7 @@ arXiv 2107.00651): a narrower width, a smaller MLP ratio or a shallower stage us
 part of the largest one's weights (the first channels, the first blocks); a smaller kernel takes
 the centre of the largest; fused projections (`qkv`, `kv`) are sliced per part, so that q, k and
 v keep their own rows at every width. Blocks that are alternatives (stems, position encodings,
-token mixers) have their own weights, named by the registry name of the block (`stem[conv]`),
+token mixers) have their own weights, named by the registry name of the block (`stem@conv`),
 as path sampling does in single-path one-shot NAS (SPOS, "Single Path One-Shot Neural
 Architecture Search with Uniform Sampling", arXiv 1904.00420).
 
@@ -48,6 +48,7 @@ from search_spaces.spaces.shared import SharedSpace, StageChoices
 __all__ = [
     "SharedWeights",
     "export_subnet",
+    "fine_tune",
     "SupernetError",
     "recalibrate_bn",
     "shared_key",
@@ -80,7 +81,7 @@ def space_from_spec(spec: dict[str, Any]) -> SharedSpace:
 def shared_key(model: LightViT) -> dict[str, str]:
     """Parameter name in `model` -> the name of the shared tensor it is a slice of: the module
     path with the registry name of each alternative block inserted after it
-    (`stages.0.blocks.1.mixer.qkv.weight` -> `stages.0.blocks.1.mixer[mhsa].qkv.weight`)."""
+    (`stages.0.blocks.1.mixer.qkv.weight` -> `stages.0.blocks.1.mixer@mhsa.qkv.weight`)."""
     tags = {
         path: type(module).registry_name
         for path, module in model.named_modules()
@@ -93,7 +94,7 @@ def shared_key(model: LightViT) -> dict[str, str]:
             key.append(part)
             tag = tags.get(".".join(parts[: i + 1]))
             if tag is not None:
-                key[-1] = f"{part}[{tag}]"
+                key[-1] = f"{part}@{tag}"  # no brackets: timm matches names as patterns
         out[name] = ".".join(key)
     return out
 
@@ -188,9 +189,11 @@ class SharedWeights(nn.Module):
         matrix truncated normal, of a vector its first value)."""
         best: dict[str, torch.Tensor] = {}
         shape: dict[str, list[int]] = {}
+        self._no_decay: set[str] = set()
         for arch in self._variants():
             model = LightViT(arch)
             keys = shared_key(model)
+            self._no_decay |= {keys[n] for n in model.no_weight_decay() if n in keys}
             for name, p in model.named_parameters():
                 key = keys[name]
                 if key not in shape:
@@ -211,6 +214,12 @@ class SharedWeights(nn.Module):
             full[tuple(_region(value.shape, full.shape))] = value
             out[key] = full
         return out
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The shared tensors of position embeddings and bias tables, exempt from weight decay
+        as in the blocks themselves (timm's optimiser factory reads this)."""
+        return {f"weights.{self._names[key]}" for key in self._no_decay}
 
     # -- running -----------------------------------------------------------------------------
     def model_of(self, arch: ArchConfig) -> LightViT:
@@ -293,11 +302,17 @@ class SharedWeights(nn.Module):
         calib_batches: int = 20,
         batch_size: int = 64,
         seed: int = 0,
+        tune_steps: int = 0,
+        tune_lr: float = 3e-4,
     ) -> float:
-        """Validation accuracy of `arch` with inherited weights (batch norms recalibrated)."""
+        """Validation accuracy of `arch` with inherited weights (batch norms recalibrated),
+        after `tune_steps` steps of training on its own when asked (`fine_tune`)."""
         model = self.subnet(
             arch, data, calib_batches=calib_batches, batch_size=batch_size, seed=seed
         )
+        if tune_steps:
+            fine_tune(model, data, tune_steps, lr=tune_lr, seed=seed)
+            recalibrate_bn(model, data, calib_batches, batch_size, arch.img_size, seed)
         return evaluate(model, data.val_x, data.val_y, img_size=arch.img_size)
 
     # -- files -------------------------------------------------------------------------------
@@ -415,6 +430,38 @@ def _region(small: torch.Size, big: torch.Size) -> list[slice]:
         slice((b - s) // 2, (b - s) // 2 + s) if len(big) == 4 and d >= 2 else slice(0, s)
         for d, (s, b) in enumerate(zip(small, big, strict=True))
     ]
+
+
+def fine_tune(
+    model: LightViT,
+    data: Dataset,
+    steps: int,
+    *,
+    lr: float = 3e-4,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
+    """A few steps of AdamW on the subnet alone (a copy: the supernet is not changed), before it
+    is scored: inherited weights are a compromise between every subnet that shares them, and a
+    short adaptation to the one at hand makes the scores rank subnets more like training from
+    scratch does, at a cost per candidate. Leaves the model in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    model.train()
+    done = 0
+    while done < steps:
+        for xb, yb in batches(
+            data.train_x, data.train_y, batch_size, shuffle=True, generator=generator
+        ):
+            loss = criterion(model(resize(xb, model.arch.img_size)), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 
 from nas.cli import main
 from nas.config import ConfigError, load_config
+from nas.study import best_scored
 from nas.supernet import SharedWeights, SupernetError, recalibrate_bn
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT
@@ -127,12 +128,25 @@ def test_training_a_path_changes_only_its_slices():
     loss.backward()
     torch.optim.SGD(net.parameters(), lr=0.1).step()
     changed = {k for k, v in net.weights.items() if not torch.equal(v, before[k])}
-    assert changed and all("[" in k or k.startswith(("stages", "head", "norm")) for k in changed)
-    qkv = next(k for k in net.weights if k.endswith("stages:0:blocks:0:mixer[mhsa]:qkv:weight"))
+    assert changed and all("@" in k or k.startswith(("stages", "head", "norm")) for k in changed)
+    qkv = next(k for k in net.weights if k.endswith("stages:0:blocks:0:mixer@mhsa:qkv:weight"))
     delta = (net.weights[qkv] - before[qkv]).abs()
     assert delta[:16, :16].sum() > 0 and delta[16:32].sum() == 0 and delta[:, 16:].sum() == 0
-    untouched = [k for k in before if "mixer[pool]" in k or "mixer[sra]" in k]
+    untouched = [k for k in before if "mixer@pool" in k or "mixer@sra" in k]
     assert all(k not in changed for k in untouched)
+
+
+def test_position_embeddings_are_exempt_from_weight_decay_as_in_the_blocks(shared):
+    exempt = shared.no_weight_decay()
+    assert exempt and all(name.startswith("weights.") for name in exempt)
+    assert any("pos_enc@learned" in name for name in exempt)
+    assert not any(name.endswith("qkv:weight") for name in exempt)
+    from timm.optim import create_optimizer_v2
+
+    groups = create_optimizer_v2(shared, "adamw", lr=1e-3, weight_decay=0.05).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    named = dict(shared.named_parameters())
+    assert all(id(named[name]) not in decayed for name in exempt)
 
 
 def test_an_architecture_outside_the_space_is_refused(shared):
@@ -251,7 +265,9 @@ def test_supernet_train_search_retrain_and_export_from_the_command_line(tmp_path
     assert scored and all(t.user_attrs["inherited"]["seconds"] > 0 for t in scored)
     assert all(t.values[0] == t.user_attrs["inherited"]["accuracy"] for t in scored)
     retrained = optuna.load_study(study_name="one-retrained", storage=storage)
-    best = sorted(scored, key=lambda t: -t.values[0])[:2]
+    best = best_scored(study, 2)  # the 2 best distinct architectures
+    assert best[0].values[0] == max(t.values[0] for t in scored)
+    assert len({json.dumps(t.user_attrs["arch"], sort_keys=True) for t in best}) == len(best)
     done = [t for t in retrained.trials if t.user_attrs.get("status") == "trained"]
     assert sorted(t.user_attrs["from_trial"] for t in done) == sorted(t.number for t in best)
     for t in done:
