@@ -1,8 +1,8 @@
 """Benchmark (issue 10): one-shot search with a weight-sharing supernet against search from
 scratch, and our survey space against NNI's AutoFormer space.
 
-    python experiments/bench_oneshot.py            # full mode: about 50 min on a 2-core CPU
-    python experiments/bench_oneshot.py --quick    # about 10 min; smaller numbers throughout
+    python experiments/bench_oneshot.py            # full mode: 21.9 min on a 2-core CPU
+    python experiments/bench_oneshot.py --quick    # smaller numbers throughout
 
 Everything comes from one config (`--config`, default experiments/oneshot.yaml: its supernet
 space, data, budgets and recipe) and runs in one process on this machine:
