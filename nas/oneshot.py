@@ -89,7 +89,7 @@ class ViTModelSpace(ModelSpace):
         error = self.check_contains(sample)
         if error is not None:
             raise ValueError(f"not a sample of this space: {error}")
-        return self.shared._arch(dict(sample))
+        return self.shared.arch_of(dict(sample))
 
     def resample(self, random_state: np.random.RandomState | None = None) -> dict[str, Any]:
         """Draw one path uniformly (each choice independently), make it the active one and

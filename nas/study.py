@@ -57,7 +57,6 @@ from nas.config import OBJECTIVE_DIRECTIONS, ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
 from nas.exits import calibrate_exits
 from nas.storage import open_storage, redact
-from nas.supernet import fine_tune, recalibrate_bn
 from nas.train import TrainingFailed, evaluate, resolve_device, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
@@ -445,13 +444,16 @@ class _Objective:
         norms recalibrated on training batches); store those weights so that it exports."""
         cfg, arch, model = self.config, candidate.arch, candidate.model
         start = time.perf_counter()
-        self.supernet.inherit(model)
-        calib, tune = cfg.supernet.calib_batches, cfg.supernet.tune_steps
-        bn = recalibrate_bn(model, self.data, calib, img_size=arch.img_size, seed=candidate.seed)
-        if tune:
-            fine_tune(model, self.data, tune, lr=cfg.train.lr / 10, seed=candidate.seed)
-            recalibrate_bn(model, self.data, calib, img_size=arch.img_size, seed=candidate.seed)
-        acc = evaluate(model.eval(), self.data.val_x, self.data.val_y, img_size=arch.img_size)
+        sn = cfg.supernet
+        bn = self.supernet.prepare(
+            model,
+            self.data,
+            calib_batches=sn.calib_batches,
+            tune_steps=sn.tune_steps,
+            tune_lr=cfg.train.lr / 10,
+            seed=candidate.seed,
+        )
+        acc = evaluate(model, self.data.val_x, self.data.val_y, img_size=arch.img_size)
         seconds = time.perf_counter() - start
         trial.set_user_attr(
             "inherited",
@@ -460,8 +462,8 @@ class _Objective:
                 "seconds": round(seconds, 3),
                 "supernet": os.path.abspath(cfg.supernet.folder(cfg.study.name)),
                 "batch_norms_recalibrated": bn,
-                "calib_batches": cfg.supernet.calib_batches if bn else 0,
-                "tune_steps": tune,
+                "calib_batches": sn.calib_batches if bn else 0,
+                "tune_steps": sn.tune_steps,
             },
         )
         self._store_weights(trial, model, arch)

@@ -170,7 +170,7 @@ class SharedWeights(nn.Module):
             base = {**self.space.largest_params(mixer), "stem": stem, "pos_enc": pos}
             for tweak in tweaks:
                 try:
-                    arch = self._arch({**base, **tweak})
+                    arch = self.arch_of({**base, **tweak})
                 except ValueError:
                     continue
                 if arch not in seen:
@@ -178,7 +178,9 @@ class SharedWeights(nn.Module):
                     out.append(arch)
         return out
 
-    def _arch(self, params: dict[str, Any]) -> ArchConfig:
+    def arch_of(self, params: dict[str, Any]) -> ArchConfig:
+        """The architecture of a complete set of the space's parameters (NNI samples, trial
+        params)."""
         return self.space.from_params(
             params, num_classes=self.num_classes, in_chans=self.in_chans, img_size=self.img_size
         )
@@ -278,41 +280,44 @@ class SharedWeights(nn.Module):
             model.get_parameter(name).copy_(tensor)
         return model
 
-    def subnet(
+    def prepare(
         self,
-        arch: ArchConfig,
-        data: Dataset | None = None,
-        *,
-        calib_batches: int = 20,
-        batch_size: int = 64,
-        seed: int = 0,
-    ) -> LightViT:
-        """A stand-alone LightViT of `arch` with the weights it inherits (copies), in eval mode;
-        with `data`, its batch norms (if any) recalibrated on `calib_batches` training batches."""
-        model = self.inherit(LightViT(arch))
-        if data is not None:
-            recalibrate_bn(model, data, calib_batches, batch_size, arch.img_size, seed)
-        return model.eval()
-
-    def score(
-        self,
-        arch: ArchConfig,
+        model: LightViT,
         data: Dataset,
         *,
         calib_batches: int = 20,
-        batch_size: int = 64,
-        seed: int = 0,
         tune_steps: int = 0,
         tune_lr: float = 3e-4,
-    ) -> float:
-        """Validation accuracy of `arch` with inherited weights (batch norms recalibrated),
-        after `tune_steps` steps of training on its own when asked (`fine_tune`)."""
-        model = self.subnet(
-            arch, data, calib_batches=calib_batches, batch_size=batch_size, seed=seed
-        )
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> int:
+        """Make `model` (a LightViT of an architecture in the space) what a candidate is scored
+        as: the weights it inherits, its batch norms (if any) recalibrated on `calib_batches`
+        training batches, and, with `tune_steps`, adapted alone for that many batches
+        (`fine_tune`) and recalibrated again. Leaves it in eval mode; returns the number of
+        batch norms recalibrated."""
+        self.inherit(model)
+        img = model.arch.img_size
+        norms = recalibrate_bn(model, data, calib_batches, batch_size, img, seed)
         if tune_steps:
             fine_tune(model, data, tune_steps, lr=tune_lr, seed=seed)
-            recalibrate_bn(model, data, calib_batches, batch_size, arch.img_size, seed)
+            recalibrate_bn(model, data, calib_batches, batch_size, img, seed)
+        model.eval()
+        return norms
+
+    def subnet(self, arch: ArchConfig, data: Dataset | None = None, **prepare: Any) -> LightViT:
+        """A stand-alone LightViT of `arch` with the weights it inherits (copies), in eval mode;
+        with `data`, prepared as a candidate is scored (`prepare`'s keyword arguments)."""
+        model = LightViT(arch)
+        if data is None:
+            return self.inherit(model).eval()
+        self.prepare(model, data, **prepare)
+        return model
+
+    def score(self, arch: ArchConfig, data: Dataset, **prepare: Any) -> float:
+        """Validation accuracy of `arch` prepared as a candidate (`prepare`'s keyword
+        arguments: calib_batches, tune_steps, tune_lr, batch_size, seed)."""
+        model = self.subnet(arch, data, **prepare)
         return evaluate(model, data.val_x, data.val_y, img_size=arch.img_size)
 
     # -- files -------------------------------------------------------------------------------

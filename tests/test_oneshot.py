@@ -106,8 +106,8 @@ def test_a_smaller_kernel_is_the_centre_of_the_largest(shared):
         "stage2.mixer": "dwconv", "stage2.depth": 1, "stage2.dim": 32, "stage2.mlp_ratio": 4.0,
         "stage2.kernel_size": 3,
     }  # fmt: skip
-    k3 = shared.subnet(shared._arch(params))
-    k5 = shared.subnet(shared._arch({**params, "stage1.kernel_size": 5}))
+    k3 = shared.subnet(shared.arch_of(params))
+    k5 = shared.subnet(shared.arch_of({**params, "stage1.kernel_size": 5}))
     w3, w5 = k3.stages[0].blocks[0].mixer.conv.weight, k5.stages[0].blocks[0].mixer.conv.weight
     assert w3.shape[-1] == 3 and w5.shape[-1] == 5
     assert torch.equal(w3, w5[:, :, 1:4, 1:4])
