@@ -277,8 +277,9 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
     print(f"\nRetrained from scratch ({config.train.epochs} epochs), study '{name}':")
     print("  candidate  inherited  stand-alone  retrained trial")
     for source, inherited, trial, alone in result.pairs:
-        shown = f"{alone:.4f}" if alone is not None else "  -   "
-        print(f"  #{source:<8} {inherited:.4f}     {shown}       #{trial}")
+        shown = f"{alone:.4f}" if alone is not None else "failed"
+        where = f"#{trial}" if trial >= 0 else "-"
+        print(f"  #{source:<8} {inherited:.4f}     {shown:<6}       {where}")
     seconds = result.run.seconds if result.run else 0.0
     url = _redact(config.study.storage_url)
     print(

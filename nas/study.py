@@ -53,7 +53,7 @@ from optuna.trial import TrialState
 from safetensors.torch import save_file
 
 from nas import cost
-from nas.config import OBJECTIVE_DIRECTIONS, ConfigError, SearchConfig
+from nas.config import OBJECTIVE_DIRECTIONS, BudgetConfig, ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
 from nas.exits import calibrate_exits
 from nas.storage import open_storage, redact
@@ -748,12 +748,15 @@ def run_search(
 
 
 def retrain_config(config: SearchConfig, n_trials: int) -> SearchConfig:
-    """The from-scratch study (`<name>-retrained`, same storage, space, data, budgets and
-    `train` recipe) in which the best candidates of a supernet search are retrained."""
+    """The from-scratch study (`<name>-retrained`, same storage, space, data and `train`
+    recipe) in which the best candidates of a supernet search are retrained. It has no budget
+    limits: its candidates passed them in the search (costs are still measured and recorded; a
+    noisy second latency measurement must not undo the search's decision)."""
     study = dataclasses.replace(
         config.study, name=f"{config.study.name}-retrained", n_trials=max(1, n_trials)
     )
-    return dataclasses.replace(config, study=study, evaluation="train")
+    budget = BudgetConfig(latency_source=config.budget.latency_source)
+    return dataclasses.replace(config, study=study, evaluation="train", budget=budget)
 
 
 def best_scored(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:

@@ -265,6 +265,8 @@ def test_supernet_train_search_retrain_and_export_from_the_command_line(tmp_path
     assert scored and all(t.user_attrs["inherited"]["seconds"] > 0 for t in scored)
     assert all(t.values[0] == t.user_attrs["inherited"]["accuracy"] for t in scored)
     retrained = optuna.load_study(study_name="one-retrained", storage=storage)
+    budget = retrained.user_attrs["config"]["budget"]  # admitted by the search: no re-check
+    assert budget["max_params"] is None and budget["max_latency_ms"] is None
     best = best_scored(study, 2)  # the 2 best distinct architectures
     assert best[0].values[0] == max(t.values[0] for t in scored)
     assert len({json.dumps(t.user_attrs["arch"], sort_keys=True) for t in best}) == len(best)
