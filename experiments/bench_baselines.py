@@ -54,7 +54,7 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_search import run_until  # noqa: E402
+from bench_search import run_until, set_mode_defaults  # noqa: E402
 
 from nas.config import (  # noqa: E402
     BudgetConfig,
@@ -715,20 +715,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="searches and trained results (resumable)")
     parser.add_argument("--out", help="where the CSV, Markdown and plot go")
     args = parser.parse_args(argv)
-    quick = args.quick
-    defaults = {
-        "seeds": [0] if quick else [0, 1, 2],
-        "epochs": 2 if quick else 10,
-        "trained": 4 if quick else 8,
-        "proxy_epochs": 1 if quick else 4,
-        "rounds": 1 if quick else 3,
-        "max_candidates": 100 if quick else 300,
-        "work": "runs/bench-baselines" + ("-quick" if quick else ""),
-        "out": "runs/bench-baselines-quick/results" if quick else "experiments/results/baselines",
-    }
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    set_mode_defaults(
+        args,
+        "baselines",
+        {
+            "seeds": ([0], [0, 1, 2]),
+            "epochs": (2, 10),
+            "trained": (4, 8),
+            "proxy_epochs": (1, 4),
+            "rounds": (1, 3),
+            "max_candidates": (100, 300),
+        },
+    )
     try:
         data_cfgs = [parse_data(s, args.img_size, args.max_train) for s in args.data]
         for ref in args.budgets:

@@ -57,7 +57,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_search import run_until, trained_count, wall_seconds  # noqa: E402
+from bench_search import run_until, set_mode_defaults, trained_count, wall_seconds  # noqa: E402
 
 
 class Standalone:
@@ -182,17 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     quick = args.quick
-    defaults = {
-        "subnets": 12 if quick else 30,
-        "candidates": 60 if quick else 300,
-        "trained": 6 if quick else 24,
-        "proxy_epochs": 1 if quick else 4,
-        "work": "runs/bench-oneshot" + ("-quick" if quick else ""),
-        "out": "runs/bench-oneshot-quick/results" if quick else "experiments/results/oneshot",
-    }
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    set_mode_defaults(
+        args,
+        "oneshot",
+        {"subnets": (12, 30), "candidates": (60, 300), "trained": (6, 24), "proxy_epochs": (1, 4)},
+    )
     try:
         base = load_config(args.config)
         if base.supernet is None:

@@ -75,6 +75,18 @@ def make_config(args: argparse.Namespace, name: str, sampler: str, seed: int, **
     )
 
 
+def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tuple]) -> None:
+    """Give every option left unset its (quick, full) value from `values`, by `args.quick`;
+    `--work` defaults to runs/bench-NAME[-quick], `--out` to experiments/results/NAME (full)
+    or runs/bench-NAME-quick/results (quick: a check, not a published result)."""
+    quick = args.quick
+    work = f"runs/bench-{name}" + ("-quick" if quick else "")
+    out = f"{work}/results" if quick else f"experiments/results/{name}"
+    for key, value in {**values, "work": (work, work), "out": (out, out)}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value[0] if quick else value[1])
+
+
 def trained_count(study: optuna.Study) -> int:
     return sum(t.user_attrs.get("status") == "trained" for t in study.get_trials(deepcopy=False))
 
