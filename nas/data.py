@@ -23,6 +23,7 @@ exported models carry the mean and std they were trained with.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ def _digits(cfg: DataConfig) -> Dataset:
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     digits = load_digits()
+    _check_memory("digits", len(digits.target), 3, cfg.img_size)
     images = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     images = images.expand(-1, 3, -1, -1)
     return _finish(
@@ -177,6 +179,7 @@ def _digits(cfg: DataConfig) -> Dataset:
 
 
 def _synthetic(cfg: DataConfig) -> Dataset:
+    _check_memory("synthetic", cfg.num_samples, 3, max(cfg.img_size, 16))
     rng = np.random.default_rng(cfg.seed)
     # one smooth template per class: low-resolution noise upsampled, so classes differ in layout
     templates = torch.as_tensor(rng.normal(size=(cfg.num_classes, 3, 4, 4)), dtype=torch.float32)
@@ -192,29 +195,138 @@ def _synthetic(cfg: DataConfig) -> Dataset:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _read_images(root: Path, classes: list[str], size: int) -> tuple[torch.Tensor, np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
+def _check_memory(name: str, n: int, channels: int, size: int) -> None:
+    """Refuse a data set that would not fit in memory at this size, before allocating it: held
+    as float32, plus the normalised copy (three times the decoded size, with headroom)."""
+    need = 3 * n * channels * size * size * 4
+    have = _available_memory()
+    if need > 0.8 * have:
+        raise DataError(
+            f"data '{name}' at {size}px needs about {need / 2**30:,.1f} GiB in memory ({n:,} "
+            f"images of {channels}x{size}x{size} float32, with copies) and this machine has "
+            f"{have / 2**30:.1f} GiB available: lower data.img_size or set data.max_train"
+        )
 
+
+class _Folder:
+    """What an image folder holds, read without following symbolic links (a link could lead
+    out of the folder, or back into it as a copy of another class) and without hidden entries;
+    the links skipped are counted, so that an error can say so."""
+
+    def __init__(self) -> None:
+        self.links: set[Path] = set()
+
+    def subfolders(self, root: Path) -> list[Path]:
+        return [p for p in self._entries(root) if p.is_dir() and not p.is_symlink()]
+
+    def images(self, folder: Path) -> list[Path]:
+        found, todo = [], [folder]
+        while todo:
+            for path in self._entries(todo.pop()):
+                if path.is_symlink():
+                    continue
+                if path.is_dir():
+                    todo.append(path)
+                elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                    found.append(path)
+        return sorted(found)
+
+    def _entries(self, folder: Path) -> list[Path]:
+        try:
+            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        except OSError as e:
+            raise DataError(f"cannot read the folder {folder}: {e.strerror}") from None
+        self.links.update(p for p in entries if p.is_symlink())
+        return entries
+
+    def links_note(self) -> str:
+        n = len(self.links)
+        return f" ({n} symbolic link{'s' * (n != 1)} skipped: links are not followed)" if n else ""
+
+
+def _to_rgb(img: Any, path: Path) -> Any:
+    """An 8-bit RGB image, scaled by the source's bit depth: 16-bit greyscale (mode I;16) is
+    divided by 65535, 32-bit integer images by their BitsPerSample (or 16 bits when their
+    values fit), float images must lie in [0, 1]. Pillow's own conversion clips these."""
+    from PIL import Image
+
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img.convert("RGB")
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "I":
+        bits = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        top = float(2**bits - 1) if bits else (65535.0 if values.max() <= 65535 else 2.0**32 - 1)
+    else:
+        if values.size and (values.min() < 0 or values.max() > 1):
+            raise DataError(
+                f"{path} is a floating-point image with values outside [0, 1] "
+                f"({values.min():.3g} to {values.max():.3g}); convert it to 8 or 16 bits"
+            )
+        top = 1.0
+    grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    """One image as a (size, size, 3) uint8 tensor: EXIF orientation applied, the bit depth
+    scaled to 8 bits, resized bilinearly."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = _to_rgb(ImageOps.exif_transpose(img), path).resize((size, size), Image.BILINEAR)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path} is too large to decode safely: {e}") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
+
+
+def _read_images(
+    files: dict[str, list[Path]], classes: list[str], size: int
+) -> tuple[torch.Tensor, np.ndarray]:
     images, labels = [], []
     for label, name in enumerate(classes):
-        folder = root / name  # may be absent (a val/ folder without some class)
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-            except (OSError, UnidentifiedImageError) as e:
-                raise DataError(f"cannot read image {path}: {e}") from None
-            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()))
+        for path in files.get(name, []):
+            images.append(_decode(path, size))
             labels.append(label)
-    if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     x = torch.stack(images).permute(0, 3, 1, 2).float() / 255.0
     return x, np.asarray(labels)
+
+
+def _class_files(folder: _Folder, root: Path, min_images: int, what: str) -> dict[str, list[Path]]:
+    """The image files of each class folder of `root`, refusing fewer than two classes and a
+    class with fewer than `min_images` images (an empty class folder would shift the class
+    count away from the class names)."""
+    classes = [p.name for p in folder.subfolders(root)]
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} needs at least two class sub-folders, found {classes}"
+            f"{folder.links_note()}: a classifier needs two classes or more"
+        )
+    files = {name: folder.images(root / name) for name in classes}
+    few = [f"{name} ({len(f)})" for name, f in files.items() if len(f) < min_images]
+    if few:
+        raise DataError(
+            f"{root}: class folders with fewer than {min_images} image(s) ({what}): "
+            f"{', '.join(few[:5])}{folder.links_note()}; add images or remove the folders"
+        )
+    return files
 
 
 def _imagefolder(cfg: DataConfig) -> Dataset:
@@ -225,24 +337,39 @@ def _imagefolder(cfg: DataConfig) -> Dataset:
             "<image> or <path>/train/<class>/... and <path>/val/<class>/..."
         )
     pad = max(1, cfg.img_size // 8)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        classes = [p.name for p in _class_folders(root / "train")]
-        val_classes = [p.name for p in _class_folders(root / "val")]
-        if not classes or set(val_classes) - set(classes):
+    folder = _Folder()
+    has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
+    if has_train != has_val:
+        raise DataError(
+            f"{root} has a {'train' if has_train else 'val'}/ folder without "
+            f"{'val' if has_train else 'train'}/: give both (train/<class>/..., val/<class>/...), "
+            "or class folders directly"
+        )
+    if has_train:
+        train_files = _class_files(folder, root / "train", 1, "every class needs training images")
+        classes = list(train_files)
+        val_classes = [p.name for p in folder.subfolders(root / "val")]
+        unknown = sorted(set(val_classes) - set(classes))
+        if unknown:
             raise DataError(
-                f"{root}/val has classes that {root}/train lacks, or train is empty: "
-                f"train {classes}, val {val_classes}"
+                f"{root}/val has classes that {root}/train lacks: {', '.join(unknown[:5])}; "
+                "give every class a training folder"
             )
-        train_x, train_y = _read_images(root / "train", classes, cfg.img_size)
-        val_x, val_y = _read_images(root / "val", classes, cfg.img_size)  # labels by train's
+        val_files = {name: folder.images(root / "val" / name) for name in val_classes}
+        if not any(val_files.values()):
+            raise DataError(f"{root}/val holds no images{folder.links_note()}")
+        n = sum(map(len, train_files.values())) + sum(map(len, val_files.values()))
+        _check_memory("imagefolder", n, 3, cfg.img_size)
+        train_x, train_y = _read_images(train_files, classes, cfg.img_size)
+        val_x, val_y = _read_images(val_files, classes, cfg.img_size)  # labels by train's
         images = torch.cat([train_x, val_x])
         labels = np.concatenate([train_y, val_y])
         split = (np.arange(len(train_y)), np.arange(len(train_y), len(labels)))
     else:
-        classes = [p.name for p in _class_folders(root)]
-        if len(classes) < 2:
-            raise DataError(f"{root} needs at least two class sub-folders, found {classes}")
-        images, labels = _read_images(root, classes, cfg.img_size)
+        files = _class_files(folder, root, 2, "one for validation, one for training")
+        classes = list(files)
+        _check_memory("imagefolder", sum(map(len, files.values())), 3, cfg.img_size)
+        images, labels = _read_images(files, classes, cfg.img_size)
         split = None
     return _finish(
         "imagefolder",
@@ -298,8 +425,13 @@ def _cifar_python(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
                 batch = _ArrayUnpickler(f, encoding="bytes").load()
             except (pickle.UnpicklingError, EOFError, ValueError) as e:
                 raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
-        data.append(np.asarray(batch[b"data"], dtype=np.uint8))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        try:
+            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3072))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+        if len(data[-1]) != len(labels[-1]):
+            raise DataError(f"{path} holds {len(data[-1])} images and {len(labels[-1])} labels")
     return np.concatenate(data), np.concatenate(labels)
 
 
@@ -328,6 +460,12 @@ def _cifar10(cfg: DataConfig) -> Dataset:
             "or in cifar-10-batches-py/ or cifar-10-batches-bin/ inside it; this tool never "
             "downloads data"
         )
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CIFAR_CLASSES)):
+        raise DataError(
+            f"{folder} holds labels outside 0-9 ({labels.min()} to {labels.max()}): these are "
+            "not CIFAR-10 batches"
+        )
+    _check_memory("cifar10", len(labels), 3, max(cfg.img_size, 32))
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()).float() / 255.0
     return _finish(
         "cifar10",

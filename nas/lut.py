@@ -34,6 +34,7 @@ from search_spaces.arch import (
     ArchConfig,
     StageConfig,
 )
+from search_spaces.typed import TypeCheckError, from_dict
 
 __all__ = [
     "LUT_FORMAT",
@@ -357,20 +358,29 @@ class LatencyTable:
             raise LutError(f"{path} is not a latency table: {e}") from None
         if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
             raise LutError(f"{path} is not a latency table of format {LUT_FORMAT}")
-        fields = (
-            "space",
-            "space_version",
-            "device",
-            "threads",
-            "batch_size",
-            "img_size",
-            "num_classes",
-            "in_chans",
-            "entries",
-            "calibration",
-            "meta",
+        fix = "build it again with `lvit latency build-lut`"
+        try:
+            table = from_dict(cls, {k: v for k, v in data.items() if k != "format"}, "")
+        except TypeCheckError as e:
+            raise LutError(f"{path} is not a complete latency table ({e}): {fix}") from None
+        cal = table.calibration
+        scale = cal.get("scale", {})
+        numbers = [
+            cal.get("a"),
+            cal.get("b"),
+            *(scale.values() if isinstance(scale, dict) else [None]),
+        ]
+        bad_entry = next(
+            (k for k, v in table.entries.items() if not (math.isfinite(v) and v >= 0)), None
         )
-        return cls(**{k: data[k] for k in fields})
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in numbers
+        ):
+            raise LutError(f"{path}: its calibration needs numbers a, b and scale: {fix}")
+        if bad_entry is not None:
+            raise LutError(f"{path}: entry {bad_entry} is not a latency in ms: {fix}")
+        return table
 
 
 CHUNK = 2000  # units per worker process

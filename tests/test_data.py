@@ -66,7 +66,7 @@ def test_imagefolder_errors_name_the_problem(tmp_path: Path, layout: str, messag
     if layout == "one_class":
         _make_folder(root, classes={"cat": COLOURS["cat"]})
     elif layout == "broken":
-        _make_folder(root, per_class=1)
+        _make_folder(root, per_class=2)
         (root / "cat" / "bad.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=message):
         load_dataset(DataConfig(name="imagefolder", path=str(root), img_size=8))
