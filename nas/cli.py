@@ -75,18 +75,25 @@ class Search(Command):
         _grace_argument(parser)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from nas.config import load_config
-
-        config = load_config(args.config)
+        config = _load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
         if args.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-        _set_grace(args)
         config = config.replace_study(
-            n_trials=args.n_trials, storage=args.storage, name=args.study
+            n_trials=args.n_trials,
+            storage=args.storage,
+            name=args.study,
+            grace_period=args.grace_period,
         )
         if args.workers > 1:
+            from nas.config import machine_cores
+
+            if args.workers > machine_cores():
+                _warn(
+                    f"--workers {args.workers} but this machine has {machine_cores()} cores: "
+                    "workers share cores, which slows them and makes latency meaningless"
+                )
             return _search_with_workers(config, args.workers)
         return _search_here(config, "lvit search")
 
@@ -108,7 +115,6 @@ class Worker(Command):
         from nas.config import SearchConfig
         from nas.storage import load_study
 
-        _set_grace(args)
         url = _storage(args)
         study = load_study(url, args.study)
         stored = study.user_attrs.get("config")
@@ -116,13 +122,42 @@ class Worker(Command):
             raise ConfigError(
                 f"study '{study.study_name}' has no stored config: start it with lvit search"
             )
-        config = SearchConfig.from_dict(stored, f"study '{study.study_name}'")
-        config = config.replace_study(storage=url)
+        config = SearchConfig.from_stored(stored, f"study '{study.study_name}'")
+        config = config.replace_study(storage=url, grace_period=args.grace_period)
+        if args.threads < 0:
+            raise ConfigError(f"--threads must be >= 0, got {args.threads}")
         if args.threads:
+            _check_threads(args.threads)
             config = dataclasses.replace(
                 config, train=dataclasses.replace(config.train, threads=args.threads)
             )
         return _search_here(config, "lvit worker")
+
+
+def _load_config(path: str) -> Any:
+    """A validated config; what it allows but probably does not mean is said on stderr."""
+    from nas.config import load_config
+
+    config = load_config(path)
+    for line in config.warnings():
+        _warn(line)
+    return config
+
+
+def _warn(line: str) -> None:
+    print(f"lvit: warning: {line}", file=sys.stderr)
+
+
+def _check_threads(threads: int, flag: str = "--threads") -> None:
+    from nas.config import LIMITS, machine_cores
+
+    if threads > LIMITS["train.threads"]:
+        raise ConfigError(f"{flag} {threads} is above its limit of {LIMITS['train.threads']:,}")
+    if threads > machine_cores():
+        _warn(
+            f"{flag} {threads} but this machine has {machine_cores()} cores: threads beyond "
+            "the cores slow training and make latency measurements meaningless"
+        )
 
 
 def _grace_argument(parser: argparse.ArgumentParser) -> None:
@@ -130,19 +165,9 @@ def _grace_argument(parser: argparse.ArgumentParser) -> None:
         "--grace-period",
         type=float,
         default=None,
-        help="seconds without a heartbeat after which another worker fails and retries a "
-        "trial (RDB storages; default 120)",
+        help="seconds without a heartbeat after which another process fails and retries a "
+        "trial (RDB storages; overrides study.grace_period, default 120)",
     )
-
-
-def _set_grace(args: argparse.Namespace) -> None:
-    if args.grace_period is not None:
-        from nas import storage
-
-        if args.grace_period <= 0:
-            raise ConfigError(f"--grace-period must be > 0, got {args.grace_period}")
-        storage.GRACE_PERIOD_S = args.grace_period
-        storage.HEARTBEAT_INTERVAL_S = max(1, int(args.grace_period // 4))
 
 
 def _trial_line(n: int, kind: str, info: dict[str, Any]) -> str:
@@ -429,7 +454,7 @@ class Export(Command):
 
     def take_action(self, args: argparse.Namespace) -> int:
         from nas.export import export_trial
-        from nas.storage import load_study
+        from nas.storage import load_study, storage_file
 
         study = load_study(_storage(args), args.study)
         out = args.out or os.path.join("exports", f"{study.study_name}-{args.trial}")
@@ -441,6 +466,7 @@ class Export(Command):
             force=args.force,
             reparameterize=not args.no_fuse,
             onnx=args.onnx,
+            protect=[storage_file(args.storage)],
         )
         fused = (
             f"; fused: max abs logit change {result.fused:.1e}" if result.fused is not None else ""
@@ -569,17 +595,17 @@ class Space(Command):
         sample.add_argument("--num-classes", type=int, default=10, help="classes (default 10)")
 
     def take_action(self, args: argparse.Namespace) -> int:
+        from search_spaces.arch import MAX_CLASSES
         from search_spaces.spaces import SPACES
 
         if args.space not in SPACES:
             raise ConfigError(f"unknown space '{args.space}'; use one of: {', '.join(SPACES)}")
-        if args.img_size < 2:
-            raise ConfigError(f"--img-size must be >= 2, got {args.img_size}")
+        _check_img_size(args.img_size)
         space = SPACES[args.space]
         if args.action == "show":
             return self._show(space, args.img_size)
-        if args.n < 1 or args.num_classes < 1:
-            raise ConfigError("--n and --num-classes must be >= 1")
+        if not 1 <= args.n <= 10_000 or not 1 <= args.num_classes <= MAX_CLASSES:
+            raise ConfigError(f"--n must be 1 to 10,000 and --num-classes 1 to {MAX_CLASSES:,}")
         return self._sample(space, args)
 
     def _show(self, space: Any, img_size: int) -> int:
@@ -653,10 +679,30 @@ class Latency(Command):
             "--max-seconds", type=float, default=5.0, help="time cap of the repetitions (5)"
         )
 
+    # the bounds of the flags that size a measurement (docs/limits.md)
+    BOUNDS = {
+        "threads": 1_024,
+        "batch": 1_024,
+        "n": 10_000,
+        "calibration": 10_000,
+        "runs": 100_000,
+        "num_classes": 100_000,
+    }
+
     def take_action(self, args: argparse.Namespace) -> int:
-        for name in ("threads", "batch", "n", "calibration"):
-            if getattr(args, name, 1) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        for name, top in self.BOUNDS.items():
+            value = getattr(args, name, 1)
+            if not 1 <= value <= top:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be 1 to {top:,}, got {value}")
+        if getattr(args, "warmup", 0) < 0 or getattr(args, "warmup", 0) > 10_000:
+            raise ConfigError(f"--warmup must be 0 to 10,000, got {args.warmup}")
+        if not 0 < getattr(args, "max_seconds", 1) <= 3_600:
+            raise ConfigError("--max-seconds must be above 0 and at most 3,600")
+        if hasattr(args, "img_size"):
+            _check_img_size(args.img_size)
+        if hasattr(args, "threads"):
+            _check_threads(args.threads)
         return {"measure": self._measure, "build-lut": self._build, "validate": self._validate}[
             args.action
         ](args)
@@ -694,6 +740,7 @@ class Latency(Command):
 
         from nas.cost import check_device
         from nas.lut import build_lut
+        from nas.storage import check_writable
         from search_spaces.spaces import SPACES
 
         if args.space not in SPACES:
@@ -702,6 +749,7 @@ class Latency(Command):
             check_device(args.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        check_writable(os.path.dirname(os.path.abspath(args.out)), f"--out {args.out}")
         bars: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -810,6 +858,13 @@ def _load_target(target: str) -> tuple[Any, Any]:
     return LightViT(arch), arch
 
 
+def _check_img_size(img_size: int) -> None:
+    from search_spaces.arch import MAX_IMG_SIZE
+
+    if not 2 <= img_size <= MAX_IMG_SIZE:
+        raise ConfigError(f"--img-size must be 2 to {MAX_IMG_SIZE}, got {img_size}")
+
+
 def _space_names() -> list[str]:
     from search_spaces.spaces import SPACES
 
@@ -833,11 +888,10 @@ class Teacher(Command):
     def take_action(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
-        from nas.config import load_config
         from nas.data import load_dataset
         from nas.distill import train_teacher
 
-        config = load_config(args.config)
+        config = _load_config(args.config)
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         data = load_dataset(config.data)
@@ -883,14 +937,16 @@ class Train(Command):
     def take_action(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
-        from nas.config import load_config
         from nas.data import load_dataset
+        from nas.export import check_out_dir
         from nas.retrain import read_arch, retrain
+        from nas.storage import owned_paths
 
-        config = load_config(args.config)
+        config = _load_config(args.config)
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         arch = read_arch(args.target)
+        check_out_dir(args.out, args.force, protect=owned_paths(config))  # before any work
         data = load_dataset(config.data)
         teacher = None
         teacher_dir = args.teacher or config.distill.teacher
@@ -949,9 +1005,7 @@ class Supernet(Command):
     def take_action(self, args: argparse.Namespace) -> int:
         import dataclasses
 
-        from nas.config import load_config
-
-        config = load_config(args.config)
+        config = _load_config(args.config)
         if config.supernet is None:
             raise ConfigError(
                 f"{args.config} has no supernet section (stems, pos_encs, stages); see "
@@ -1024,6 +1078,7 @@ class Supernet(Command):
     def _export(self, config: Any, args: argparse.Namespace) -> int:
         from nas.data import load_dataset
         from nas.retrain import read_arch
+        from nas.storage import owned_paths
         from nas.supernet import SharedWeights, SupernetError, export_subnet
 
         arch = read_arch(args.arch)
@@ -1039,6 +1094,7 @@ class Supernet(Command):
                 folder=folder,
                 calib_batches=config.supernet.calib_batches,
                 force=args.force,
+                protect=owned_paths(config),
             )
         except SupernetError as e:
             raise ConfigError(str(e)) from None
@@ -1095,6 +1151,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler.take_action(args)
     except ConfigError as e:
         print(f"lvit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused: a read-only place, a full disk, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"lvit: error: cannot use{where}: {e.strerror or e}; choose a location this user "
+            "can write, with free space",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

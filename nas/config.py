@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from search_spaces.arch import MAX_CLASSES, MAX_IMG_SIZE
 from search_spaces.spaces import SPACES, SearchSpace, get_space
 from search_spaces.spaces.shared import SharedSpace, StageChoices
 from search_spaces.typed import TypeCheckError, from_dict, to_dict
@@ -57,6 +58,36 @@ __all__ = [
     "EVALUATIONS",
     "load_config",
 ]
+
+# What a config may ask for. Past these a run would exhaust the machine's memory or time before
+# it could say so; docs/limits.md lists them (a test keeps the two equal).
+LIMITS: dict[str, float] = {
+    "study.n_trials": 1_000_000,
+    "study.grace_period": 86_400,
+    "data.img_size": MAX_IMG_SIZE,
+    "data.num_classes": MAX_CLASSES,
+    "data.num_samples": 200_000,
+    "data.max_train": 100_000_000,
+    "train.epochs": 10_000,
+    "train.batch_size": 4_096,
+    "train.threads": 1_024,
+    "latency.threads": 1_024,
+    "latency.batch_size": 1_024,
+    "latency.warmup": 10_000,
+    "latency.runs": 100_000,
+    "latency.max_seconds": 3_600,
+    "proxies.batch_size": 4_096,
+    "proxies.prescreen_sample": 10_000,
+    "supernet.epochs": 10_000,
+    "supernet.calib_batches": 10_000,
+    "supernet.tune_steps": 100_000,
+    "supernet.retrain_top_k": 1_000,
+}
+# A config file: at most this many bytes, and this many values once YAML's aliases are expanded
+# (a few lines of aliases can otherwise expand to gigabytes).
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+DEFAULT_GRACE_PERIOD_S = 120.0
 
 EVALUATIONS = ("train", "supernet")
 # Spaces of NNI's hub the engine searches (nas.oneshot; the nni extra).
@@ -94,6 +125,25 @@ def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ValueError(f"{section}.{name} must be > 0, got {value}")
+        _within(section, **{name: value})
+
+
+def _within(section: str, **values: float | None) -> None:
+    """Refuse values past their `LIMITS`, naming the limit."""
+    for name, value in values.items():
+        limit = LIMITS.get(f"{section}.{name}")
+        if value is not None and limit is not None and value > limit:
+            raise ValueError(
+                f"{section}.{name} is {value:,}, above its limit of {limit:,} (docs/limits.md)"
+            )
+
+
+def machine_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -106,7 +156,9 @@ class StudyConfig:
     `pruner` (a class in `optuna.pruners`, built with `pruner_args`) may stop a weak candidate
     on its per-epoch accuracy. `sampler` names a class in `optuna.samplers` (TPESampler,
     NSGAIISampler, NSGAIIISampler, GPSampler, RandomSampler, ...), built with `sampler_args` and
-    `seed`: Optuna's own classes, not wrappers."""
+    `seed`: Optuna's own classes, not wrappers. `grace_period`: seconds without a heartbeat
+    after which another process fails and retries a trial (RDB storages such as PostgreSQL);
+    every worker of the search uses it."""
 
     name: str
     storage: str | None = None  # default: sqlite:///runs/<name>.db
@@ -114,22 +166,29 @@ class StudyConfig:
     n_trials: int = 20
     seed: int = 0
     mode: str = "multi"
-    objectives: tuple[str, ...] = ("accuracy", "latency_ms")
+    objectives: tuple[str, ...] | None = None  # multi mode; default [accuracy, latency_ms]
     sampler: str = "TPESampler"
     sampler_args: dict[str, Any] = field(default_factory=dict)
     pruner: str | None = None
     pruner_args: dict[str, Any] = field(default_factory=dict)
+    grace_period: float = DEFAULT_GRACE_PERIOD_S
 
     def __post_init__(self) -> None:
         import optuna
 
         if not self.name or "/" in self.name:
             raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
-        _positive("study", n_trials=self.n_trials)
+        _positive("study", n_trials=self.n_trials, grace_period=self.grace_period)
         _check_optuna_class("sampler", self.sampler, optuna.samplers, optuna.samplers.BaseSampler)
         if self.mode not in ("multi", "single"):
             raise ValueError(f"study.mode must be multi or single, got {self.mode!r}")
-        if self.mode == "multi":
+        if self.mode == "single" and self.objectives not in (None, ("accuracy",)):
+            raise ValueError(
+                f"study.objectives {list(self.objectives)} is for multi mode; single mode "
+                "maximises accuracy alone under the budgets: remove study.objectives or set "
+                "study.mode: multi"
+            )
+        if self.mode == "multi" and self.objectives is not None:
             if self.objectives[:1] != ("accuracy",) or len(set(self.objectives)) != len(
                 self.objectives
             ):
@@ -153,7 +212,10 @@ class StudyConfig:
 
     @property
     def objective_names(self) -> tuple[str, ...]:
-        return ("accuracy",) if self.mode == "single" else self.objectives
+        """The study's objectives: accuracy alone in single mode."""
+        if self.mode == "single":
+            return ("accuracy",)
+        return self.objectives or ("accuracy", "latency_ms")
 
     @property
     def storage_url(self) -> str:
@@ -191,6 +253,7 @@ class DataConfig:
             raise ValueError(f"data.val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
+        _within("data", num_classes=self.num_classes)
         if self.name in ("imagefolder", "cifar10") and not self.path:
             raise ValueError(f"data.path is required for {self.name}: the folder on disk")
         if self.max_train is not None:
@@ -228,6 +291,7 @@ class TrainConfig:
             )
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0, got {self.threads}")
+        _within("train", threads=self.threads)
         if self.exit_weight < 0 or not 0 <= self.exit_max_drop < 1:
             raise ValueError("train.exit_weight must be >= 0 and exit_max_drop in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -308,6 +372,7 @@ class LatencyConfig:
         )
         if self.warmup < 0:
             raise ValueError(f"latency.warmup must be >= 0, got {self.warmup}")
+        _within("latency", warmup=self.warmup)
 
 
 @dataclass(frozen=True)
@@ -412,6 +477,7 @@ class ProxyConfig:
                 )
         if self.prescreen_sample < 0 or not 0 < self.prescreen_keep <= 1:
             raise ValueError("proxies.prescreen_sample must be >= 0 and prescreen_keep in (0, 1]")
+        _within("proxies", prescreen_sample=self.prescreen_sample)
         if self.prescreen_sample and not self.prescreen_proxy:
             raise ValueError(
                 "proxies.prescreen_sample needs prescreen_proxy (synflow, naswot, grad_norm, snip)"
@@ -455,6 +521,12 @@ class SupernetConfig:
         _positive("supernet", patch_size=self.patch_size, epochs=self.epochs)
         if min(self.calib_batches, self.retrain_top_k, self.tune_steps) < 0:
             raise ValueError("supernet.calib_batches, tune_steps and retrain_top_k must be >= 0")
+        _within(
+            "supernet",
+            calib_batches=self.calib_batches,
+            tune_steps=self.tune_steps,
+            retrain_top_k=self.retrain_top_k,
+        )
         unknown = [p for p in self.pos_encs if p not in POS_ENCODINGS]
         if unknown:
             raise ValueError(
@@ -527,6 +599,19 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant: more threads than this machine has cores."""
+        cores = machine_cores()
+        return [
+            f"{key} is {value} but this machine has {cores} cores: threads beyond the cores "
+            "slow training and make latency measurements meaningless"
+            for key, value in (
+                ("train.threads", self.train.threads),
+                ("latency.threads", self.latency.threads),
+            )
+            if value > cores
+        ]
+
     def search_space(self) -> SearchSpace:
         """The space the study searches: a registered one, or the supernet section's."""
         if self.space == "supernet":
@@ -549,6 +634,11 @@ class SearchConfig:
         except TypeCheckError as e:
             raise ConfigError(f"{source}: {e}") from None
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], source: str = "stored config") -> SearchConfig:
+        """A config as a study stored it, written by this or an older version."""
+        return cls.from_dict(upgrade_stored(data), source)
+
     def replace_study(self, **changes: Any) -> SearchConfig:
         """A copy with study fields changed (command-line overrides), validated again."""
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -558,17 +648,79 @@ class SearchConfig:
             raise ConfigError(str(e)) from None
 
 
+def upgrade_stored(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config in today's terms: older versions wrote the multi-mode default objectives
+    into single-mode studies, where they meant nothing."""
+    study = data.get("study")
+    if isinstance(study, dict) and study.get("mode") == "single" and "objectives" in study:
+        data = {**data, "study": {k: v for k, v in study.items() if k != "objectives"}}
+    return data
+
+
 def load_config(path: str | os.PathLike[str]) -> SearchConfig:
-    """Read and validate a YAML search config; raises `ConfigError` with a one-line message."""
+    """Read and validate a YAML search config; raises `ConfigError` with a one-line message.
+
+    The file is read with YAML's safe loader, and bounded: at most `MAX_CONFIG_BYTES` bytes
+    and `MAX_CONFIG_VALUES` values once aliases are expanded."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (see experiments/ for examples)")
     try:
-        data = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path} is {size:,} bytes; a search config is at most {MAX_CONFIG_BYTES:,} "
+                "(docs/limits.md): is it the right file?"
+            )
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; a search config is a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a search config") from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty; it needs at least study.name")
+    _check_expanded_size(data, str(path))
     return SearchConfig.from_dict(data, str(path))
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Refuse YAML whose aliases expand past `MAX_CONFIG_VALUES` values, or refer to
+    themselves: a loaded document shares aliased values, so counting them as expanded (each
+    shared value counted once per use, memoised) costs little however large the expansion."""
+    sizes: dict[int, int] = {}
+    open_now: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in open_now:
+            raise ConfigError(f"{source}: an alias refers to the value that contains it")
+        open_now.add(key)
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        total = 1
+        for item in items:
+            total += size(item)
+            if total > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    f"{source}: its aliases expand to more than {MAX_CONFIG_VALUES:,} values "
+                    "(docs/limits.md); write the values out instead of aliasing them"
+                )
+        open_now.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(data)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a search config") from None

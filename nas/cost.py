@@ -161,7 +161,10 @@ def check_device(device: str, dtype: str = "float32") -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype '{dtype}' is unknown; use one of: {', '.join(DTYPES)}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' needs a CUDA GPU, and torch sees none; use --device cpu")
+        raise ValueError(
+            "device 'cuda' needs a CUDA GPU, and torch sees none here; measure on cpu or "
+            "onnxruntime, or run on the GPU machine"
+        )
     if device == "onnxruntime":
         if dtype != "float32":
             raise ValueError("the onnxruntime device measures float32 models only")

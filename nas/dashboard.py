@@ -14,8 +14,12 @@ import os
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from nas.export import latency_line
+from nas.storage import fail_reason
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 __all__ = ["trial_note", "annotate", "attach_pictures", "serve"]
 
@@ -49,10 +53,14 @@ def _stage_words(i: int, s: dict[str, Any]) -> str:
     )
 
 
-def trial_note(number: int, attrs: dict[str, Any], values: list[float] | None) -> str:
-    """The Markdown note for a trial, from its user attributes and values."""
+def trial_note(
+    number: int, attrs: dict[str, Any], values: list[float] | None, failed: str | None = None
+) -> str:
+    """The Markdown note for a trial, from its user attributes and values (and, for a FAIL
+    trial, why it failed: `nas.storage.fail_reason`)."""
     arch = attrs.get("arch")
-    status = attrs.get("status", "?")
+    status = attrs.get("status", "failed" if failed else "?")
+    failed = failed or attrs.get("fail_reason")
     lines = [f"## Trial {number}: {status}", "", f"`{attrs.get('arch_line', '?')}`", ""]
     if arch:
         lines += [
@@ -71,7 +79,7 @@ def trial_note(number: int, attrs: dict[str, Any], values: list[float] | None) -
         lines += ["", "### Costs"]
         lines.append(f"- {costs['params']:,} parameters, {costs['flops']:,} FLOPs")
         lines.append(f"- latency: {latency_line(costs)}")
-    reason = attrs.get("reject_reason") or attrs.get("stop_reason") or attrs.get("fail_reason")
+    reason = attrs.get("reject_reason") or attrs.get("stop_reason") or failed
     if reason:
         lines += ["", f"**Why:** {reason}"]
     if status == "trained" and values:
@@ -98,16 +106,16 @@ def trial_note(number: int, attrs: dict[str, Any], values: list[float] | None) -
 
 
 def annotate(study: optuna.Study) -> int:
-    """Add a note to every finished trial that has none; returns how many were added."""
+    """Add a note to every finished or failed trial that has none; returns how many."""
     from optuna_dashboard import get_note, save_note
 
     added = 0
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    for frozen in study.get_trials(deepcopy=False, states=states):
+    for frozen in study.get_trials(deepcopy=False, states=(*_FINISHED, TrialState.FAIL)):
         trial = optuna.Trial(study, frozen._trial_id)
         if get_note(trial):
             continue
-        save_note(trial, trial_note(frozen.number, frozen.user_attrs, frozen.values))
+        failed = fail_reason(frozen) if frozen.state == TrialState.FAIL else None
+        save_note(trial, trial_note(frozen.number, frozen.user_attrs, frozen.values, failed))
         added += 1
     return added
 
@@ -156,12 +164,13 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    from nas.storage import open_storage
+    from nas.storage import open_storage, scrub_credentials
 
-    storage = open_storage(storage_url, create=False, heartbeat=False)
+    storage = open_storage(storage_url, create=False)
     store = None
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        scrub_credentials(study)  # studies from versions that stored the full storage URL
         annotate(study)
         artifact_dir = study.user_attrs.get("artifact_dir")
         if artifact_dir and os.path.isdir(artifact_dir):

@@ -22,6 +22,7 @@ from nas.cost import count_params
 from nas.data import Dataset
 from nas.errors import UserError
 from nas.export import check_out_dir, data_config_of, load_export, save_timm_folder
+from nas.storage import owned_paths
 from nas.train import TrainResult, evaluate, train_model
 
 __all__ = ["Teacher", "load_teacher", "train_teacher"]
@@ -81,7 +82,8 @@ def train_teacher(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train a teacher with the config's recipe on `data` and write it to `out` (a timm folder
     with config.json, model.safetensors and a README), atomically."""
-    check_out_dir(out)
+    protect = owned_paths(config)
+    check_out_dir(out, protect=protect)
     model = _build(model_name, arch_path, data)
     recipe = config.train if epochs is None else _with_epochs(config, epochs)
     with torch.no_grad():  # a model that cannot take this input size fails here, clearly
@@ -111,6 +113,7 @@ def train_teacher(
     save_timm_folder(
         model,
         out,
+        protect=protect,
         card=card,
         provenance=info,
         data_config=data_config_of((data.in_chans, data.img_size, data.img_size), data.info()),

@@ -9,6 +9,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.storage import fail_reason
+
 __all__ = [
     "load_baselines",
     "TrialRecord",
@@ -340,6 +342,11 @@ def study_summary(study: optuna.Study) -> str:
         )
     else:
         lines.append("best feasible: none yet")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    for t in failed[-3:]:
+        lines.append(f"failed: trial {t.number}: {fail_reason(t)}")
+    if len(failed) > 3:
+        lines.append(f"  ({len(failed) - 3} earlier failed trials not shown)")
     spans = [
         (t.datetime_start, t.datetime_complete)
         for t in trials

@@ -11,7 +11,8 @@ from typing import Any
 from nas.config import SearchConfig
 from nas.data import Dataset
 from nas.errors import UserError
-from nas.export import check_out_dir, data_config_of, save_timm_folder
+from nas.export import check_out_dir, data_config_of, read_export, save_timm_folder
+from nas.storage import owned_paths
 from nas.train import TrainResult, train_model
 from search_spaces.arch import ArchConfig, ArchConfigError
 from search_spaces.model import LightViT
@@ -20,18 +21,23 @@ __all__ = ["read_arch", "retrain"]
 
 
 def read_arch(target: str) -> ArchConfig:
-    """The ArchConfig in a JSON file, or in an `lvit export` folder (its arch.json)."""
-    path = os.path.join(target, "arch.json") if os.path.isdir(target) else target
-    if not os.path.isfile(path):
+    """The ArchConfig in a JSON file, or of an `lvit export` folder (read by `read_export`,
+    which checks that its config.json, arch.json and weights agree)."""
+    if os.path.isdir(target):
+        folder = read_export(target)
+        if folder.arch is None:
+            raise UserError(f"{target} holds a {folder.architecture}, not a LightViT export")
+        return folder.arch
+    if not os.path.isfile(target):
         raise UserError(
             f"{target}: no ArchConfig found; pass an ArchConfig JSON file or an "
             "`lvit export` folder"
         )
     try:
-        with open(path) as f:
+        with open(target, encoding="utf-8") as f:
             return ArchConfig.from_json(f.read())
-    except (json.JSONDecodeError, ArchConfigError) as e:
-        raise UserError(f"{path}: {e}") from None
+    except (json.JSONDecodeError, ArchConfigError, UnicodeDecodeError) as e:
+        raise UserError(f"{target}: {e}") from None
 
 
 def retrain(
@@ -46,8 +52,10 @@ def retrain(
     on_epoch: Any = None,
     force: bool = False,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train `arch` from scratch on `data` with the config's recipe and write it to `out`."""
-    check_out_dir(out, force)
+    """Train `arch` from scratch on `data` with the config's recipe and write it to `out`
+    (never over the config's study, artifacts or supernet: `check_out_dir`)."""
+    protect = owned_paths(config)
+    check_out_dir(out, force, protect=protect)
     if teacher is None and arch.distill_head:
         raise UserError(
             "this architecture has a distillation head, which learns from a teacher: "
@@ -91,6 +99,7 @@ def retrain(
         model,
         out,
         force=force,
+        protect=protect,
         provenance=record,
         card=_card(arch, record),
         data_config=data_config_of((arch.in_chans, arch.img_size, arch.img_size), data.info()),

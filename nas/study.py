@@ -41,7 +41,7 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +55,17 @@ from safetensors.torch import save_file
 from nas import cost
 from nas.config import OBJECTIVE_DIRECTIONS, BudgetConfig, ConfigError, SearchConfig
 from nas.data import Dataset, load_dataset
+from nas.errors import UserError
 from nas.exits import calibrate_exits
-from nas.storage import open_storage, redact
+from nas.storage import (
+    check_writable,
+    open_storage,
+    public_url,
+    redact,
+    removed_on_failure,
+    scrub_credentials,
+    storage_file,
+)
 from nas.train import TrainingFailed, evaluate, resolve_device, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
@@ -73,6 +82,9 @@ __all__ = [
     "best_scored",
     "Retrained",
     "trial_seed",
+    "check_config",
+    "record_failure",
+    "SearchFailed",
     "finished_count",
     "trial_counts",
     "Surplus",
@@ -136,8 +148,29 @@ def _claim(trial: optuna.Trial, n_trials: int) -> None:
         t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=states)
     )
     if ahead >= n_trials:
+        reason = f"the study's {n_trials} places were taken by other workers"
         trial.set_user_attr("status", "surplus")
-        raise Surplus(f"the study's {n_trials} places were taken by other workers")
+        trial.set_user_attr("fail_reason", f"surplus: {reason}")
+        raise Surplus(reason)
+
+
+def record_failure(trial: optuna.Trial, error: BaseException) -> None:
+    """Record why a trial that is about to end as FAIL failed (`status: failed`, `fail_reason`),
+    unless the code that raised recorded it already."""
+    if trial.user_attrs.get("fail_reason"):
+        return
+    if isinstance(error, KeyboardInterrupt):
+        reason = "interrupted (Ctrl-C or SIGINT) while it ran; a re-run proposes anew"
+    else:
+        text = str(error).splitlines()[0][:300] if str(error) else ""
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    with contextlib.suppress(Exception):  # the storage itself may be what failed
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("fail_reason", reason)
+
+
+class SearchFailed(UserError):
+    """Every trial of a run failed: the search cannot go on as configured."""
 
 
 class _Stopped(Exception):
@@ -167,7 +200,7 @@ def dominated_reason(
     ]
     if len(trained) < rule.min_trials:
         return None
-    keys = config.study.objectives[1:]
+    keys = config.study.objective_names[1:]
     better = []
     for t in trained:
         curve, other = curve_of(t), t.user_attrs.get("costs", {})
@@ -222,7 +255,7 @@ def _make_sampler(config: SearchConfig, n_existing: int) -> optuna.samplers.Base
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return cls(**kwargs)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"study.sampler_args do not fit {cls.__name__}: {e}") from None
 
 
@@ -234,58 +267,182 @@ def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
     cls = getattr(optuna.pruners, config.study.pruner)
     try:
         return cls(**config.study.pruner_args)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"study.pruner_args do not fit {cls.__name__}: {e}") from None
 
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that define a study's results: n_trials may grow on resume, the
-    storage URL differs between machines, and each worker sets its own training threads."""
-    study = {k: v for k, v in config_dict["study"].items() if k not in ("n_trials", "storage")}
+    storage URL differs between machines, the grace period is each process's own, and each
+    worker sets its own training threads."""
+    study = {
+        k: v
+        for k, v in config_dict["study"].items()
+        if k not in ("n_trials", "storage", "grace_period")
+    }
     train = {k: v for k, v in config_dict.get("train", {}).items() if k != "threads"}
     return {**config_dict, "study": study, "train": train}
 
 
-def create_or_resume_study(config: SearchConfig) -> optuna.Study:
-    """Create the study, or load it when it exists and was made with the same config."""
-    storage = open_storage(config.study.storage_url, create=True)
-    study = optuna.create_study(
-        study_name=config.study.name,
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trial count is known
-        pruner=_make_pruner(config),
-        directions=[d for _, d in objectives(config)],
-        load_if_exists=True,
-    )
-    stored = study.user_attrs.get("config")
-    current = config.to_dict()
-    if stored is None:
-        space = config.search_space()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([name for name, _ in objectives(config)])
-        study.set_user_attr("config", current)
-        spec = space.spec() if hasattr(space, "spec") else None  # a supernet's own options
-        study.set_user_attr(
-            "space",
-            {"name": space.name, "version": space.version, **({"spec": spec} if spec else {})},
-        )
-        study.set_user_attr("artifact_dir", os.path.abspath(config.study.artifact_dir))
-    elif _comparable(_with_defaults(stored)) != _comparable(current):
-        diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
+def check_config(config: SearchConfig) -> None:
+    """Every check of a config that needs more than the config itself, run before anything is
+    written: the sampler and pruner are built from their arguments and asked for a first
+    trial of the space in memory, the training and latency devices exist here, and the
+    storage and artifact folders can be created. Raises `ConfigError` with the fix."""
+    try:
+        resolve_device(config.train.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        cost.check_device(config.latency.device, config.latency.dtype)
+    except ValueError as e:
         raise ConfigError(
-            f"study '{config.study.name}' in {redact(config.study.storage_url)} was made with a "
-            f"different config ({'; '.join(diffs[:3])}); rename study.name to start a new study"
+            f"latency.device {config.latency.device} ({config.latency.dtype}): {e}"
+        ) from None
+    space = config.search_space()  # a hub space needing NNI, or bad space_args, fail here
+    try:
+        space.sample_many(2, seed=0, num_classes=10, img_size=config.data.img_size)
+    except ValueError as e:
+        raise ConfigError(
+            f"space '{config.space}' cannot build an architecture for data.img_size "
+            f"{config.data.img_size}: {e}"
+        ) from None
+    _probe_sampler(config, space)
+    for path, what in (
+        (storage_file(config.study.storage_url), "study.storage"),
+        (os.path.join(config.study.artifact_dir, "x"), "study.artifacts"),
+    ):
+        if path is not None:
+            check_writable(os.path.dirname(os.path.abspath(path)), what)
+
+
+def _probe_sampler(config: SearchConfig, space: Any) -> None:
+    """Build the sampler and pruner from their arguments and let them run two trials of the
+    space in memory, as the search will: arguments of the wrong name, type or value fail here."""
+    sampler = _make_sampler(config, n_existing=0)
+    pruner = _make_pruner(config)
+    n_values = len(objectives(config))
+    budgets = [
+        name
+        for name, value in (
+            ("params", config.budget.max_params),
+            ("flops", config.budget.max_flops),
+            ("latency_ms", config.budget.max_latency_ms),
         )
+        if value is not None
+    ]
+    study_cfg = config.study
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = optuna.create_study(
+            sampler=sampler, pruner=pruner, directions=[d for _, d in objectives(config)]
+        )
+        for _ in range(2):  # the second ask sees a finished trial
+            with _cannot_run(f"study.sampler {study_cfg.sampler} ({study_cfg.sampler_args})"):
+                trial = probe.ask()
+                space.sample(trial, num_classes=10, img_size=config.data.img_size)
+                for name in budgets:
+                    trial.set_constraint(name, -1.0)
+            with _cannot_run(f"study.pruner {study_cfg.pruner} ({study_cfg.pruner_args})"):
+                if study_cfg.pruner is not None:
+                    trial.report(0.5, 1)
+                    trial.should_prune()
+            with _cannot_run(f"study.sampler {study_cfg.sampler} ({study_cfg.sampler_args})"):
+                probe.tell(trial, [0.5] * n_values)
+
+
+@contextlib.contextmanager
+def _cannot_run(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - whatever an Optuna class raises, it cannot search
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ConfigError(f"{what} cannot run a trial: {reason}") from None
+
+
+def create_or_resume_study(config: SearchConfig) -> optuna.Study:
+    """Create the study, or load it when it exists and was made with the same config.
+
+    Run `check_config` (as `prepare_inputs` does) first: a study only ever stores a config
+    that passed it. A start that fails leaves no file or folder behind it created. The stored
+    config holds the storage URL without credentials; a study without a finished, running or
+    waiting trial takes a changed config (it has no results the change could contradict)."""
+    url = config.study.storage_url
+    with removed_on_failure(storage_file(url), config.study.artifact_dir):
+        storage = open_storage(url, create=True, grace_period=config.study.grace_period)
+        study = optuna.create_study(
+            study_name=config.study.name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),  # replaced below, once trials are known
+            pruner=_make_pruner(config),
+            directions=[d for _, d in objectives(config)],
+            load_if_exists=True,
+        )
+        stored = study.user_attrs.get("config")
+        current = config.to_dict()
+        current["study"]["storage"] = public_url(url) if config.study.storage else None
+        if stored is not None:
+            scrub_credentials(study)  # studies written when the full URL was stored
+        if stored is None:
+            _store_config(study, config, current)
+        elif _differs(stored, current):
+            if _has_results(study):
+                diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
+                raise ConfigError(
+                    f"study '{config.study.name}' in {redact(url)} was made with a "
+                    f"different config ({'; '.join(diffs[:3])}); rename study.name to start a "
+                    "new study"
+                )
+            study.set_user_attr("replaced_config", _public(stored))
+            _store_config(study, config, current)
     study.sampler = _make_sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
     return study
+
+
+def _has_results(study: optuna.Study) -> bool:
+    states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    return bool(study.get_trials(deepcopy=False, states=states))
+
+
+def _differs(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    return _comparable(_with_defaults(stored)) != _comparable(current)
+
+
+def _public(stored: dict[str, Any]) -> dict[str, Any]:
+    study = dict(stored.get("study", {}))
+    if study.get("storage"):
+        study["storage"] = public_url(study["storage"])
+    return {**stored, "study": study}
+
+
+def _store_config(study: optuna.Study, config: SearchConfig, current: dict[str, Any]) -> None:
+    """Write what a study keeps about its making: the config, the space, the artifact folder."""
+    space = config.search_space()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([name for name, _ in objectives(config)])
+    spec = space.spec() if hasattr(space, "spec") else None  # a supernet's own options
+    study.set_user_attr(
+        "space",
+        {"name": space.name, "version": space.version, **({"spec": spec} if spec else {})},
+    )
+    artifact_dir = os.path.abspath(config.study.artifact_dir)
+    try:
+        os.makedirs(artifact_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"study.artifacts: cannot create {artifact_dir}: {e.strerror}; choose a writable "
+            "location"
+        ) from None
+    study.set_user_attr("artifact_dir", artifact_dir)
+    study.set_user_attr("config", current)  # last: a study with a config is complete
 
 
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored config with the defaults of keys added since it was written filled in (a study
     from an older version resumes when nothing it set has changed)."""
     try:
-        return SearchConfig.from_dict(stored).to_dict()
+        return SearchConfig.from_stored(stored).to_dict()
     except (ConfigError, ValueError):
         return stored
 
@@ -334,10 +491,16 @@ class _Objective:
         self.supernet = inputs.supernet
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        candidate = self.propose(trial)
-        if self.supernet is not None:
-            return self.score(trial, candidate)
-        return self.train(trial, candidate)
+        try:
+            candidate = self.propose(trial)
+            if self.supernet is not None:
+                return self.score(trial, candidate)
+            return self.train(trial, candidate)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as e:  # Ctrl-C, a lost storage, a bug: the trial says why it failed
+            record_failure(trial, e)
+            raise
 
     def propose(self, trial: optuna.Trial) -> Candidate:
         """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
@@ -485,7 +648,7 @@ class _Objective:
         if self.config.study.mode == "single":
             return acc
         values = {"accuracy": acc, **costs}
-        return tuple(float(values[name]) for name in self.config.study.objectives)
+        return tuple(float(values[name]) for name in self.config.study.objective_names)
 
     def _store_weights(self, trial: optuna.Trial, model: LightViT, arch: ArchConfig) -> None:
         """The weights as a safetensors artifact of the trial, with its architecture picture
@@ -639,13 +802,10 @@ class Inputs:
 
 
 def prepare_inputs(config: SearchConfig) -> Inputs:
-    """Load the data and the latency table; a bad path or table fails here, before any study
-    is created or changed."""
-    try:
-        resolve_device(config.train.device)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    space = config.search_space()  # a hub space needing NNI, or bad space_args, fail here
+    """Check the config (`check_config`) and load the data, the latency table, the teacher
+    and the supernet; anything wrong fails here, before any study is created or changed."""
+    check_config(config)
+    space = config.search_space()
     data = load_dataset(config.data)
     table = _load_table(config, data, space) if config.budget.lut_path else None
     teacher = None
@@ -727,9 +887,7 @@ def run_search(
             if counts["finished"] >= n_trials:
                 break
             if run.failed > n_trials:
-                raise RuntimeError(
-                    f"{run.failed} trials failed in this run; see their fail_reason"
-                )
+                raise SearchFailed(_failed_message(study, run))
             if not counts["waiting"] and counts["finished"] + counts["running"] >= n_trials:
                 # other workers hold the last places; one of them may die and be retried
                 with warnings.catch_warnings():
@@ -745,6 +903,23 @@ def run_search(
     finally:
         run.seconds = time.perf_counter() - start
     return run
+
+
+def _failed_message(study: optuna.Study, run: SearchRun) -> str:
+    """Why a run stopped after more failures than its candidate count, with the fix."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    last = failed[-1].user_attrs.get("fail_reason", "no reason recorded") if failed else "?"
+    done = run.trained + run.scored
+    if "loss became" in last:
+        fix = "lower train.lr (or raise train.warmup_epochs, or set train.clip_grad)"
+    elif "out of memory" in last.lower():
+        fix = "lower train.batch_size or the space's widths"
+    else:
+        fix = "fix the cause above; each trial's fail_reason is in `lvit status`"
+    return (
+        f"{run.failed} trials failed in this run and {done} finished training, so the search "
+        f"stopped (the last failure: {last}): {fix}"
+    )
 
 
 def retrain_config(config: SearchConfig, n_trials: int) -> SearchConfig:
@@ -887,8 +1062,9 @@ def _prescreen_round(
             else:
                 study.tell(trial, values)
             running.remove(trial)
-    except BaseException:  # Ctrl-C or a bug: end every trial this round still holds
+    except BaseException as e:  # Ctrl-C or a bug: end every trial this round still holds
         for trial in running:
+            record_failure(trial, e)
             study.tell(trial, state=TrialState.FAIL)
         raise
     finally:

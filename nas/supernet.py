@@ -31,10 +31,11 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
@@ -354,20 +355,32 @@ class SharedWeights(nn.Module):
                 f"{folder} holds no trained supernet ({SUPERNET_META} and {SUPERNET_FILE}): "
                 "train one with `lvit supernet train CONFIG`"
             )
-        with open(meta_path) as f:
-            meta = json.load(f)
-        shared = cls(
-            space_from_spec(meta["space"]),
-            num_classes=meta["num_classes"],
-            in_chans=meta["in_chans"],
-            img_size=meta["img_size"],
-            init=False,
-        )
-        tensors = load_file(os.path.join(folder, SUPERNET_FILE))
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            shared = cls(
+                space_from_spec(meta["space"]),
+                num_classes=meta["num_classes"],
+                in_chans=meta["in_chans"],
+                img_size=meta["img_size"],
+                init=False,
+            )
+            tensors = load_file(os.path.join(folder, SUPERNET_FILE))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise SupernetError(
+                f"{folder} holds a damaged supernet ({reason}): train it again with "
+                "`lvit supernet train CONFIG --force`"
+            ) from None
         if set(tensors) != set(shared._names):
             raise SupernetError(f"{folder}: the weights do not match the space in {SUPERNET_META}")
         with torch.no_grad():
             for key, tensor in tensors.items():
+                if shared._full(key).shape != tensor.shape:
+                    raise SupernetError(
+                        f"{folder}: {key} has shape {list(tensor.shape)}, the space in "
+                        f"{SUPERNET_META} needs {list(shared._full(key).shape)}"
+                    )
                 shared._full(key).copy_(tensor)
         return shared, meta
 
@@ -381,13 +394,15 @@ def export_subnet(
     folder: str,
     calib_batches: int = 20,
     force: bool = False,
+    protect: Sequence[str | None] = (),
 ) -> tuple[float, dict[str, Any]]:
     """Write the subnet `arch` with the weights it inherits (batch norms recalibrated) as a
-    timm folder, verified by reloading it through timm. Returns its validation accuracy and what
-    the folder's config records."""
+    timm folder, verified by reloading it through timm; never over the supernet or `protect`
+    (`check_out_dir`). Returns its validation accuracy and what the folder's config records."""
     from nas.export import check_out_dir, data_config_of, save_timm_folder
 
-    check_out_dir(out, force)
+    protect = [*protect, folder]
+    check_out_dir(out, force, protect=protect)
     model = shared.subnet(arch, data, calib_batches=calib_batches)
     acc = evaluate(model, data.val_x, data.val_y, img_size=arch.img_size)
     info = data.info()
@@ -422,6 +437,7 @@ model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval
         model,
         out,
         force=force,
+        protect=protect,
         provenance=record,
         card=card,
         data_config=data_config_of((arch.in_chans, arch.img_size, arch.img_size), info),

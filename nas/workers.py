@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.config import ConfigError, SearchConfig
 from nas.errors import UserError
-from nas.storage import MAX_RETRY
+from nas.storage import RetryStaleTrial
 from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
 
 __all__ = ["WorkersRun", "core_shares", "run_workers", "worker_main"]
@@ -163,10 +163,10 @@ def _report(
 
 def recover_dead_worker(study: optuna.Study, pid: int | None, retry: bool = True) -> list[int]:
     """End the RUNNING trials of a dead worker process on this host as FAIL and (with `retry`)
-    enqueue a retry of each, as Optuna's heartbeat does on RDB storages."""
+    enqueue a retry of each (`RetryStaleTrial`), as Optuna's heartbeat does on RDB storages."""
     host = socket.gethostname()
     recovered = []
-    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    callback = RetryStaleTrial()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", {})
         if worker.get("pid") != pid or worker.get("host") != host:

@@ -48,12 +48,35 @@ __all__ = [
     "STAGE_POS_ENCS",
     "ATTENTION_POS_ENCS",
     "largest_divisor_below",
+    "MAX_IMG_SIZE",
+    "MAX_CLASSES",
+    "ARCH_LIMITS",
 ]
 
 SCHEMA_VERSION = 3
 READABLE_SCHEMAS = (1, 2, 3)
 
 ArchConfigError = TypeCheckError
+
+MAX_IMG_SIZE = 1024
+MAX_CLASSES = 100_000
+# Sizes an architecture may ask for: past these one model would take gigabytes (an edited
+# config.json must fail here, not in an allocation). docs/limits.md lists them.
+ARCH_LIMITS: dict[str, float] = {
+    "img_size": MAX_IMG_SIZE,
+    "in_chans": 64,
+    "num_classes": MAX_CLASSES,
+    "patch_size": 64,
+    "stages": 8,
+    "depth": 64,
+    "dim": 4_096,
+    "heads": 256,
+    "mlp_ratio": 16,
+    "sr_ratio": 64,
+    "window": 256,
+    "kernel_size": 31,
+    "merge_r": 4_096,
+}
 
 # Mixers whose `heads` field is meaningful.
 ATTENTION_MIXERS = frozenset({"mhsa", "sra", "linear", "window"})
@@ -113,6 +136,10 @@ class StageConfig:
             raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
         if self.merge_r and self.keep_rate < 1:
             raise ValueError("a stage reduces tokens one way: merge_r or keep_rate, not both")
+        _check_limits(
+            self,
+            ("depth", "dim", "heads", "mlp_ratio", "sr_ratio", "window", "kernel_size", "merge_r"),
+        )
         if self.mixer == "sra" and self.sr_ratio < 2:
             raise ValueError(f"sra needs sr_ratio >= 2, got {self.sr_ratio}")
         if self.mixer == "window" and self.window < 2:
@@ -164,6 +191,12 @@ class ArchConfig:
             )
         if self.in_chans < 1 or self.num_classes < 0:
             raise ValueError("in_chans must be >= 1 and num_classes >= 0")
+        _check_limits(self, ("img_size", "in_chans", "num_classes", "patch_size"))
+        if len(self.stages) > ARCH_LIMITS["stages"]:
+            raise ValueError(
+                f"{len(self.stages)} stages, above the limit of {ARCH_LIMITS['stages']} "
+                "(docs/limits.md)"
+            )
         grid = self.img_size // self.patch_size
         for i, stage in enumerate(self.stages):
             if stage.downsample:
@@ -276,6 +309,13 @@ class ArchConfig:
         for e in self.exits:
             dims.append(next(dim for end, dim in bounds if e <= end))
         return dims
+
+
+def _check_limits(obj: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value, limit = getattr(obj, name), ARCH_LIMITS[name]
+        if value > limit:
+            raise ValueError(f"{name} {value:,} is above its limit of {limit:,} (docs/limits.md)")
 
 
 def _require_numbers(obj: object, ints: tuple[str, ...], reals: tuple[str, ...]) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -43,3 +48,53 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConf
     config = config.replace_study(n_trials=6)
     run = run_search(config)
     return config, run.study
+
+
+def missing_service(reason: str) -> None:
+    """A real service is missing: a failure where `make test` could provide it (as root, as in
+    CI, LVIT_REQUIRE_SERVICES=1), else a skip with the reason."""
+    if os.environ.get("LVIT_REQUIRE_SERVICES"):
+        pytest.fail(f"{reason} (required here: tests/services.sh could not provide it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """A fresh database on the PostgreSQL server that tests/services.sh started, for the tests
+    of one module."""
+    admin = os.environ.get("LVIT_TEST_POSTGRES")
+    if not admin:
+        missing_service("no PostgreSQL server: run the tests with `make test` (tests/services.sh)")
+    import psycopg
+
+    name = f"lvit_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield admin.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def lvit_process(*args: str) -> subprocess.Popen:
+    """`lvit ARGS` in a child process, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for(predicate, timeout: float = 120.0, every: float = 0.5):
+    """The first true value of `predicate()` (errors count as false) within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - e.g. the study does not exist yet
+            value = None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")

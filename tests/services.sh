@@ -28,6 +28,7 @@ if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
   "${as_postgres[@]}" pg_createcluster "$version" main >/dev/null 2>&1 || true
 fi
 read -r version cluster port status _ < <(pg_lsclusters -h | head -1)
+password=lvit-pw-5e3a  # distinctive, so the tests can look for it wherever it must not be
 if [ "$status" != online ]; then
   pg_ctlcluster "$version" "$cluster" start >/dev/null 2>&1 \
     || { echo "services: PostgreSQL $version/$cluster did not start" >&2; exit 0; }
@@ -35,8 +36,9 @@ fi
 "${as_postgres[@]}" psql -q -p "$port" -d postgres -v ON_ERROR_STOP=1 >/dev/null 2>&1 <<SQL || true
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lvit') THEN
-    CREATE ROLE lvit LOGIN CREATEDB PASSWORD 'lvit';
+    CREATE ROLE lvit LOGIN CREATEDB;
   END IF;
 END \$\$;
+ALTER ROLE lvit PASSWORD '$password';
 SQL
-echo "postgresql://lvit:lvit@127.0.0.1:$port/postgres"
+echo "postgresql://lvit:$password@127.0.0.1:$port/postgres"

@@ -373,3 +373,6 @@ def test_ctrl_c_ends_the_running_trial_and_exits_130(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="t", storage=storage)
     states = [t.state for t in study.get_trials()]
     assert TrialState.RUNNING not in states and TrialState.FAIL in states
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert all("interrupted" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.user_attrs["status"] == "failed" for t in failed)

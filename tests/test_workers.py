@@ -8,10 +8,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -20,18 +16,13 @@ from optuna.trial import TrialState
 
 from nas.cli import main
 from nas.workers import core_shares
+from tests.conftest import lvit_process as _lvit
+from tests.conftest import missing_service as _missing
+from tests.conftest import wait_for as _wait_for
 from tests.conftest import write_config
 
 WIDE = "budget: {max_params: 1000000, max_latency_ms: 100}"
 SLOW = "train: {epochs: 40, batch_size: 32, threads: 1}"  # long enough to kill mid-trial
-
-
-def _missing(reason: str) -> None:
-    """A real service is missing: a failure where `make test` could provide it (as root, as in
-    CI, LVIT_REQUIRE_SERVICES=1), else a skip with the reason."""
-    if os.environ.get("LVIT_REQUIRE_SERVICES"):
-        pytest.fail(f"{reason} (required here: tests/services.sh could not provide it)")
-    pytest.skip(reason)
 
 
 def _config(folder: Path, storage: str, n_trials: int, **overrides: str) -> Path:
@@ -42,29 +33,6 @@ def _config(folder: Path, storage: str, n_trials: int, **overrides: str) -> Path
       n_trials: {n_trials}
       seed: 0"""
     return write_config(folder, study=study, budget=WIDE, **overrides)
-
-
-def _lvit(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "nas.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _wait_for(predicate, timeout: float = 120.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            value = None
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def _training_trial(storage: str, exclude_pid: int | None = None) -> optuna.trial.FrozenTrial:
@@ -137,23 +105,11 @@ def test_a_killed_local_worker_is_recovered_and_the_count_reached(tmp_path: Path
     )
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retries and retries[0].params == killed.params
+    # the retry keeps none of the failed run's records: it has its own
+    assert retries[0].user_attrs["retry_of"] == victim.number
+    assert "fail_reason" not in retries[0].user_attrs
+    assert retries[0].user_attrs["worker"]["pid"] != victim.user_attrs["worker"]["pid"]
     assert "failed and retried" in out
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> str:
-    """A fresh database on the PostgreSQL server that tests/services.sh started."""
-    admin = os.environ.get("LVIT_TEST_POSTGRES")
-    if not admin:
-        _missing("no PostgreSQL server: run the tests with `make test` (tests/services.sh)")
-    import psycopg
-
-    name = f"lvit_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield admin.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_two_workers_on_postgresql_finish_exactly_the_count(postgres_url, tmp_path) -> None:
@@ -214,7 +170,8 @@ def test_bad_storage_urls_are_one_line_errors_without_the_password(url, message,
 
 
 def test_a_refused_login_names_the_url_without_its_password(postgres_url, capsys) -> None:
-    bad = postgres_url.replace("lvit:lvit@", "lvit:wrong-s3cret@")
+    user, rest = postgres_url.split("://", 1)[1].split("@", 1)
+    bad = f"postgresql://{user.split(':')[0]}:wrong-s3cret@{rest}"
     assert main(["status", "--storage", bad]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot open storage postgresql://lvit:***@" in err and "s3cret" not in err
