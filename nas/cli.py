@@ -32,6 +32,8 @@ from nas.errors import ConfigError
 
 __all__ = ["main", "COMMANDS"]
 
+MAX_WORKERS = 64  # local worker processes (each holds torch and the data set)
+
 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -78,8 +80,8 @@ class Search(Command):
         config = _load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
-        if args.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        if not 1 <= args.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers must be 1 to {MAX_WORKERS}, got {args.workers}")
         config = config.replace_study(
             n_trials=args.n_trials,
             storage=args.storage,
@@ -158,6 +160,14 @@ def _check_threads(threads: int, flag: str = "--threads") -> None:
             f"{flag} {threads} but this machine has {machine_cores()} cores: threads beyond "
             "the cores slow training and make latency measurements meaningless"
         )
+
+
+def _check_seed(args: argparse.Namespace) -> None:
+    from nas.config import MAX_SEED
+
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be 0 to {MAX_SEED:,}, got {seed}")
 
 
 def _grace_argument(parser: argparse.ArgumentParser) -> None:
@@ -557,6 +567,8 @@ class Dashboard(Command):
     def take_action(self, args: argparse.Namespace) -> int:
         from nas.dashboard import serve
 
+        if not 1 <= args.port <= 65535:
+            raise ConfigError(f"--port must be 1 to 65535, got {args.port}")
         url = _storage(args)
         print(
             f"lvit dashboard: {_redact(url)} at http://{args.host}:{args.port}/dashboard/ "
@@ -835,26 +847,17 @@ class Latency(Command):
 
 
 def _load_target(target: str) -> tuple[Any, Any]:
-    """A model and its ArchConfig from an ArchConfig JSON file or an exported folder."""
-
-    import search_spaces  # noqa: F401 - registers lightvit
-    from search_spaces.arch import ArchConfig, ArchConfigError
+    """A model and its ArchConfig from an ArchConfig JSON file or an exported folder (read as
+    every command reads one: `nas.export.load_export`)."""
+    from nas.export import load_export, read_arch
     from search_spaces.model import LightViT
 
     if os.path.isdir(target):
-        from nas.export import load_export
-
         model = load_export(target)
         if not hasattr(model, "arch"):
             raise ConfigError(f"{target} is not a LightViT export; pass an `lvit export` folder")
         return model, model.arch
-    if not os.path.isfile(target):
-        raise ConfigError(f"{target} not found; pass an ArchConfig JSON file or an export folder")
-    try:
-        with open(target) as f:
-            arch = ArchConfig.from_json(f.read())
-    except (ValueError, ArchConfigError) as e:
-        raise ConfigError(f"{target}: {e}") from None
+    arch = read_arch(target)
     return LightViT(arch), arch
 
 
@@ -938,8 +941,8 @@ class Train(Command):
         from tqdm import tqdm
 
         from nas.data import load_dataset
-        from nas.export import check_out_dir
-        from nas.retrain import read_arch, retrain
+        from nas.export import check_out_dir, read_arch
+        from nas.retrain import retrain
         from nas.storage import owned_paths
 
         config = _load_config(args.config)
@@ -1077,7 +1080,7 @@ class Supernet(Command):
 
     def _export(self, config: Any, args: argparse.Namespace) -> int:
         from nas.data import load_dataset
-        from nas.retrain import read_arch
+        from nas.export import read_arch
         from nas.storage import owned_paths
         from nas.supernet import SharedWeights, SupernetError, export_subnet
 
@@ -1148,6 +1151,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     start = time.perf_counter()
     try:
+        _check_seed(args)
         return args.handler.take_action(args)
     except ConfigError as e:
         print(f"lvit: error: {e}", file=sys.stderr)

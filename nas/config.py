@@ -88,6 +88,7 @@ LIMITS: dict[str, float] = {
 MAX_CONFIG_BYTES = 1_000_000
 MAX_CONFIG_VALUES = 100_000
 DEFAULT_GRACE_PERIOD_S = 120.0
+MAX_SEED = 2**31 - 1  # what numpy, torch and Optuna's samplers all take
 
 EVALUATIONS = ("train", "supernet")
 # Spaces of NNI's hub the engine searches (nas.oneshot; the nni extra).
@@ -138,6 +139,11 @@ def _within(section: str, **values: float | None) -> None:
             )
 
 
+def _seed(section: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{section}.seed must be 0 to {MAX_SEED:,}, got {seed:,}")
+
+
 def machine_cores() -> int:
     """The CPU cores this process may run on."""
     try:
@@ -179,6 +185,9 @@ class StudyConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
         _positive("study", n_trials=self.n_trials, grace_period=self.grace_period)
+        _seed("study", self.seed)
+        if self.pruner_args and self.pruner is None:
+            raise ValueError("study.pruner_args need a study.pruner (single mode)")
         _check_optuna_class("sampler", self.sampler, optuna.samplers, optuna.samplers.BaseSampler)
         if self.mode not in ("multi", "single"):
             raise ValueError(f"study.mode must be multi or single, got {self.mode!r}")
@@ -256,6 +265,12 @@ class DataConfig:
         _within("data", num_classes=self.num_classes)
         if self.name in ("imagefolder", "cifar10") and not self.path:
             raise ValueError(f"data.path is required for {self.name}: the folder on disk")
+        if self.path and self.name not in ("imagefolder", "cifar10"):
+            raise ValueError(
+                f"data.path is for imagefolder and cifar10; data '{self.name}' is not read "
+                "from a folder: remove data.path or set data.name"
+            )
+        _seed("data", self.seed)
         if self.max_train is not None:
             _positive("data", max_train=self.max_train)
 
@@ -519,6 +534,7 @@ class SupernetConfig:
         from search_spaces.blocks import POS_ENCODINGS
 
         _positive("supernet", patch_size=self.patch_size, epochs=self.epochs)
+        _seed("supernet", self.seed)
         if min(self.calib_batches, self.retrain_top_k, self.tune_steps) < 0:
             raise ValueError("supernet.calib_batches, tune_steps and retrain_top_k must be >= 0")
         _within(
@@ -678,7 +694,7 @@ def load_config(path: str | os.PathLike[str]) -> SearchConfig:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -689,6 +705,22 @@ def load_config(path: str | os.PathLike[str]) -> SearchConfig:
         raise ConfigError(f"{path}: the file is empty; it needs at least study.name")
     _check_expanded_size(data, str(path))
     return SearchConfig.from_dict(data, str(path))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the
+    last silently, so one of two `study:` sections would be ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key '{key}' is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _check_expanded_size(data: Any, source: str) -> None:

@@ -91,7 +91,7 @@ def _split(n: int, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[
     train_idx, val_idx = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = max(1, round(len(idx) * val_fraction))
+        n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - 1)  # both splits
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
@@ -121,6 +121,12 @@ def _finish(
             antialias=True,
         )
     train_idx, val_idx = split or _split(len(labels), labels, cfg.val_fraction, cfg.seed)
+    n_classes = len(np.unique(labels))
+    if cfg.max_train is not None and cfg.max_train < n_classes:
+        raise DataError(
+            f"data.max_train {cfg.max_train} is below the {n_classes} classes of '{name}': "
+            "every class needs training images; raise data.max_train"
+        )
     if cfg.max_train is not None and cfg.max_train < len(train_idx):
         train_idx = _balanced_subset(train_idx, labels, cfg.max_train, cfg.seed)
     train_x, val_x = images[train_idx], images[val_idx]
@@ -151,12 +157,14 @@ def _finish(
 def _balanced_subset(idx: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """A seeded subset of `n` indices with the classes in proportion."""
     rng = np.random.default_rng(seed + 1)
-    picked = []
-    for c in np.unique(labels[idx]):
-        members = idx[labels[idx] == c]
-        take = max(1, round(n * len(members) / len(idx)))
-        picked.append(rng.permutation(members)[:take])
-    return rng.permutation(np.concatenate(picked))[:n]
+    members = [idx[labels[idx] == c] for c in np.unique(labels[idx])]
+    takes = [max(1, round(n * len(m) / len(idx))) for m in members]
+    while sum(takes) > n:  # rounding up: trim the largest, never a class's last image
+        takes[int(np.argmax(takes))] -= 1
+    while sum(takes) < n:  # rounding down: top up the class with the most images left
+        takes[int(np.argmax([len(m) - t for m, t in zip(members, takes, strict=True)]))] += 1
+    picked = [rng.permutation(m)[:take] for m, take in zip(members, takes, strict=True)]
+    return rng.permutation(np.concatenate(picked))
 
 
 def _digits(cfg: DataConfig) -> Dataset:
@@ -357,7 +365,10 @@ def _imagefolder(cfg: DataConfig) -> Dataset:
             )
         val_files = {name: folder.images(root / "val" / name) for name in val_classes}
         if not any(val_files.values()):
-            raise DataError(f"{root}/val holds no images{folder.links_note()}")
+            raise DataError(
+                f"{root}/val holds no images in class folders{folder.links_note()}: put them "
+                "in val/<class>/"
+            )
         n = sum(map(len, train_files.values())) + sum(map(len, val_files.values()))
         _check_memory("imagefolder", n, 3, cfg.img_size)
         train_x, train_y = _read_images(train_files, classes, cfg.img_size)

@@ -21,7 +21,7 @@ from nas.config import SearchConfig
 from nas.cost import count_params
 from nas.data import Dataset
 from nas.errors import UserError
-from nas.export import check_out_dir, data_config_of, load_export, save_timm_folder
+from nas.export import check_out_dir, data_config_of, load_export, read_arch, save_timm_folder
 from nas.storage import owned_paths
 from nas.train import TrainResult, evaluate, train_model
 
@@ -56,10 +56,7 @@ def load_teacher(path: str, data: Dataset) -> Teacher:
 
 def _build(model_name: str | None, arch_path: str | None, data: Dataset) -> torch.nn.Module:
     if arch_path:
-        from search_spaces.arch import ArchConfig
-
-        with open(arch_path) as f:
-            arch = ArchConfig.from_json(f.read())
+        arch = read_arch(arch_path)
         return timm.create_model(
             "lightvit", arch=arch.to_dict(), num_classes=data.num_classes, img_size=data.img_size
         )

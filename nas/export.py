@@ -44,6 +44,7 @@ __all__ = [
     "load_trial_model",
     "load_export",
     "read_export",
+    "read_arch",
     "ExportFolder",
     "EXPORT_FILES",
     "save_timm_folder",
@@ -416,6 +417,12 @@ def write_onnx(model: torch.nn.Module, folder: str, threads: int = 1) -> dict[st
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 WEIGHTS = "model.safetensors"
 ARCH_KEY = "lightvit_arch"  # the ArchConfig in the weights file's metadata
+# What config.json's model_args may hold for a LightViT: what timm's save_for_hf writes, and
+# the training-only rates (dropout is off at inference).
+MODEL_ARGS = frozenset(
+    {"arch", "reparameterized", "num_classes", "in_chans", "img_size", "global_pool"}
+    | {"drop_rate", "drop_path_rate"}
+)
 
 
 @dataclass(frozen=True)
@@ -492,6 +499,19 @@ def read_export(folder: str) -> ExportFolder:
             f"{config_path}: num_classes {config['num_classes']} disagrees with the "
             f"architecture's {arch.num_classes}: the folder was edited; export it again"
         )
+    model_args = config.get("model_args") or {}
+    unknown = sorted(set(model_args) - MODEL_ARGS)
+    if unknown:
+        raise UserError(
+            f"{config_path}: model_args holds {', '.join(unknown)}, which lvit export never "
+            "writes: the folder was edited; export it again"
+        )
+    for key in ("num_classes", "in_chans", "img_size"):  # timm passes these over the arch's
+        if key in model_args and model_args[key] != getattr(arch, key):
+            raise UserError(
+                f"{config_path}: model_args.{key} {model_args[key]} disagrees with the "
+                f"architecture's {getattr(arch, key)}: the folder was edited; export it again"
+            )
     reparameterized = bool((config.get("model_args") or {}).get("reparameterized"))
     expected = {
         k: list(v.shape)
@@ -517,7 +537,7 @@ def load_export(folder: str) -> torch.nn.Module:
     read_export(folder)
     try:
         return timm.create_model(f"local-dir:{os.path.abspath(folder)}", pretrained=True).eval()
-    except (RuntimeError, ValueError, KeyError, SafetensorError) as e:  # weights that do not fit
+    except (RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as e:  # do not fit
         reason = str(e).splitlines()[0][:200]
         raise UserError(f"{folder}: the weights do not fit its config.json: {reason}") from None
 
@@ -582,6 +602,26 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_arch(target: str) -> ArchConfig:
+    """The ArchConfig in a JSON file, or of an `lvit export` folder (read by `read_export`,
+    which checks that its config.json, arch.json and weights agree)."""
+    if os.path.isdir(target):
+        folder = read_export(target)
+        if folder.arch is None:
+            raise UserError(f"{target} holds a {folder.architecture}, not a LightViT export")
+        return folder.arch
+    if not os.path.isfile(target):
+        raise UserError(
+            f"{target}: no ArchConfig found; pass an ArchConfig JSON file or an "
+            "`lvit export` folder"
+        )
+    try:
+        with open(target, encoding="utf-8") as f:
+            return ArchConfig.from_json(f.read())
+    except (json.JSONDecodeError, ArchConfigError, UnicodeDecodeError) as e:
+        raise UserError(f"{target}: {e}") from None
 
 
 def _model_args(model: torch.nn.Module) -> dict[str, Any] | None:

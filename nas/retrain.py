@@ -4,40 +4,18 @@ as a timm folder with its model card: `lvit train ARCH.json|EXPORT_DIR --config 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from nas.config import SearchConfig
 from nas.data import Dataset
 from nas.errors import UserError
-from nas.export import check_out_dir, data_config_of, read_export, save_timm_folder
+from nas.export import check_out_dir, data_config_of, save_timm_folder
 from nas.storage import owned_paths
 from nas.train import TrainResult, train_model
-from search_spaces.arch import ArchConfig, ArchConfigError
+from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
 
-__all__ = ["read_arch", "retrain"]
-
-
-def read_arch(target: str) -> ArchConfig:
-    """The ArchConfig in a JSON file, or of an `lvit export` folder (read by `read_export`,
-    which checks that its config.json, arch.json and weights agree)."""
-    if os.path.isdir(target):
-        folder = read_export(target)
-        if folder.arch is None:
-            raise UserError(f"{target} holds a {folder.architecture}, not a LightViT export")
-        return folder.arch
-    if not os.path.isfile(target):
-        raise UserError(
-            f"{target}: no ArchConfig found; pass an ArchConfig JSON file or an "
-            "`lvit export` folder"
-        )
-    try:
-        with open(target, encoding="utf-8") as f:
-            return ArchConfig.from_json(f.read())
-    except (json.JSONDecodeError, ArchConfigError, UnicodeDecodeError) as e:
-        raise UserError(f"{target}: {e}") from None
+__all__ = ["retrain"]
 
 
 def retrain(

@@ -218,7 +218,9 @@ def train_model(
             )
             if on_epoch is not None:
                 on_epoch(epoch, result.val_acc)
-    except torch.OutOfMemoryError as e:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "allocate memory" not in str(e):
+            raise  # not the CPU allocator's out-of-memory: a bug, with its traceback
         model.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, TypeVar, Union
@@ -96,10 +97,20 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeCheckError(f"{path} must be a number, got {_describe(value)}")
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise TypeCheckError(f"{path} is too large a number: {_describe(value)}")
+        if not math.isfinite(value):  # YAML's .nan and .inf, JSON's NaN and Infinity
+            raise TypeCheckError(f"{path} must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise TypeCheckError(f"{path} must be a string, got {_describe(value)}")
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in value):  # NUL breaks every path
+            raise TypeCheckError(f"{path} must not hold control characters, got {value!r:.60}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeCheckError(f"{path} is not valid text (a lone surrogate)") from None
         return value
     raise TypeError(f"unsupported field type {tp!r} at {path}")  # a bug in a dataclass, not input
 
