@@ -239,6 +239,9 @@ class _Folder:
     def subfolders(self, root: Path) -> list[Path]:
         return [p for p in self._entries(root) if p.is_dir() and not p.is_symlink()]
 
+    def files(self, folder: Path) -> list[Path]:
+        return [p for p in self._entries(folder) if p.is_file() and not p.is_symlink()]
+
     def images(self, folder: Path) -> list[Path]:
         found, todo = [], [folder]
         while todo:
@@ -321,6 +324,12 @@ def _class_files(folder: _Folder, root: Path, min_images: int, what: str) -> dic
     """The image files of each class folder of `root`, refusing fewer than two classes and a
     class with fewer than `min_images` images (an empty class folder would shift the class
     count away from the class names)."""
+    loose = [p.name for p in folder.files(root) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:
+        raise DataError(
+            f"{root} holds {len(loose)} image(s) outside class folders (e.g. {loose[0]}), which "
+            "would be left out: move them into <class>/ folders"
+        )
     classes = [p.name for p in folder.subfolders(root)]
     if len(classes) < 2:
         raise DataError(
@@ -354,6 +363,14 @@ def _imagefolder(cfg: DataConfig) -> Dataset:
             "or class folders directly"
         )
     if has_train:
+        others = [
+            p.name for p in folder.subfolders(root) if p.name not in ("train", "val", "test")
+        ]
+        if others:
+            raise DataError(
+                f"{root} has train/ and val/ and also {', '.join(others[:3])}/, which would be "
+                "left out: put every class inside train/ and val/ (a test/ folder is never read)"
+            )
         train_files = _class_files(folder, root / "train", 1, "every class needs training images")
         classes = list(train_files)
         val_classes = [p.name for p in folder.subfolders(root / "val")]

@@ -353,6 +353,8 @@ def test_links_are_not_followed_into_or_out_of_the_folder(tmp_path: Path) -> Non
         ("empty_val", "val holds no images"),
         ("only_links", "symbolic link"),
         ("float_out_of_range", "outside [0, 1]"),
+        ("loose_images", "outside class folders"),
+        ("split_and_classes", "also dog/"),
     ],
 )
 def test_layouts_that_cannot_be_trained_are_refused(
@@ -383,6 +385,14 @@ def test_layouts_that_cannot_be_trained_are_refused(
         (root / "zebra").mkdir()
         for i in range(3):
             (root / "zebra" / f"{i}.png").symlink_to(real / "zebra" / f"{i}.png")
+    elif layout == "loose_images":
+        _colour_folder(root)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "stray.png")
+    elif layout == "split_and_classes":
+        _colour_folder(root / "train")
+        _colour_folder(root / "val")
+        _colour_folder(root / "test")  # a test split beside them is fine, and never read
+        _colour_folder(root, classes=("dog",))
     else:
         _colour_folder(root)
         values = np.full((8, 8), 300.0, np.float32)
