@@ -59,6 +59,7 @@ from nas.errors import UserError
 from nas.exits import calibrate_exits
 from nas.storage import (
     check_writable,
+    fail_reason,
     open_storage,
     public_url,
     redact,
@@ -384,7 +385,13 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
         if stored is not None:
             scrub_credentials(study)  # studies written when the full URL was stored
         if stored is None:
-            _store_config(study, config, current)
+            try:
+                _store_config(study, config, current)
+            except BaseException:  # a server storage keeps no study that has no config
+                if not study.get_trials(deepcopy=False):
+                    with contextlib.suppress(Exception):
+                        optuna.delete_study(study_name=study.study_name, storage=storage)
+                raise
         elif _differs(stored, current):
             if _has_results(study):
                 diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
@@ -908,7 +915,7 @@ def run_search(
 def _failed_message(study: optuna.Study, run: SearchRun) -> str:
     """Why a run stopped after more failures than its candidate count, with the fix."""
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    last = failed[-1].user_attrs.get("fail_reason", "no reason recorded") if failed else "?"
+    last = fail_reason(failed[-1]) if failed else "?"
     done = run.trained + run.scored
     if "loss became" in last:
         fix = "lower train.lr (or raise train.warmup_epochs, or set train.clip_grad)"
