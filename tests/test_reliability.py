@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from nas.cli import main
-from nas.config import DataConfig, SearchConfig, load_config, machine_cores
+from nas.config import ConfigError, DataConfig, SearchConfig, load_config, machine_cores
 from nas.data import DataError, load_dataset
 from nas.errors import UserError
 from nas.export import load_export, read_export, save_timm_folder
@@ -119,6 +119,16 @@ def test_a_study_without_results_takes_a_corrected_config(tmp_path: Path) -> Non
     # once it has results, a different config is refused as before
     again = write_config(tmp_path, study=_study(tmp_path), budget=WIDE)
     assert main(["search", str(again)]) == 2
+
+
+def test_a_failed_start_on_postgresql_leaves_no_study(postgres_url: str, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("a file where the artifact folder should be")
+    study = f"study: {{name: f, storage: '{postgres_url}', artifacts: {tmp_path}/afile/a}}"
+    config = load_config(write_config(tmp_path, study=study))
+    with pytest.raises(ConfigError, match="study.artifacts"):  # no check_config: on purpose
+        create_or_resume_study(config)
+    summaries = optuna.get_all_study_summaries(postgres_url, include_best_trial=False)
+    assert "f" not in [s.study_name for s in summaries]
 
 
 def test_single_mode_refuses_objectives_and_reads_old_stored_configs() -> None:
