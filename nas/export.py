@@ -614,8 +614,7 @@ def read_arch(target: str) -> ArchConfig:
         return folder.arch
     if not os.path.isfile(target):
         raise UserError(
-            f"{target}: no ArchConfig found; pass an ArchConfig JSON file or an "
-            "`lvit export` folder"
+            f"{target} not found; pass an ArchConfig JSON file or an `lvit export` folder"
         )
     try:
         with open(target, encoding="utf-8") as f:
