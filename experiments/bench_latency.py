@@ -1,12 +1,17 @@
 """Benchmark: how well a latency lookup table predicts measured latency on this machine.
 
 Builds (or reuses) a table for a space on the CPU, samples architectures with a seeded random
-sampler, predicts each with the table and measures it end to end, and reports Kendall's tau,
-the mean absolute percentage error, the share within +-10%, and the time to check one
-candidate's budget with the table and with a measurement. Writes a JSON summary, a CSV of every
-architecture and the scatter plot.
+sampler, predicts each with the table and measures it end to end, drift-corrected against the
+table's reference model, and reports Kendall's tau, the mean absolute percentage error, the
+share within +-10%, the same against the raw (uncorrected) figures, the machine's drift during
+the build and the validation, and the time to check one candidate's budget with the table and
+with a measurement. Writes a JSON summary, a CSV of every architecture and the scatter plot.
+`--load` keeps a second process burning one core for the whole run (build and validation), to
+show what a busy machine does to the figures.
 
     python experiments/bench_latency.py --space survey --threads 1 --n 120
+    python experiments/bench_latency.py --rebuild --tag quiet
+    python experiments/bench_latency.py --rebuild --tag loaded --load
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import csv
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import time
 
+from scipy.stats import kendalltau
 from tqdm import tqdm
 
 from nas.cost import cpu_name
@@ -36,11 +44,25 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the validation sample")
     parser.add_argument("--lut", default=None, help="table to use (default: built if missing)")
     parser.add_argument("--out", default="experiments/results/latency")
+    parser.add_argument("--rebuild", action="store_true", help="build the table even if present")
+    parser.add_argument("--load", action="store_true", help="burn one core during the run")
+    parser.add_argument("--tag", default="", help="suffix of the output files (e.g. loaded)")
     args = parser.parse_args()
 
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
+    try:
+        return _run(args)
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+
+
+def _run(args: argparse.Namespace) -> int:
     space = get_space(args.space)
-    lut_path = args.lut or f"luts/cpu-{args.threads}t-{args.space}-{args.img_size}px.json"
-    if os.path.isfile(lut_path):
+    suffix = f"-{args.tag}" if args.tag else ""
+    lut_path = args.lut or f"luts/cpu-{args.threads}t-{args.space}-{args.img_size}px{suffix}.json"
+    if os.path.isfile(lut_path) and not args.rebuild:
         table = LatencyTable.load(lut_path)
         table.check(
             space=space.name,
@@ -80,26 +102,49 @@ def main() -> int:
     bar.close()
     check_ms = _full_check_ms(space, table, args)
     os.makedirs(args.out, exist_ok=True)
-    stem = f"{args.space}-cpu-{args.threads}t"
+    stem = f"{args.space}-cpu-{args.threads}t{suffix}"
     plot = result.plot(
         os.path.join(args.out, f"{stem}.png"),
         f"{args.space}: LUT vs measured, {cpu_name()}, {args.threads} thread(s)",
     )
     with open(os.path.join(args.out, f"{stem}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["architecture", "predicted_ms", "measured_ms", "error"])
+        writer.writerow(
+            ["architecture", "predicted_ms", "measured_ms", "error", "raw_ms", "drift"]
+        )
         for row in zip(
-            result.archs, result.predicted, result.measured, result.errors, strict=True
+            result.archs,
+            result.predicted,
+            result.measured,
+            result.errors,
+            result.raw,
+            result.drifts,
+            strict=True,
         ):
-            writer.writerow([row[0], f"{row[1]:.4f}", f"{row[2]:.4f}", f"{row[3]:.4f}"])
+            writer.writerow([row[0], *(f"{v:.4f}" for v in row[1:])])
+    raw_errors = [(p - m) / m for p, m in zip(result.predicted, result.raw, strict=True)]
     summary = {
         "space": args.space,
         "threads": args.threads,
         "n": args.n,
         "seed": args.seed,
+        "load": "a second process burning one core" if args.load else "none",
         "kendall_tau": round(result.kendall_tau, 4),
         "mape": round(result.mape, 4),
         "within_10pct": round(result.within_10, 4),
+        "raw": {
+            "kendall_tau": round(kendalltau(result.predicted, result.raw).statistic, 4),
+            "mape": round(sum(abs(e) for e in raw_errors) / len(raw_errors), 4),
+            "within_10pct": round(sum(abs(e) <= 0.1 for e in raw_errors) / len(raw_errors), 4),
+            "within_10pct_scaled_by_drift": round(
+                sum(abs(e) <= 0.1 for e in result.raw_errors) / len(raw_errors), 4
+            ),
+        },
+        "drift_validation": {
+            "min": round(min(result.drifts), 4),
+            "median": round(statistics.median(result.drifts), 4),
+            "max": round(max(result.drifts), 4),
+        },
         "lut_check_ms_median": round(result.predict_ms, 3),
         "measured_check_s_median": round(result.measure_s, 3),
         "full_check_with_lut_ms_median": round(check_ms, 2),
@@ -108,6 +153,8 @@ def main() -> int:
             "units": len(table.entries),
             "calibration": table.calibration,
             "build_seconds": table.meta.get("seconds"),
+            "reference": table.reference,
+            "drift_build": table.meta.get("drift"),
         },
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
         "seconds": round(time.perf_counter() - start, 1),

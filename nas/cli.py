@@ -8,7 +8,8 @@
     lvit status                   a study's trials by state, best feasible, front, time spent
     lvit dashboard                optuna-dashboard on 127.0.0.1 with a note per trial
     lvit space show|sample NAME   a search space's choices and size, or sampled architectures
-    lvit latency measure|build-lut|validate   latency on a device, lookup tables, their accuracy
+    lvit latency measure|build-lut|validate|doctor   latency on a device, lookup tables,
+                                  their accuracy, the machine's drift
     lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
     lvit train ARCH|EXPORT --config CONFIG   retrain a found architecture into a timm folder
     lvit supernet train CONFIG    train a config's one-shot supernet (the nni extra)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -327,12 +329,18 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
 def _search_with_workers(config: Any, n_workers: int) -> int:
     from tqdm import tqdm
 
-    from nas.study import create_or_resume_study, finished_count, prepare_inputs
+    from nas.study import (
+        create_or_resume_study,
+        finished_count,
+        latency_reference,
+        prepare_inputs,
+    )
     from nas.workers import check_parallel_storage, core_shares, run_workers
 
     check_parallel_storage(config.study.storage_url)
-    prepare_inputs(config)  # bad data, tables or teachers fail here, once, not in N workers
+    inputs = prepare_inputs(config)  # bad data, tables or teachers fail here, not in N workers
     study = create_or_resume_study(config)
+    latency_reference(study, config, inputs.table)  # calibrated once, before the workers start
     target = config.study.n_trials
     shares = core_shares(n_workers)
     print(
@@ -680,7 +688,13 @@ class Latency(Command):
         validate.add_argument(
             "--plot", default=None, help="scatter PNG (default: next to the table)"
         )
-        for sub_parser in (measure, build):
+        doctor = actions.add_parser(
+            "doctor", help="how much latency drifts on this machine, and what to do about it"
+        )
+        doctor.add_argument(
+            "--seconds", type=float, default=60.0, help="how long to watch (60, 5 to 3,600)"
+        )
+        for sub_parser in (measure, build, doctor):
             sub_parser.add_argument("--device", default="cpu", choices=DEVICES)
             sub_parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1)")
             sub_parser.add_argument("--batch", type=int, default=1, help="batch size (1)")
@@ -715,9 +729,68 @@ class Latency(Command):
             _check_img_size(args.img_size)
         if hasattr(args, "threads"):
             _check_threads(args.threads)
-        return {"measure": self._measure, "build-lut": self._build, "validate": self._validate}[
-            args.action
-        ](args)
+        actions = {
+            "measure": self._measure,
+            "build-lut": self._build,
+            "validate": self._validate,
+            "doctor": self._doctor,
+        }
+        return actions[args.action](args)
+
+    def _doctor(self, args: argparse.Namespace) -> int:
+        from tqdm import tqdm
+
+        from nas.cost import check_device, stability
+
+        if not 5 <= args.seconds <= 3600:
+            raise ConfigError(f"--seconds must be 5 to 3,600, got {args.seconds}")
+        try:
+            check_device(args.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        bar = tqdm(total=int(round(args.seconds)), unit="s", desc="watching", dynamic_ncols=True)
+        try:
+            report = stability(
+                args.seconds,
+                args.device,
+                args.threads,
+                progress=lambda done, total: bar.update(done - bar.n),
+            )
+        finally:
+            bar.close()
+        trusted, advice = report.verdict()
+        ref = report.reference_ms
+        print(
+            f"lvit latency doctor: {args.device}, {args.threads} thread(s), "
+            f"{report.seconds:g} s on {report.cores} core(s)"
+        )
+        print(
+            f"  reference model: {min(ref):.4f}-{max(ref):.4f} ms per second (median "
+            f"{statistics.median(ref):.4f}); the slow seconds {100 * report.drift:.1f}% "
+            f"slower than the fast ones (90th/10th percentile); calls within a second vary by "
+            f"{100 * report.spread:.1f}% (inter-quartile)"
+        )
+        print(
+            f"  a larger model: {100 * report.raw_drift:.1f}% between slow and fast seconds "
+            f"raw, {100 * report.corrected_drift:.1f}% drift-corrected"
+        )
+        os_facts = [
+            f"governor {report.governor}" if report.governor else "governor not readable",
+            f"clock {report.mhz[0]:.0f}-{report.mhz[1]:.0f} MHz" if report.mhz else None,
+            f"load average {report.loadavg:.2f}" if report.loadavg is not None else None,
+            f"steal {100 * report.steal:.1f}%" if report.steal is not None else None,
+        ]
+        print("  CPU: " + ", ".join(f for f in os_facts if f))
+        if trusted:
+            print(
+                "Verdict: latency budgets can be trusted here (drift-corrected figures move by "
+                f"{100 * report.corrected_drift:.1f}% at most between seconds)."
+            )
+        else:
+            print("Verdict: latency budgets measured here cannot be trusted as they are.")
+        for line in advice:
+            print(f"  - {line}")
+        return 0
 
     def _measure(self, args: argparse.Namespace) -> int:
         from nas.cost import check_device, measure_latency

@@ -14,7 +14,7 @@ A config has these sections (all optional but `study.name`):
              threads
     budget:  max_params, max_latency_ms, max_flops, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
-             measure
+             measure, normalise
     distill: teacher, kind (soft|hard), alpha, temperature, head, hint_weight, hint_layer,
              hint_block
     early_stop: enabled, min_epoch, min_trials, dominated_by (multi mode)
@@ -354,7 +354,14 @@ class LatencyConfig:
     on the CPU) in eval mode under no_grad, `warmup` untimed runs, then rounds of `runs` timed
     runs until the spread is at most `target_spread` or `max_seconds` pass; the median is the
     figure. `measure: false` skips the measurement when a lookup table gives the latency. The
-    device and threads also say which lookup tables fit."""
+    device and threads also say which lookup tables fit.
+
+    `normalise` (default): drift-corrected figures. A small fixed reference model is timed
+    interleaved with each candidate, and the figure is the candidate's latency at the machine
+    speed the study calibrated at its start (or its lookup table at its build), so that a
+    budget does not flip with the neighbours' load; the raw figure and the drift are recorded
+    beside it. A candidate whose figure falls within its noise band of the latency budget is
+    measured again, with twice the runs, before it is admitted or rejected."""
 
     device: str = "cpu"
     threads: int = 1
@@ -365,6 +372,7 @@ class LatencyConfig:
     max_seconds: float = 2.0
     target_spread: float = 0.05
     measure: bool = True
+    normalise: bool = True
 
     def __post_init__(self) -> None:
         from nas.cost import DEVICES, DTYPES
@@ -666,10 +674,14 @@ class SearchConfig:
 
 def upgrade_stored(data: dict[str, Any]) -> dict[str, Any]:
     """A stored config in today's terms: older versions wrote the multi-mode default objectives
-    into single-mode studies, where they meant nothing."""
+    into single-mode studies, where they meant nothing, and measured latency without drift
+    correction."""
     study = data.get("study")
     if isinstance(study, dict) and study.get("mode") == "single" and "objectives" in study:
         data = {**data, "study": {k: v for k, v in study.items() if k != "objectives"}}
+    latency = data.get("latency")
+    if isinstance(latency, dict) and "normalise" not in latency:  # measured raw, before drift
+        data = {**data, "latency": {**latency, "normalise": False}}  # correction existed
     return data
 
 

@@ -2,6 +2,16 @@
 
 Every figure travels with the conditions it was measured under (`LatencyResult.conditions`).
 
+Latency on a shared machine drifts: a neighbour's load, frequency scaling or a noisy VM host
+slow every model by the same factor for a while. So a measurement can be drift-corrected: a
+small fixed reference model (`reference_model`) is timed in blocks interleaved with the
+candidate, in the same process on the same threads, and each block of the candidate is scaled
+by the reference's calibrated latency over its latency in the neighbouring block
+(`measure_latency(..., reference=...)`). The figure is then the candidate's latency at the
+machine speed of the calibration (`calibrate_reference`), and the raw figure, the reference's
+latency at that moment and the drift are recorded beside it. `stability` measures how much a
+machine drifts (`lvit latency doctor`).
+
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` at batch 1, with scaled
 dot-product attention forced onto its math path so that the two attention matrix products are
 counted (the fused CPU kernel is invisible to the counter). One multiply-add counts as 2 FLOPs;
@@ -13,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import platform
 import statistics
 import tempfile
@@ -30,6 +41,14 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = [
     "DEVICES",
     "LatencyResult",
+    "Reference",
+    "REFERENCE_VERSION",
+    "calibrate_reference",
+    "reference_model",
+    "reference_now",
+    "stability",
+    "Stability",
+    "time_interleaved",
     "check_device",
     "conditions",
     "count_flops",
@@ -72,21 +91,165 @@ def cpu_name() -> str:
 
 @dataclass(frozen=True)
 class LatencyResult:
-    """Median latency of one forward pass, its spread, and the conditions of the measurement."""
+    """Median latency of one forward pass, its spread, and the conditions of the measurement.
+
+    With a reference (drift correction), `median_ms` and its quartiles are the normalised
+    figure (the median over blocks of the block's latency x the reference's calibrated latency
+    / the reference's latency in the neighbouring block), `raw_ms` the plain median,
+    `reference_ms` the reference's median during the measurement and
+    `reference_calibrated_ms` the speed the figure refers to."""
 
     median_ms: float
     p25_ms: float
     p75_ms: float
     runs: int
     conditions: dict[str, Any]
+    raw_ms: float | None = None
+    reference_ms: float | None = None
+    reference_calibrated_ms: float | None = None
 
     @property
     def spread(self) -> float:
         """Inter-quartile range relative to the median."""
         return (self.p75_ms - self.p25_ms) / self.median_ms if self.median_ms else 0.0
 
+    @property
+    def drift(self) -> float | None:
+        """How much slower the machine ran than at calibration (1.0: as fast)."""
+        if self.reference_ms is None or not self.reference_calibrated_ms:
+            return None
+        return self.reference_ms / self.reference_calibrated_ms
+
+    @property
+    def band_ms(self) -> float:
+        """The measurement's noise band: its inter-quartile range, at least 1% of it."""
+        return max(self.p75_ms - self.p25_ms, 0.01 * self.median_ms)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "spread": round(self.spread, 4)}
+        record = {**asdict(self), "spread": round(self.spread, 4)}
+        if self.reference_ms is None:  # a plain measurement records what it always did
+            for key in ("raw_ms", "reference_ms", "reference_calibrated_ms"):
+                record.pop(key)
+        else:
+            record["drift"] = round(self.drift, 4)
+        return record
+
+
+REFERENCE_VERSION = 1
+REFERENCE_INPUT = (3, 32, 32)
+
+
+def reference_model() -> nn.Module:
+    """The fixed model whose latency tracks the machine's speed (version `REFERENCE_VERSION`):
+    a 4x4 patch convolution to 64 channels, two pre-norm transformer layers (2 heads, MLP 128)
+    over the 64 tokens, a norm, average pooling and a 10-way head, with seeded weights, on a
+    3x32x32 input: the operations our candidates are made of, in about a tenth of a
+    millisecond to a millisecond on a CPU thread. Plain torch, so it never changes with our
+    blocks."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(1234)
+    try:
+        model = _Reference()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.eval()
+
+
+class _Reference(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, kernel_size=4, stride=4)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(64, 2, 128, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(2)
+        )
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x).mean(1))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference model's calibrated latency on a device: the machine speed that
+    drift-corrected figures refer to. Studies and latency tables store it."""
+
+    ms: float
+    device: str
+    threads: int
+    hardware: str
+    torch: str
+    version: int = REFERENCE_VERSION
+    measured_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reference:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def fits(self, device: str, threads: int) -> bool:
+        """Whether figures measured on `device` with `threads` may be normalised to this."""
+        return (
+            self.version == REFERENCE_VERSION
+            and self.device == device
+            and self.threads == threads
+            and self.torch == torch.__version__
+        )
+
+
+def calibrate_reference(
+    device: str = "cpu", threads: int = 1, seconds: float = 3.0, block: int = 10
+) -> Reference:
+    """Time the reference model for `seconds` in blocks of `block` calls and take the 10th
+    percentile of the block medians: the machine's speed when nothing slows it (load and
+    throttling only ever slow it down), robust to single fast calls."""
+    check_device(device)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            fn, timer = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+            timer = timer or _wall_clock
+            for _ in range(20):
+                fn()
+            medians: list[float] = []
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline or len(medians) < 5:
+                medians.append(statistics.median(timer(fn) for _ in range(block)))
+    finally:
+        torch.set_num_threads(previous)
+    fast = statistics.quantiles(medians, n=10)[0] if len(medians) >= 10 else min(medians)
+    return Reference(
+        ms=round(fast, 6),
+        device=device,
+        threads=threads,
+        hardware=device_name(device),
+        torch=torch.__version__,
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+
+
+def reference_now(reference: Reference, calls: int = 20) -> float:
+    """The reference model's latency right now (median of `calls`), on its device."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(reference.threads)
+    try:
+        with torch.no_grad():
+            fn, timer = _forward_fn(
+                reference_model(), (1, *REFERENCE_INPUT), reference.device, reference.threads
+            )
+            timer = timer or _wall_clock
+            for _ in range(3):
+                fn()
+            return statistics.median(timer(fn) for _ in range(calls))
+    finally:
+        torch.set_num_threads(previous)
 
 
 DEVICES = ("cpu", "cuda", "onnxruntime")
@@ -117,6 +280,251 @@ def time_calls(
                 return times
         if _spread(times) <= target_spread or time.perf_counter() > deadline:
             return times
+
+
+def time_interleaved(
+    fn: Callable[[], Any],
+    ref_fn: Callable[[], Any],
+    calibrated_ms: float,
+    *,
+    warmup: int = 10,
+    runs: int = 50,
+    max_seconds: float = 2.0,
+    target_spread: float = 0.05,
+    timer: Callable[[Callable[[], Any]], float] | None = None,
+    block: int = 5,
+) -> tuple[list[float], list[float], list[float]]:
+    """Time `fn` in blocks of `block` calls, each after a block of the reference `ref_fn`,
+    until the normalised blocks' spread is at most `target_spread` or `max_seconds` pass
+    (3 blocks at least). Returns every call of `fn` (ms), every call of the reference, and
+    each block's median x `calibrated_ms` / its reference block's median."""
+    timer = timer or _wall_clock
+    for _ in range(warmup):
+        ref_fn()
+        fn()
+    calls: list[float] = []
+    refs: list[float] = []
+    normalised: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        for _ in range(max(1, runs // block)):
+            ref = [timer(ref_fn) for _ in range(block)]
+            own = [timer(fn) for _ in range(block)]
+            refs += ref
+            calls += own
+            normalised.append(statistics.median(own) * calibrated_ms / statistics.median(ref))
+            if len(normalised) >= 3 and time.perf_counter() > deadline:
+                return calls, refs, normalised
+        if len(normalised) >= 3 and (
+            _spread(normalised) <= target_spread or time.perf_counter() > deadline
+        ):
+            return calls, refs, normalised
+
+
+@dataclass
+class Stability:
+    """What `stability` saw over its window: per second, the reference model's median
+    latency and the spread of its calls, and a probe model's raw and drift-corrected medians;
+    and what the OS says of the CPU (None where it says nothing)."""
+
+    seconds: float
+    device: str
+    threads: int
+    cores: int
+    reference_ms: list[float]
+    spreads: list[float]
+    probe_raw_ms: list[float]
+    probe_normalised_ms: list[float]
+    governor: str | None = None
+    mhz: tuple[float, float] | None = None  # lowest and highest "cpu MHz" seen
+    loadavg: float | None = None  # 1-minute load average at the end
+    steal: float | None = None  # share of CPU time the hypervisor took during the window
+
+    @staticmethod
+    def _range(values: list[float]) -> float:
+        """How far apart the slow and fast seconds were: 90th over 10th percentile, - 1."""
+        if len(values) < 2:
+            return 0.0
+        deciles = statistics.quantiles(values, n=10)
+        return deciles[-1] / deciles[0] - 1
+
+    @property
+    def drift(self) -> float:
+        return self._range(self.reference_ms)
+
+    @property
+    def raw_drift(self) -> float:
+        return self._range(self.probe_raw_ms)
+
+    @property
+    def corrected_drift(self) -> float:
+        return self._range(self.probe_normalised_ms)
+
+    @property
+    def spread(self) -> float:
+        return statistics.median(self.spreads) if self.spreads else 0.0
+
+    def verdict(self) -> tuple[bool, list[str]]:
+        """Whether latency budgets measured here can be trusted, and what to do about it."""
+        advice = []
+        if self.corrected_drift > 0.05:
+            moved = 100 * self.corrected_drift
+            advice.append(
+                f"even drift-corrected, a model's latency moved by {moved:.0f}% "
+                "between seconds: stop other work on this machine, or build a lookup table on a "
+                "quiet target device and search with it (budget.latency_source: {lut: PATH})"
+            )
+        elif self.raw_drift > 0.05:
+            advice.append(
+                f"the machine's speed moved by {100 * self.raw_drift:.0f}% between seconds; "
+                "drift correction (latency.normalise: true, the default) brought that to "
+                f"{100 * self.corrected_drift:.1f}%: keep it on"
+            )
+        if self.spread > 0.05:
+            advice.append(
+                f"single calls vary by {100 * self.spread:.0f}% within a second: raise "
+                "latency.runs and latency.max_seconds"
+            )
+        if self.steal is not None and self.steal > 0.02:
+            advice.append(
+                f"the hypervisor took {100 * self.steal:.0f}% of the CPU time (steal): this is "
+                "a shared virtual machine; absolute figures belong to the target device"
+            )
+        busy = (self.loadavg or 0.0) - self.threads
+        if busy > max(0.5, self.cores - self.threads):
+            advice.append(
+                f"other processes keep about {busy:.1f} cores busy on {self.cores}: stop them, "
+                "or pin the search to free cores (taskset -c N lvit search ...)"
+            )
+        if self.governor and self.governor != "performance":
+            advice.append(
+                f"the CPU frequency governor is '{self.governor}': set it to performance "
+                "(cpupower frequency-set -g performance) so the clock does not follow the load"
+            )
+        return self.corrected_drift <= 0.05 and self.spread <= 0.10, advice
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def _cpu_mhz() -> list[float]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    except (OSError, ValueError):
+        return []
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def stability(
+    seconds: float = 60.0,
+    device: str = "cpu",
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Stability:
+    """Time the reference model for `seconds`, a block of calls at a time, interleaved with a
+    larger probe model (a transformer of width 128 and depth 4), and read what the OS says of
+    the CPU (governor, clock, load, steal): how much latency moves here, raw and
+    drift-corrected (`lvit latency doctor`)."""
+    check_device(device)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    steal0, mhz = _cpu_times(), _cpu_mhz()
+    record: dict[str, list[float]] = {k: [] for k in ("ref", "spread", "raw", "normalised")}
+    try:
+        with torch.no_grad():
+            ref_fn, timer = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+            probe_fn, _ = _forward_fn(_probe_model(), (1, *REFERENCE_INPUT), device, threads)
+            timer = timer or _wall_clock
+            calibrated = None
+            for _ in range(20):
+                ref_fn()
+                probe_fn()
+            total = max(1, int(round(seconds)))
+            for second in range(total):
+                refs, raw, normalised = [], [], []
+                end = time.perf_counter() + 1.0
+                while time.perf_counter() < end or not raw:
+                    ref = [timer(ref_fn) for _ in range(5)]
+                    own = [timer(probe_fn) for _ in range(5)]
+                    calibrated = calibrated or statistics.median(ref)
+                    refs += ref
+                    raw.append(statistics.median(own))
+                    normalised.append(raw[-1] * calibrated / statistics.median(ref))
+                q1, median, q3 = _quartiles(refs)
+                record["ref"].append(median)
+                record["spread"].append((q3 - q1) / median)
+                record["raw"].append(statistics.median(raw))
+                record["normalised"].append(statistics.median(normalised))
+                mhz += _cpu_mhz()
+                if progress is not None:
+                    progress(second + 1, total)
+    finally:
+        torch.set_num_threads(previous)
+    steal1 = _cpu_times()
+    steal = None
+    if steal0 and steal1 and steal1[1] > steal0[1]:
+        steal = (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
+    load = _read("/proc/loadavg")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return Stability(
+        seconds=seconds,
+        device=device,
+        threads=threads,
+        cores=cores,
+        reference_ms=record["ref"],
+        spreads=record["spread"],
+        probe_raw_ms=record["raw"],
+        probe_normalised_ms=record["normalised"],
+        governor=_read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        mhz=(min(mhz), max(mhz)) if mhz else None,
+        loadavg=float(load.split()[0]) if load else None,
+        steal=steal,
+    )
+
+
+def _probe_model() -> nn.Module:
+    """A larger plain-torch transformer than the reference (width 128, depth 4), whose latency
+    `stability` corrects by the reference's, as a search corrects a candidate's."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(4321)
+    try:
+        model = nn.Sequential(
+            nn.Conv2d(3, 128, kernel_size=4, stride=4),
+            nn.Flatten(2),
+            _Transpose(),
+            *(
+                nn.TransformerEncoderLayer(
+                    128, 4, 256, dropout=0.0, batch_first=True, norm_first=True
+                )
+                for _ in range(4)
+            ),
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
+
+
+class _Transpose(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
 
 
 def _wall_clock(fn: Callable[[], Any]) -> float:
@@ -212,40 +620,60 @@ def measure_latency(
     runs: int = 50,
     max_seconds: float = 2.0,
     target_spread: float = 0.05,
+    reference: Reference | None = None,
 ) -> LatencyResult:
     """Latency of one forward pass of `model` on `device`, in eval mode under no_grad.
 
     cpu: torch eager with `threads` intra-op threads (restored afterwards); cuda: CUDA events
     around each call with synchronisation; onnxruntime: the model exported to ONNX and run by
-    ONNX Runtime's CPU provider with `threads` intra-op threads. Timing follows `time_calls`.
-    The model is not modified (a copy is cast or moved when needed).
+    ONNX Runtime's CPU provider with `threads` intra-op threads. Timing follows `time_calls`;
+    with a `reference` (drift correction), `time_interleaved` with the reference model run the
+    same way. The model is not modified (a copy is cast or moved when needed).
     """
     check_device(device, dtype)
+    if reference is not None and not reference.fits(device, threads):
+        raise ValueError(
+            f"the latency reference was calibrated for {reference.device} with "
+            f"{reference.threads} thread(s) on torch {reference.torch}, not {device} with "
+            f"{threads} on torch {torch.__version__}"
+        )
     was_training = model.training
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    timing = {"warmup": warmup, "runs": runs, "max_seconds": max_seconds}
     try:
         model.eval()
         fn, timer = _forward_fn(model, (batch_size, *input_size), device, threads, dtype)
-        times = time_calls(
-            fn,
-            warmup=warmup,
-            runs=runs,
-            max_seconds=max_seconds,
-            target_spread=target_spread,
-            timer=timer,
-        )
+        if reference is None:
+            times = time_calls(fn, target_spread=target_spread, timer=timer, **timing)
+        else:
+            ref_fn, _ = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+            times, refs, normalised = time_interleaved(
+                fn, ref_fn, reference.ms, target_spread=target_spread, timer=timer, **timing
+            )
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
-    q1, median, q3 = _quartiles(times)
     record = conditions(device, threads, batch_size, input_size, dtype, warmup)
     # 6 decimals (nanoseconds): tiny models run in microseconds, and the spread is read back
-    return LatencyResult(round(median, 6), round(q1, 6), round(q3, 6), len(times), record)
+    if reference is None:
+        q1, median, q3 = _quartiles(times)
+        return LatencyResult(round(median, 6), round(q1, 6), round(q3, 6), len(times), record)
+    q1, median, q3 = _quartiles(normalised)
+    return LatencyResult(
+        round(median, 6),
+        round(q1, 6),
+        round(q3, 6),
+        len(times),
+        {**record, "normalised": f"to the reference model at {reference.ms:.4f} ms"},
+        raw_ms=round(statistics.median(times), 6),
+        reference_ms=round(statistics.median(refs), 6),
+        reference_calibrated_ms=reference.ms,
+    )
 
 
 def _forward_fn(
-    model: nn.Module, shape: tuple[int, ...], device: str, threads: int, dtype: str
+    model: nn.Module, shape: tuple[int, ...], device: str, threads: int, dtype: str = "float32"
 ) -> tuple[Callable[[], Any], Callable | None]:
     if device == "onnxruntime":
         session, feed = _onnx_session(model, shape, threads)

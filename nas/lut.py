@@ -238,6 +238,9 @@ class LatencyTable:
     entries: dict[str, float]
     calibration: dict[str, Any] = field(default_factory=lambda: {"a": 1.0, "b": 0.0})
     meta: dict[str, Any] = field(default_factory=dict)
+    # the reference model's calibrated latency at build time (`nas.cost.Reference`): every
+    # entry and the calibration are at that machine speed; None in tables built before
+    reference: dict[str, Any] | None = None
 
     def predict(self, arch: ArchConfig) -> float:
         """Predicted latency of `arch` in ms: the calibrated sum of its units."""
@@ -335,6 +338,7 @@ class LatencyTable:
             "in_chans": self.in_chans,
             "calibration": self.calibration,
             "meta": self.meta,
+            "reference": self.reference,
             "entries": self.entries,
         }
 
@@ -428,12 +432,16 @@ def build_lut(
         **(measure_kwargs or {}),
     }
     items = sorted(found.items())
+    # the machine speed every figure of the table refers to: whole models and units are timed
+    # beside the reference model and scaled to it, so a change of speed during the build
+    # (a neighbour's load, throttling) cannot bias the entries or the calibration
+    reference = cost.calibrate_reference(device, threads)
 
     # whole architectures first, in this process while it is fresh, as the search measures them
     archs = space.sample_many(
         calibration_archs, seed=seed, num_classes=num_classes, in_chans=in_chans, img_size=img_size
     )
-    measured = []
+    measured, drifts = [], []
     for i, arch in enumerate(archs):
         result = cost.measure_latency(
             LightViT(arch),
@@ -441,8 +449,10 @@ def build_lut(
             device=device,
             threads=threads,
             batch_size=batch_size,
+            reference=reference,
         )
         measured.append(result.median_ms)
+        drifts.append(result.drift)
         if progress is not None:
             progress("calibration", i + 1, calibration_archs)
 
@@ -455,9 +465,11 @@ def build_lut(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
         for chunk in chunks:
-            entries.update(
-                pool.submit(_measure_units, chunk, device, threads, batch_size, kwargs).result()
-            )
+            measured_units, unit_drifts = pool.submit(
+                _measure_units, chunk, device, threads, batch_size, kwargs, reference.to_dict()
+            ).result()
+            entries.update(measured_units)
+            drifts += unit_drifts
             if progress is not None:
                 progress("units", len(entries), len(items))
     unit_seconds = time.perf_counter() - start
@@ -473,6 +485,7 @@ def build_lut(
         entries,
     )
     table.calibration = fit_calibration([table.group_sums(a) for a in archs], measured)
+    table.reference = reference.to_dict()
     table.meta = {
         "hardware": cost.device_name(device),
         "cpu": cost.cpu_name(),
@@ -485,6 +498,7 @@ def build_lut(
         "calibration_archs": calibration_archs,
         "seconds": round(time.perf_counter() - start, 1),
         "unit_seconds": round(unit_seconds, 1),
+        "drift": _drift_summary(drifts),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return table
@@ -633,25 +647,39 @@ def measure_unit(
     return round(cost._quartiles(times)[1], 5)
 
 
+def _tau(a: list[float], b: list[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def _errors(predicted: list[float], measured: list[float]) -> list[float]:
+    return [(p - m) / m for p, m in zip(predicted, measured, strict=True)]
+
+
+def _within(errors: list[float], tolerance: float = 0.10) -> float:
+    return sum(abs(e) <= tolerance for e in errors) / len(errors)
+
+
 @dataclass
 class Validation:
     """Predicted against measured latency over sampled architectures."""
 
-    predicted: list[float]
-    measured: list[float]
+    predicted: list[float]  # at the table's reference speed
+    measured: list[float]  # drift-corrected to the same speed (raw for tables without one)
     archs: list[str]
     predict_ms: float  # median time to predict one architecture (units + lookups)
     measure_s: float  # median time to build and measure one architecture
+    raw: list[float] = field(default_factory=list)  # the plain measured medians
+    drifts: list[float] = field(default_factory=list)  # reference now / at the build
 
     @property
     def kendall_tau(self) -> float:
-        from scipy.stats import kendalltau
-
-        return float(kendalltau(self.predicted, self.measured).statistic)
+        return _tau(self.predicted, self.measured)
 
     @property
     def errors(self) -> list[float]:
-        return [(p - m) / m for p, m in zip(self.predicted, self.measured, strict=True)]
+        return _errors(self.predicted, self.measured)
 
     @property
     def mape(self) -> float:
@@ -659,14 +687,31 @@ class Validation:
 
     @property
     def within_10(self) -> float:
-        return sum(abs(e) <= 0.10 for e in self.errors) / len(self.errors)
+        return _within(self.errors)
+
+    @property
+    def raw_errors(self) -> list[float]:
+        """The table's predictions scaled to the machine's speed at each measurement (the
+        reference's drift) against the plain measured figures."""
+        scaled = [p * d for p, d in zip(self.predicted, self.drifts, strict=True)]
+        return _errors(scaled, self.raw)
 
     def summary(self) -> str:
-        return (
+        line = (
             f"{len(self.measured)} architectures: Kendall's tau {self.kendall_tau:.3f}, "
-            f"MAPE {100 * self.mape:.1f}%, within +-10%: {100 * self.within_10:.1f}%; "
-            f"LUT check {self.predict_ms:.2f} ms, measured check {self.measure_s:.2f} s "
-            "(medians per architecture)"
+            f"MAPE {100 * self.mape:.1f}%, within +-10%: {100 * self.within_10:.1f}%"
+        )
+        if self.raw and self.drifts and any(d != 1.0 for d in self.drifts):
+            line += (
+                " (drift-corrected); raw figures: tau "
+                f"{_tau(self.predicted, self.raw):.3f}, within +-10% of the predictions "
+                f"{100 * _within(_errors(self.predicted, self.raw)):.1f}%, or "
+                f"{100 * _within(self.raw_errors):.1f}% scaled by the drift "
+                f"({min(self.drifts):.2f}-{max(self.drifts):.2f}x)"
+            )
+        return (
+            f"{line}; LUT check {self.predict_ms:.2f} ms, measured check "
+            f"{self.measure_s:.2f} s (medians per architecture)"
         )
 
     def plot(self, path: str, title: str) -> str:
@@ -728,7 +773,9 @@ def validate(
         in_chans=table.in_chans,
         img_size=table.img_size,
     )
+    reference = cost.Reference.from_dict(table.reference) if table.reference else None
     predicted, measured, archs, predict_times, measure_times = [], [], [], [], []
+    raw, drifts = [], []
     for i, arch in enumerate(sampled):
         start = time.perf_counter()
         predicted.append(table.predict(arch))
@@ -741,10 +788,13 @@ def validate(
             device=table.device,
             threads=table.threads,
             batch_size=table.batch_size,
+            reference=reference,
             **(measure_kwargs or {}),
         )
         measure_times.append(time.perf_counter() - start)
         measured.append(result.median_ms)
+        raw.append(result.raw_ms if result.raw_ms is not None else result.median_ms)
+        drifts.append(result.drift if result.drift is not None else 1.0)
         archs.append(arch.describe())
         if progress is not None:
             progress("validate", i + 1, n)
@@ -754,7 +804,12 @@ def validate(
         archs,
         statistics.median(predict_times),
         statistics.median(measure_times),
+        raw=raw,
+        drifts=drifts,
     )
+
+
+REFERENCE_EVERY = 25  # units between two timings of the reference model in a build
 
 
 def _measure_units(
@@ -763,11 +818,41 @@ def _measure_units(
     threads: int,
     batch_size: int,
     kwargs: dict[str, Any],
-) -> dict[str, float]:
-    """Worker: measure a chunk of units."""
+    reference: dict[str, Any],
+) -> tuple[dict[str, float], list[float]]:
+    """Worker: measure a chunk of units, timing the reference model before and after every
+    `REFERENCE_EVERY` units and scaling those units to the reference's calibrated speed by the
+    mean of the two. Returns the entries and the drift of each group."""
+    from nas import cost
+
+    ref = cost.Reference.from_dict(reference)
+    entries: dict[str, float] = {}
+    drifts = []
+    before = cost.reference_now(ref)
+    for start in range(0, len(items), REFERENCE_EVERY):
+        group = {
+            key: measure_unit(
+                kind, cfg, device=device, threads=threads, batch_size=batch_size, **kwargs
+            )
+            for key, (kind, cfg) in items[start : start + REFERENCE_EVERY]
+        }
+        after = cost.reference_now(ref)
+        drift = (before + after) / 2 / ref.ms
+        entries.update({key: round(ms / drift, 5) for key, ms in group.items()})
+        drifts.append(drift)
+        before = after
+    return entries, drifts
+
+
+def _drift_summary(drifts: list[float | None]) -> dict[str, float]:
+    """How much slower than at calibration the machine ran: min, median, max."""
+    import statistics
+
+    values = [d for d in drifts if d is not None]
+    if not values:
+        return {}
     return {
-        key: measure_unit(
-            kind, cfg, device=device, threads=threads, batch_size=batch_size, **kwargs
-        )
-        for key, (kind, cfg) in items
+        "min": round(min(values), 4),
+        "median": round(statistics.median(values), 4),
+        "max": round(max(values), 4),
     }

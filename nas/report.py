@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.storage import fail_reason
 
 __all__ = [
+    "drift_line",
     "load_baselines",
     "TrialRecord",
     "records",
@@ -298,6 +299,32 @@ def _label(
         ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7, **style)
 
 
+def drift_line(study: optuna.Study) -> str | None:
+    """The machine's drift over the search, from the reference model timed beside every
+    candidate (`latency.normalise`), and how many candidates near the latency budget were
+    measured again; None for studies measured without a reference."""
+    import statistics
+
+    reference = study.user_attrs.get("latency_reference")
+    costs = [t.user_attrs.get("costs", {}) for t in study.get_trials(deepcopy=False)]
+    drifts = [c["latency"]["drift"] for c in costs if c.get("latency", {}).get("drift")]
+    if reference is None or not drifts:
+        return None
+    again = [c["latency_boundary"] for c in costs if "latency_boundary" in c]
+    line = (
+        f"latency drift: the reference model ran at {min(drifts):.2f}-{max(drifts):.2f}x "
+        f"(median {statistics.median(drifts):.2f}x) its calibrated {reference['ms']:.4f} ms "
+        f"over {len(drifts)} measurements; figures are drift-corrected"
+    )
+    if again:
+        rejected = sum(b["decision"] == "rejected" for b in again)
+        line += (
+            f"; {len(again)} near the budget measured again ({len(again) - rejected} "
+            f"admitted, {rejected} rejected)"
+        )
+    return line
+
+
 def study_summary(study: optuna.Study) -> str:
     """`lvit status`: trials by state and by outcome, the best feasible trial, the front and
     its hypervolume, and the time spent."""
@@ -342,6 +369,9 @@ def study_summary(study: optuna.Study) -> str:
         )
     else:
         lines.append("best feasible: none yet")
+    drift = drift_line(study)
+    if drift:
+        lines.append(drift)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     for t in failed[-3:]:
         lines.append(f"failed: trial {t.number}: {fail_reason(t)}")

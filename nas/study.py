@@ -84,6 +84,7 @@ __all__ = [
     "Retrained",
     "trial_seed",
     "check_config",
+    "latency_reference",
     "record_failure",
     "SearchFailed",
     "finished_count",
@@ -487,6 +488,7 @@ class _Objective:
         inputs: Inputs,
         artifact_store: FileSystemArtifactStore,
         on_event: Callable[[str, dict[str, Any]], None],
+        reference: cost.Reference | None = None,
     ) -> None:
         self.config = config
         self.data = inputs.data
@@ -496,6 +498,12 @@ class _Objective:
         self.table = inputs.table
         self.teacher = inputs.teacher
         self.supernet = inputs.supernet
+        self.reference = reference
+        self.table_reference = (
+            cost.Reference.from_dict(self.table.reference)
+            if self.table is not None and self.table.reference
+            else None
+        )
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
@@ -588,26 +596,51 @@ class _Objective:
                 "threads": self.table.threads,
                 "hardware": self.table.meta.get("hardware"),
             }
+            if self.reference is None and self.table.reference is not None:
+                # raw figures: the table's figure at the machine's speed right now
+                scale = cost.reference_now(self.table_reference) / self.table_reference.ms
+                costs["latency_predicted_ms"] = round(costs["latency_predicted_ms"] * scale, 4)
+                costs["latency_lut"]["scaled_by_reference"] = round(scale, 4)
         if cfg.latency.measure:
-            lat = cfg.latency
-            measured = cost.measure_latency(
-                model,
-                input_size,
-                device=lat.device,
-                threads=lat.threads,
-                batch_size=lat.batch_size,
-                dtype=lat.dtype,
-                warmup=lat.warmup,
-                runs=lat.runs,
-                max_seconds=lat.max_seconds,
-                target_spread=lat.target_spread,
-            )
+            measured = self._measure(model, input_size)
             costs["latency_measured_ms"] = measured.median_ms
             costs["latency"] = measured.to_dict()
+            budget = cfg.budget.max_latency_ms
+            if self.table is None and budget is not None:
+                band = measured.band_ms
+                if abs(measured.median_ms - budget) <= band:  # noise must not decide
+                    again = self._measure(model, input_size, repeat=2)
+                    costs["latency_measured_ms"] = again.median_ms
+                    costs["latency"] = again.to_dict()
+                    costs["latency_boundary"] = {
+                        "budget_ms": budget,
+                        "first_ms": measured.median_ms,
+                        "band_ms": round(band, 6),
+                        "second_ms": again.median_ms,
+                        "decision": "admitted" if again.median_ms <= budget else "rejected",
+                    }
         source = "lut" if self.table is not None else "measured"
         costs["latency_source"] = source
         costs["latency_ms"] = costs[f"latency_{'predicted' if source == 'lut' else 'measured'}_ms"]
         return costs
+
+    def _measure(self, model: LightViT, input_size: tuple[int, ...], repeat: int = 1) -> Any:
+        """The candidate's latency as the config says (drift-corrected against the study's
+        reference when it normalises); `repeat` multiplies the runs and the time allowed."""
+        lat = self.config.latency
+        return cost.measure_latency(
+            model,
+            input_size,
+            device=lat.device,
+            threads=lat.threads,
+            batch_size=lat.batch_size,
+            dtype=lat.dtype,
+            warmup=lat.warmup,
+            runs=lat.runs * repeat,
+            max_seconds=lat.max_seconds * repeat,
+            target_spread=lat.target_spread,
+            reference=self.reference,
+        )
 
     def score(self, trial: optuna.Trial, candidate: Candidate) -> float | tuple[float, ...]:
         """Score a proposed candidate with the weights it inherits from the supernet (batch
@@ -776,6 +809,36 @@ class _Objective:
         return self._values(result.val_acc, candidate.costs)
 
 
+def latency_reference(
+    study: optuna.Study, config: SearchConfig, table: Any = None
+) -> cost.Reference | None:
+    """The machine speed the study's latency figures refer to (None when `latency.normalise`
+    is off): the study's stored `latency_reference`, or else its latency table's reference, or
+    else the reference model calibrated now on the latency device (for 1.5 x
+    `latency.max_seconds`); stored on
+    the study, so that every worker and every resumed run normalises to the same speed."""
+    lat = config.latency
+    if not lat.normalise:
+        return None
+    stored = study.user_attrs.get("latency_reference")
+    if stored is not None:
+        reference = cost.Reference.from_dict(stored)
+    elif table is not None:
+        reference = cost.Reference.from_dict(table.reference)
+    else:  # as long as one and a half measurements: 3 s by default
+        reference = cost.calibrate_reference(lat.device, lat.threads, 1.5 * lat.max_seconds)
+    if lat.measure and not reference.fits(lat.device, lat.threads):
+        raise ConfigError(
+            f"study '{study.study_name}' normalises latency to a reference calibrated on "
+            f"{reference.device} with {reference.threads} thread(s) and torch "
+            f"{reference.torch}; this process measures on {lat.device} with {lat.threads} and "
+            f"torch {torch.__version__}: run it where the study (or its table) was calibrated"
+        )
+    if stored is None:
+        study.set_user_attr("latency_reference", reference.to_dict())
+    return reference
+
+
 def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
     """The search's latency table, refused (with the command that builds the right one) when it
     was made for another space version, device, thread count, data size or class count."""
@@ -795,6 +858,20 @@ def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
         )
     except LutError as e:
         raise ConfigError(str(e)) from None
+    if config.latency.normalise and table.reference is None:
+        raise ConfigError(
+            f"latency table {path} was built before drift correction (it has no reference "
+            "latency): build it again with `lvit latency build-lut`, or set latency.normalise: "
+            "false"
+        )
+    if config.latency.normalise and config.latency.measure:
+        reference = cost.Reference.from_dict(table.reference)
+        if not reference.fits(config.latency.device, config.latency.threads):
+            raise ConfigError(
+                f"latency table {path} was built with torch {reference.torch}; measurements "
+                f"here (torch {torch.__version__}) cannot be normalised to it: build it again "
+                "here, or set latency.measure: false to use its predictions alone"
+            )
     return table
 
 
@@ -885,7 +962,8 @@ def run_search(
         if on_event is not None:
             on_event(kind, info)
 
-    objective = _Objective(config, inputs, store, record)
+    reference = latency_reference(study, config, inputs.table)
+    objective = _Objective(config, inputs, store, record, reference)
     start = time.perf_counter()
     n_trials = config.study.n_trials
     try:
@@ -998,6 +1076,8 @@ def retrain_best(
                 user_attrs={"from_trial": t.number, "inherited_accuracy": t.values[0]},
             )
     run = None
+    if "latency_reference" in study.user_attrs:  # the same machine speed as the search's
+        rstudy.set_user_attr("latency_reference", study.user_attrs["latency_reference"])
     if total:
         plain = Inputs(inputs.data, inputs.table, None, None)
         run = run_search(rconfig, on_event=on_event, study=rstudy, inputs=plain)

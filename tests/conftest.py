@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from nas.cli import main
 from nas.config import SearchConfig, load_config
+from nas.lut import LatencyTable
 from nas.study import run_search
 
 
@@ -98,3 +100,29 @@ def wait_for(predicate, timeout: float = 120.0, every: float = 0.5):
             return value
         time.sleep(every)
     raise AssertionError("timed out waiting")
+
+
+@pytest.fixture(scope="session")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatencyTable, Path]:
+    """A real table for the tiny space at 16px, built by the command users run."""
+    path = tmp_path_factory.mktemp("lut") / "tiny.json"
+    assert (
+        main(
+            [
+                "latency",
+                "build-lut",
+                "--space",
+                "tiny",
+                "--img-size",
+                "16",
+                "--num-classes",
+                "4",
+                "--calibration",
+                "3",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    return LatencyTable.load(str(path)), path

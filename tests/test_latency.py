@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import optuna
 import pytest
@@ -66,32 +65,6 @@ def test_the_space_enumeration_covers_every_sampled_architecture() -> None:
         with_head = dataclasses.replace(arch, distill_head=True)  # a search may add one
         kind, cfg = units(with_head)[-1]
         assert cfg["distill"] and unit_key(kind, cfg) in found
-
-
-@pytest.fixture(scope="module")
-def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatencyTable, Path]:
-    """A real table for the tiny space at 16px, built by the command users run."""
-    path = tmp_path_factory.mktemp("lut") / "tiny.json"
-    assert (
-        main(
-            [
-                "latency",
-                "build-lut",
-                "--space",
-                "tiny",
-                "--img-size",
-                "16",
-                "--num-classes",
-                "4",
-                "--calibration",
-                "3",
-                "--out",
-                str(path),
-            ]
-        )
-        == 0
-    )
-    return LatencyTable.load(str(path)), path
 
 
 def test_a_built_table_predicts_every_architecture_of_its_space(tiny_table) -> None:
