@@ -30,7 +30,7 @@ from scipy.stats import kendalltau
 from tqdm import tqdm
 
 from nas.cost import cpu_name
-from nas.lut import LatencyTable, build_lut, validate
+from nas.lut import UNIT_MEASUREMENT, LatencyTable, build_lut, validate
 from search_spaces.spaces import get_space
 
 
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
                 setattr(bar, "total", total),
                 bar.update(done - bar.n),
             ),
-            measure_kwargs={"warmup": 3, "runs": 10, "max_seconds": 0.3, "target_spread": 0.1},
+            measure_kwargs=UNIT_MEASUREMENT,
         )
         bar.close()
         table.save(lut_path)

@@ -226,6 +226,12 @@ def _search_here(config: Any, prog: str) -> int:
             bar.set_postfix_str(
                 f"trial {n}: epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
             )
+        elif kind == "reference":
+            ref = info["reference"]
+            bar.write(
+                f"latency: drift-corrected to the reference model's {ref.ms:.4f} ms on "
+                f"{ref.device}, {ref.threads} thread(s), calibrated {ref.measured_at}"
+            )
         elif kind in ("trained", "scored", "rejected", "stopped", "screened", "failed"):
             if "arch" in info:
                 info = {**info, "arch_line": info["arch"].describe()}
@@ -704,6 +710,15 @@ class Latency(Command):
         measure.add_argument(
             "--max-seconds", type=float, default=5.0, help="time cap of the repetitions (5)"
         )
+        measure.add_argument(
+            "--no-normalise",
+            action="store_true",
+            help="the raw figure only (default: drift-corrected against a reference model "
+            "calibrated first, for 1.5 x --max-seconds)",
+        )
+        measure.add_argument(
+            "--lut", default=None, help="normalise to this latency table's reference instead"
+        )
 
     # the bounds of the flags that size a measurement (docs/limits.md)
     BOUNDS = {
@@ -793,29 +808,44 @@ class Latency(Command):
         return 0
 
     def _measure(self, args: argparse.Namespace) -> int:
-        from nas.cost import check_device, measure_latency
+        from nas.cost import calibrate_reference, check_device, measure_latency
 
         try:
             check_device(args.device, args.dtype)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         model, arch = _load_target(args.target)
-        result = measure_latency(
-            model,
-            (arch.in_chans, arch.img_size, arch.img_size),
-            device=args.device,
-            threads=args.threads,
-            batch_size=args.batch,
-            dtype=args.dtype,
-            warmup=args.warmup,
-            runs=args.runs,
-            max_seconds=args.max_seconds,
-        )
+        reference = None
+        if args.lut:
+            reference = _table_reference(args.lut)
+        elif not args.no_normalise:
+            reference = calibrate_reference(args.device, args.threads, 1.5 * args.max_seconds)
+        try:
+            result = measure_latency(
+                model,
+                (arch.in_chans, arch.img_size, arch.img_size),
+                device=args.device,
+                threads=args.threads,
+                batch_size=args.batch,
+                dtype=args.dtype,
+                warmup=args.warmup,
+                runs=args.runs,
+                max_seconds=args.max_seconds,
+                reference=reference,
+            )
+        except ValueError as e:  # a table's reference from another device or torch
+            raise ConfigError(f"--lut {args.lut}: {e}") from None
         print(f"{arch.describe()}")
         print(
             f"latency {result.median_ms:.4f} ms median (quartiles {result.p25_ms:.4f}-"
             f"{result.p75_ms:.4f} ms, spread {100 * result.spread:.1f}%, {result.runs} runs)"
         )
+        if reference is not None:
+            print(
+                f"  drift-corrected; raw {result.raw_ms:.4f} ms; the reference model ran at "
+                f"{result.reference_ms:.4f} ms against its calibrated {reference.ms:.4f} ms "
+                f"(drift {result.drift:.3f}x)"
+            )
         for key, value in result.conditions.items():
             print(f"  {key}: {value}")
         return 0
@@ -824,7 +854,7 @@ class Latency(Command):
         from tqdm import tqdm
 
         from nas.cost import check_device
-        from nas.lut import build_lut
+        from nas.lut import UNIT_MEASUREMENT, build_lut
         from nas.storage import check_writable
         from search_spaces.spaces import SPACES
 
@@ -862,7 +892,7 @@ class Latency(Command):
                 calibration_archs=args.calibration,
                 seed=args.seed,
                 progress=progress,
-                measure_kwargs={"warmup": 3, "runs": 10, "max_seconds": 0.3, "target_spread": 0.1},
+                measure_kwargs=UNIT_MEASUREMENT,
             )
         finally:
             for bar in bars.values():
@@ -917,6 +947,20 @@ class Latency(Command):
         print(result.summary())
         print(f"Wrote {plot}")
         return 0
+
+
+def _table_reference(path: str) -> Any:
+    """The reference a latency table was built at, to measure at the table's machine speed."""
+    from nas.cost import Reference
+    from nas.lut import LatencyTable, LutError
+
+    try:
+        table = LatencyTable.load(path)
+    except LutError as e:
+        raise ConfigError(str(e)) from None
+    if table.reference is None:
+        raise ConfigError(f"--lut {path} was built before drift correction: build it again")
+    return Reference.from_dict(table.reference)
 
 
 def _load_target(target: str) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ A config has these sections (all optional but `study.name`):
              threads
     budget:  max_params, max_latency_ms, max_flops, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
-             measure, normalise
+             target_precision, measure, normalise
     distill: teacher, kind (soft|hard), alpha, temperature, head, hint_weight, hint_layer,
              hint_block
     early_stop: enabled, min_epoch, min_trials, dominated_by (multi mode)
@@ -352,7 +352,8 @@ class BudgetConfig:
 class LatencyConfig:
     """How latency is measured: on `device` (cpu: torch eager; cuda; onnxruntime: ONNX Runtime
     on the CPU) in eval mode under no_grad, `warmup` untimed runs, then rounds of `runs` timed
-    runs until the spread is at most `target_spread` or `max_seconds` pass; the median is the
+    runs until the spread is at most `target_spread`, or the median's standard error at most
+    `target_precision` of it, or `max_seconds` pass; the median is the
     figure. `measure: false` skips the measurement when a lookup table gives the latency. The
     device and threads also say which lookup tables fit.
 
@@ -371,6 +372,7 @@ class LatencyConfig:
     runs: int = 50
     max_seconds: float = 2.0
     target_spread: float = 0.05
+    target_precision: float = 0.01
     measure: bool = True
     normalise: bool = True
 
@@ -392,6 +394,7 @@ class LatencyConfig:
             runs=self.runs,
             max_seconds=self.max_seconds,
             target_spread=self.target_spread,
+            target_precision=self.target_precision,
         )
         if self.warmup < 0:
             raise ValueError(f"latency.warmup must be >= 0, got {self.warmup}")

@@ -264,10 +264,12 @@ def time_calls(
     max_seconds: float = 2.0,
     target_spread: float = 0.05,
     timer: Callable[[Callable[[], Any]], float] | None = None,
+    target_precision: float = 0.01,
 ) -> list[float]:
     """Milliseconds of repeated `fn()` calls: `warmup` untimed, then rounds of `runs` timed calls
-    until the inter-quartile spread is at most `target_spread` of the median or `max_seconds`
-    have passed (5 calls at least). `timer(fn)` times one call (default: wall clock)."""
+    until `_settled` (the inter-quartile spread is at most `target_spread` of the median, or
+    the median is known to `target_precision`) or `max_seconds` have passed (5 calls at least).
+    `timer(fn)` times one call (default: wall clock)."""
     timer = timer or _wall_clock
     for _ in range(warmup):
         fn()
@@ -278,7 +280,7 @@ def time_calls(
             times.append(timer(fn))
             if len(times) >= 5 and time.perf_counter() > deadline:
                 return times
-        if _spread(times) <= target_spread or time.perf_counter() > deadline:
+        if _settled(times, target_spread, target_precision) or time.perf_counter() > deadline:
             return times
 
 
@@ -293,11 +295,12 @@ def time_interleaved(
     target_spread: float = 0.05,
     timer: Callable[[Callable[[], Any]], float] | None = None,
     block: int = 5,
+    target_precision: float = 0.01,
 ) -> tuple[list[float], list[float], list[float]]:
     """Time `fn` in blocks of `block` calls, each after a block of the reference `ref_fn`,
-    until the normalised blocks' spread is at most `target_spread` or `max_seconds` pass
-    (3 blocks at least). Returns every call of `fn` (ms), every call of the reference, and
-    each block's median x `calibrated_ms` / its reference block's median."""
+    until the normalised blocks are `_settled` or `max_seconds` pass (3 blocks at least).
+    Returns every call of `fn` (ms), every call of the reference, and each block's median x
+    `calibrated_ms` / its reference block's median."""
     timer = timer or _wall_clock
     for _ in range(warmup):
         ref_fn()
@@ -316,7 +319,7 @@ def time_interleaved(
             if len(normalised) >= 3 and time.perf_counter() > deadline:
                 return calls, refs, normalised
         if len(normalised) >= 3 and (
-            _spread(normalised) <= target_spread or time.perf_counter() > deadline
+            _settled(normalised, target_spread, target_precision) or time.perf_counter() > deadline
         ):
             return calls, refs, normalised
 
@@ -555,6 +558,15 @@ def _spread(times: list[float]) -> float:
     return (q3 - q1) / median if median else 0.0
 
 
+def _settled(times: list[float], target_spread: float, target_precision: float) -> bool:
+    """Enough calls: their spread is small, or their median is known well enough. On a noisy
+    machine single calls may always spread by more than `target_spread` (more calls do not
+    narrow a distribution), but the median's standard error, about 0.93 x IQR / sqrt(n) (a
+    normal's 1.25 sigma / sqrt(n), sigma = IQR / 1.35), shrinks with every call."""
+    spread = _spread(times)
+    return spread <= target_spread or 0.93 * spread / len(times) ** 0.5 <= target_precision
+
+
 def device_name(device: str) -> str:
     """The hardware a device string runs on, for the record."""
     if device == "cuda":
@@ -621,6 +633,7 @@ def measure_latency(
     max_seconds: float = 2.0,
     target_spread: float = 0.05,
     reference: Reference | None = None,
+    target_precision: float = 0.01,
 ) -> LatencyResult:
     """Latency of one forward pass of `model` on `device`, in eval mode under no_grad.
 
@@ -640,16 +653,22 @@ def measure_latency(
     was_training = model.training
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    timing = {"warmup": warmup, "runs": runs, "max_seconds": max_seconds}
+    timing = {
+        "warmup": warmup,
+        "runs": runs,
+        "max_seconds": max_seconds,
+        "target_spread": target_spread,
+        "target_precision": target_precision,
+    }
     try:
         model.eval()
         fn, timer = _forward_fn(model, (batch_size, *input_size), device, threads, dtype)
         if reference is None:
-            times = time_calls(fn, target_spread=target_spread, timer=timer, **timing)
+            times = time_calls(fn, timer=timer, **timing)
         else:
             ref_fn, _ = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
             times, refs, normalised = time_interleaved(
-                fn, ref_fn, reference.ms, target_spread=target_spread, timer=timer, **timing
+                fn, ref_fn, reference.ms, timer=timer, **timing
             )
     finally:
         torch.set_num_threads(previous_threads)

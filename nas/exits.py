@@ -97,9 +97,11 @@ def calibrate_exits(
     img_size: int | None = None,
     threads: int = 1,
     measure_images: int = 100,
+    reference: Any = None,
 ) -> ExitReport:
     """Calibrate the exit thresholds of a trained model and measure what they buy (CPU,
-    `threads` threads, batch 1)."""
+    `threads` threads, batch 1); the path latencies drift-corrected against `reference` (a
+    `nas.cost.Reference` for the CPU) when one is given."""
     model.eval()
     confidence, correct = _all_outputs(model, val_x, val_y, img_size)
     n_exits = confidence.shape[0] - 1
@@ -115,7 +117,9 @@ def calibrate_exits(
     size = img_size or val_x.shape[-1]
     input_size = (val_x.shape[1], size, size)
     paths = [
-        measure_latency(_StopAt(model, k), input_size, threads=threads).median_ms
+        measure_latency(
+            _StopAt(model, k), input_size, threads=threads, reference=reference
+        ).median_ms
         for k in range(n_exits + 1)
     ]
     expected = sum(s * ms for s, ms in zip(share, paths, strict=True))

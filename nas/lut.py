@@ -37,6 +37,7 @@ from search_spaces.arch import (
 from search_spaces.typed import TypeCheckError, from_dict
 
 __all__ = [
+    "UNIT_MEASUREMENT",
     "LUT_FORMAT",
     "LatencyTable",
     "LutError",
@@ -388,6 +389,15 @@ class LatencyTable:
 
 
 CHUNK = 2000  # units per worker process
+# How `build-lut` times each unit: short, and settled once the median is known to 3% (a whole
+# model sums about ten units, whose errors partly cancel)
+UNIT_MEASUREMENT = {
+    "warmup": 3,
+    "runs": 10,
+    "max_seconds": 0.3,
+    "target_spread": 0.1,
+    "target_precision": 0.03,
+}
 
 
 def build_lut(

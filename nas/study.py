@@ -639,6 +639,7 @@ class _Objective:
             runs=lat.runs * repeat,
             max_seconds=lat.max_seconds * repeat,
             target_spread=lat.target_spread,
+            target_precision=lat.target_precision,
             reference=self.reference,
         )
 
@@ -791,6 +792,7 @@ class _Objective:
                 max_drop=cfg.train.exit_max_drop,
                 img_size=arch.img_size,
                 threads=cfg.latency.threads,
+                reference=self.reference if cfg.latency.device == "cpu" else None,
             )
             trial.set_user_attr("exits", report.to_dict())
         self._store_weights(trial, model, arch)
@@ -943,8 +945,9 @@ def run_search(
     they finish exactly that many. When the last places are held by other workers' running
     trials, this one waits (`poll_seconds`) in case one of them dies and is retried.
 
-    `on_event(kind, info)` is called with kind in training, epoch, trained, scored (evaluation:
-    supernet), rejected, stopped, screened, failed.
+    `on_event(kind, info)` is called with kind in reference (the latency reference the run
+    normalises to), training, epoch, trained, scored (evaluation: supernet), rejected,
+    stopped, screened, failed.
     `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
     return, when the caller has them already.
     """
@@ -963,6 +966,8 @@ def run_search(
             on_event(kind, info)
 
     reference = latency_reference(study, config, inputs.table)
+    if reference is not None:
+        record("reference", {"reference": reference})
     objective = _Objective(config, inputs, store, record, reference)
     start = time.perf_counter()
     n_trials = config.study.n_trials

@@ -170,3 +170,34 @@ def test_the_doctor_gives_a_verdict(capsys) -> None:
     out = capsys.readouterr().out
     assert "reference model:" in out and "drift-corrected" in out and "Verdict:" in out
     assert main(["latency", "doctor", "--seconds", "1"]) == 2
+
+
+def test_the_measure_command_is_drift_corrected_unless_told(tmp_path, capsys, tiny_table) -> None:
+    arch = ArchConfig(stages=(StageConfig(1, 16, 2, 2.0),), img_size=16, patch_size=4)
+    path = tmp_path / "arch.json"
+    path.write_text(arch.to_json())
+    quick = ["--runs", "5", "--max-seconds", "0.2"]
+    assert main(["latency", "measure", str(path), *quick]) == 0
+    out = capsys.readouterr().out
+    assert "drift-corrected; raw" in out and "the reference model ran at" in out
+    assert main(["latency", "measure", str(path), *quick, "--no-normalise"]) == 0
+    assert "raw" not in capsys.readouterr().out
+    _, lut = tiny_table
+    assert main(["latency", "measure", str(path), *quick, "--lut", str(lut)]) == 0
+    table = json.loads(lut.read_text())
+    assert f"its calibrated {table['reference']['ms']:.4f} ms" in capsys.readouterr().out
+
+
+def test_a_wide_distribution_stops_once_its_median_is_known() -> None:
+    # calls alternate 1 and 2 ms: their spread never narrows, but the median's error does
+    values = itertools.cycle([1.0, 2.0])
+    times = cost.time_calls(
+        lambda: None,
+        warmup=0,
+        runs=10,
+        max_seconds=5.0,
+        target_spread=0.05,
+        target_precision=0.05,
+        timer=lambda fn: next(values),
+    )
+    assert 150 <= len(times) <= 200  # 0.93 x 0.67 / sqrt(n) <= 0.05 from n = 156 on
