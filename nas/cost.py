@@ -173,6 +173,20 @@ class _Reference(nn.Module):
         return self.head(self.norm(x).mean(1))
 
 
+_REFERENCE_FNS: dict[tuple[str, int], tuple[Callable[[], Any], Callable | None]] = {}
+
+
+def _reference_fn(device: str, threads: int) -> tuple[Callable[[], Any], Callable | None]:
+    """The reference model's forward call on `device`, built once per process (on
+    onnxruntime building means an ONNX export, which takes seconds)."""
+    key = (device, threads)
+    if key not in _REFERENCE_FNS:
+        _REFERENCE_FNS[key] = _forward_fn(
+            reference_model(), (1, *REFERENCE_INPUT), device, threads
+        )
+    return _REFERENCE_FNS[key]
+
+
 @dataclass(frozen=True)
 class Reference:
     """The reference model's calibrated latency on a device: the machine speed that
@@ -214,7 +228,7 @@ def calibrate_reference(
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            fn, timer = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+            fn, timer = _reference_fn(device, threads)
             timer = timer or _wall_clock
             for _ in range(20):
                 fn()
@@ -241,9 +255,7 @@ def reference_now(reference: Reference, calls: int = 20) -> float:
     torch.set_num_threads(reference.threads)
     try:
         with torch.no_grad():
-            fn, timer = _forward_fn(
-                reference_model(), (1, *REFERENCE_INPUT), reference.device, reference.threads
-            )
+            fn, timer = _reference_fn(reference.device, reference.threads)
             timer = timer or _wall_clock
             for _ in range(3):
                 fn()
@@ -299,8 +311,11 @@ def time_interleaved(
 ) -> tuple[list[float], list[float], list[float]]:
     """Time `fn` in blocks of `block` calls, each after a block of the reference `ref_fn`,
     until the normalised blocks are `_settled` or `max_seconds` pass (3 blocks at least).
-    Returns every call of `fn` (ms), every call of the reference, and each block's median x
-    `calibrated_ms` / its reference block's median."""
+    Each block starts with one untimed call: the first call after a switch runs on caches the
+    other model filled, 30-60% slower here, and more so after a larger candidate, which would
+    bias the correction by the candidate's size. Returns every timed call of `fn` (ms), every
+    timed call of the reference, and each block's median x `calibrated_ms` / its reference
+    block's median."""
     timer = timer or _wall_clock
     for _ in range(warmup):
         ref_fn()
@@ -311,7 +326,9 @@ def time_interleaved(
     deadline = time.perf_counter() + max_seconds
     while True:
         for _ in range(max(1, runs // block)):
+            ref_fn()
             ref = [timer(ref_fn) for _ in range(block)]
+            fn()
             own = [timer(fn) for _ in range(block)]
             refs += ref
             calls += own
@@ -450,7 +467,7 @@ def stability(
     record: dict[str, list[float]] = {k: [] for k in ("ref", "spread", "raw", "normalised")}
     try:
         with torch.no_grad():
-            ref_fn, timer = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+            ref_fn, timer = _reference_fn(device, threads)
             probe_fn, _ = _forward_fn(_probe_model(), (1, *REFERENCE_INPUT), device, threads)
             timer = timer or _wall_clock
             calibrated = None
@@ -666,7 +683,7 @@ def measure_latency(
         if reference is None:
             times = time_calls(fn, timer=timer, **timing)
         else:
-            ref_fn, _ = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+            ref_fn, _ = _reference_fn(device, threads)
             times, refs, normalised = time_interleaved(
                 fn, ref_fn, reference.ms, timer=timer, **timing
             )
