@@ -817,8 +817,8 @@ def latency_reference(
     """The machine speed the study's latency figures refer to (None when `latency.normalise`
     is off): the study's stored `latency_reference`, or else its latency table's reference, or
     else the reference model calibrated now on the latency device (for 1.5 x
-    `latency.max_seconds`); stored on
-    the study, so that every worker and every resumed run normalises to the same speed."""
+    `latency.max_seconds`); stored on the study, so that every worker and every resumed run
+    normalises to the same speed."""
     lat = config.latency
     if not lat.normalise:
         return None
