@@ -665,7 +665,7 @@ class Space(Command):
 
 class Latency(Command):
     name = "latency"
-    help = "measure latency, build a latency lookup table, or validate one"
+    help = "measure latency, build or validate a lookup table, or check the machine (doctor)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from nas.cost import DEVICES, DTYPES
