@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "stability",
     "Stability",
     "time_interleaved",
+    "torch_threads",
     "check_device",
     "conditions",
     "count_flops",
@@ -224,20 +225,15 @@ def calibrate_reference(
     percentile of the block medians: the machine's speed when nothing slows it (load and
     throttling only ever slow it down), robust to single fast calls."""
     check_device(device)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            fn, timer = _reference_fn(device, threads)
-            timer = timer or _wall_clock
-            for _ in range(20):
-                fn()
-            medians: list[float] = []
-            deadline = time.perf_counter() + seconds
-            while time.perf_counter() < deadline or len(medians) < 5:
-                medians.append(statistics.median(timer(fn) for _ in range(block)))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.no_grad():
+        fn, timer = _reference_fn(device, threads)
+        timer = timer or _wall_clock
+        for _ in range(20):
+            fn()
+        medians: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(medians) < 5:
+            medians.append(statistics.median(timer(fn) for _ in range(block)))
     fast = statistics.quantiles(medians, n=10)[0] if len(medians) >= 10 else min(medians)
     return Reference(
         ms=round(fast, 6),
@@ -251,15 +247,21 @@ def calibrate_reference(
 
 def reference_now(reference: Reference, calls: int = 20) -> float:
     """The reference model's latency right now (median of `calls`), on its device."""
+    with torch_threads(reference.threads), torch.no_grad():
+        fn, timer = _reference_fn(reference.device, reference.threads)
+        timer = timer or _wall_clock
+        for _ in range(3):
+            fn()
+        return statistics.median(timer(fn) for _ in range(calls))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block, and restored after it."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(reference.threads)
+    torch.set_num_threads(threads)
     try:
-        with torch.no_grad():
-            fn, timer = _reference_fn(reference.device, reference.threads)
-            timer = timer or _wall_clock
-            for _ in range(3):
-                fn()
-            return statistics.median(timer(fn) for _ in range(calls))
+        yield
     finally:
         torch.set_num_threads(previous)
 
@@ -461,40 +463,38 @@ def stability(
     the CPU (governor, clock, load, steal): how much latency moves here, raw and
     drift-corrected (`lvit latency doctor`)."""
     check_device(device)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     steal0, mhz = _cpu_times(), _cpu_mhz()
     record: dict[str, list[float]] = {k: [] for k in ("ref", "spread", "raw", "normalised")}
-    try:
-        with torch.no_grad():
-            ref_fn, timer = _reference_fn(device, threads)
-            probe_fn, _ = _forward_fn(_probe_model(), (1, *REFERENCE_INPUT), device, threads)
-            timer = timer or _wall_clock
-            calibrated = None
-            for _ in range(20):
-                ref_fn()
-                probe_fn()
-            total = max(1, int(round(seconds)))
-            for second in range(total):
-                refs, raw, normalised = [], [], []
-                end = time.perf_counter() + 1.0
-                while time.perf_counter() < end or not raw:
-                    ref = [timer(ref_fn) for _ in range(5)]
-                    own = [timer(probe_fn) for _ in range(5)]
-                    calibrated = calibrated or statistics.median(ref)
-                    refs += ref
-                    raw.append(statistics.median(own))
-                    normalised.append(raw[-1] * calibrated / statistics.median(ref))
-                q1, median, q3 = _quartiles(refs)
-                record["ref"].append(median)
-                record["spread"].append((q3 - q1) / median)
-                record["raw"].append(statistics.median(raw))
-                record["normalised"].append(statistics.median(normalised))
-                mhz += _cpu_mhz()
-                if progress is not None:
-                    progress(second + 1, total)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.no_grad():
+        ref_fn, timer = _reference_fn(device, threads)
+        probe_fn, _ = _forward_fn(_probe_model(), (1, *REFERENCE_INPUT), device, threads)
+        timer = timer or _wall_clock
+        for _ in range(20):
+            ref_fn()
+            probe_fn()
+        calibrated = statistics.median(timer(ref_fn) for _ in range(20))
+        total = max(1, int(round(seconds)))
+        for second in range(total):
+            # one second of the same interleaved timing a measurement uses (no early stop)
+            raw, refs, normalised = time_interleaved(
+                probe_fn,
+                ref_fn,
+                calibrated,
+                warmup=0,
+                runs=50,
+                max_seconds=1.0,
+                target_spread=0.0,
+                target_precision=0.0,
+                timer=timer,
+            )
+            q1, median, q3 = _quartiles(refs)
+            record["ref"].append(median)
+            record["spread"].append((q3 - q1) / median)
+            record["raw"].append(statistics.median(raw))
+            record["normalised"].append(statistics.median(normalised))
+            mhz += _cpu_mhz()
+            if progress is not None:
+                progress(second + 1, total)
     steal1 = _cpu_times()
     steal = None
     if steal0 and steal1 and steal1[1] > steal0[1]:
@@ -668,8 +668,6 @@ def measure_latency(
             f"{threads} on torch {torch.__version__}"
         )
     was_training = model.training
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     timing = {
         "warmup": warmup,
         "runs": runs,
@@ -678,17 +676,17 @@ def measure_latency(
         "target_precision": target_precision,
     }
     try:
-        model.eval()
-        fn, timer = _forward_fn(model, (batch_size, *input_size), device, threads, dtype)
-        if reference is None:
-            times = time_calls(fn, timer=timer, **timing)
-        else:
-            ref_fn, _ = _reference_fn(device, threads)
-            times, refs, normalised = time_interleaved(
-                fn, ref_fn, reference.ms, timer=timer, **timing
-            )
+        with torch_threads(threads):
+            model.eval()
+            fn, timer = _forward_fn(model, (batch_size, *input_size), device, threads, dtype)
+            if reference is None:
+                times = time_calls(fn, timer=timer, **timing)
+            else:
+                ref_fn, _ = _reference_fn(device, threads)
+                times, refs, normalised = time_interleaved(
+                    fn, ref_fn, reference.ms, timer=timer, **timing
+                )
     finally:
-        torch.set_num_threads(previous_threads)
         model.train(was_training)
     record = conditions(device, threads, batch_size, input_size, dtype, warmup)
     # 6 decimals (nanoseconds): tiny models run in microseconds, and the spread is read back

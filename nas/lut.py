@@ -643,17 +643,10 @@ def measure_unit(
 
     from nas import cost
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            fn = _unit_call(
-                kind, cfg, batch_size, torch.device("cuda" if device == "cuda" else "cpu")
-            )
-            timer = cost._cuda_events if device == "cuda" else None
-            times = cost.time_calls(fn, timer=timer, **kwargs)
-    finally:
-        torch.set_num_threads(previous)
+    with cost.torch_threads(threads), torch.no_grad():
+        fn = _unit_call(kind, cfg, batch_size, torch.device("cuda" if device == "cuda" else "cpu"))
+        timer = cost._cuda_events if device == "cuda" else None
+        times = cost.time_calls(fn, timer=timer, **kwargs)
     return round(cost._quartiles(times)[1], 5)
 
 

@@ -310,12 +310,10 @@ def check_config(config: SearchConfig) -> None:
             f"{config.data.img_size}: {e}"
         ) from None
     _probe_sampler(config, space)
-    for path, what in (
-        (storage_file(config.study.storage_url), "study.storage"),
-        (os.path.join(config.study.artifact_dir, "x"), "study.artifacts"),
-    ):
-        if path is not None:
-            check_writable(os.path.dirname(os.path.abspath(path)), what)
+    storage = storage_file(config.study.storage_url)
+    if storage is not None:
+        check_writable(os.path.dirname(os.path.abspath(storage)), "study.storage")
+    check_writable(config.study.artifact_dir, "study.artifacts")
 
 
 def _probe_sampler(config: SearchConfig, space: Any) -> None:
