@@ -157,7 +157,7 @@ def timm_model(name: str, data: Dataset) -> tuple[Model | None, str]:
     import timm
 
     kwargs = dict(TIMM_MODELS.get(name, {}), num_classes=data.num_classes, in_chans=data.in_chans)
-    size = data.train_x.shape[-1]
+    size = data.img_size
 
     def build() -> nn.Module:
         try:
@@ -258,7 +258,7 @@ def scale_family(
             arch = baseline(
                 family,
                 width,
-                img_size=data.train_x.shape[-1],
+                img_size=data.img_size,
                 num_classes=data.num_classes,
                 in_chans=data.in_chans,
             )
@@ -388,7 +388,7 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
     probe = search_config(args, data_cfg, Budget("probe", 1, 1.0), "random")
     inputs = prepare_inputs(probe)
     data = inputs.data
-    size = data.train_x.shape[-1]
+    size = data.img_size
     measurer = Measurer(data.in_chans, args.quick)
     tag = f"{data_label(data_cfg)}{size}"
     screens_path = os.path.join(args.work, f"{tag}-screens.json")

@@ -52,8 +52,7 @@ def main() -> int:
         )
         report = calibrate_exits(
             model,
-            data.val_x,
-            data.val_y,
+            data,
             max_drop=args.max_drop,
             threads=1,
             measure_images=len(data.val_y),

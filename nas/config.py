@@ -9,9 +9,13 @@ A config has these sections (all optional but `study.name`):
              sampler, sampler_args, pruner, pruner_args
     space:   a registered search space name, `supernet` (the supernet section's), or
              `nni:autoformer` (NNI's AutoFormer space, the nni extra)
-    data:    name, img_size, val_fraction, seed, (synthetic only) num_classes, num_samples
-    train:   epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing, clip_grad,
-             threads
+    data:    name, path, img_size, val_fraction, seed, max_train, cache, workers, strict,
+             (synthetic only) num_classes, num_samples
+    train:   recipe (proxy|full), epochs, batch_size, lr, weight_decay, warmup_epochs,
+             label_smoothing, clip_grad, augment, crop_scale, auto_augment, re_prob, hflip,
+             mixup, cutmix, mixup_prob, ema_decay, drop_path, threads, device, amp,
+             exit_weight, exit_max_drop (what each candidate gets)
+    retrain: the same keys, recipe full by default (what `lvit train` and a winner get)
     budget:  max_params, max_latency_ms, max_flops, latency_source (measured | {lut: PATH})
     latency: device, threads, batch_size, dtype, warmup, runs, max_seconds, target_spread,
              target_precision, measure, normalise
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,8 @@ __all__ = [
     "StudyConfig",
     "DataConfig",
     "TrainConfig",
+    "RetrainConfig",
+    "RECIPE_PRESETS",
     "BudgetConfig",
     "LatencyConfig",
     "DistillConfig",
@@ -68,6 +75,7 @@ LIMITS: dict[str, float] = {
     "data.num_classes": MAX_CLASSES,
     "data.num_samples": 200_000,
     "data.max_train": 100_000_000,
+    "data.workers": 64,
     "train.epochs": 10_000,
     "train.batch_size": 4_096,
     "train.threads": 1_024,
@@ -93,7 +101,11 @@ MAX_SEED = 2**31 - 1  # what numpy, torch and Optuna's samplers all take
 EVALUATIONS = ("train", "supernet")
 # Spaces of NNI's hub the engine searches (nas.oneshot; the nni extra).
 HUB_SPACES = ("nni:autoformer",)
-DATASETS = ("digits", "synthetic", "imagefolder", "cifar10")
+DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+FOLDER_DATASETS = ("imagefolder", "cifar10", "cifar100")  # need data.path
+CACHES = ("auto", "memory", "none")
+RECIPES = ("proxy", "full")
+AUGMENTS = ("light", "timm", "none")
 DISTILL_KINDS = ("soft", "hard")
 PROXY_NAMES = ("synflow", "naswot", "grad_norm", "snip")
 OBJECTIVE_DIRECTIONS = {
@@ -237,11 +249,22 @@ class StudyConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data set: `digits` (scikit-learn's bundled 8x8 digits, resized), `synthetic`
-    (generated class patterns, for tests; `num_classes` and `num_samples` apply to it only),
-    `imagefolder` (a folder of class sub-folders, or with `train/` and `val/` inside) or
-    `cifar10` (the batches already on disk: the python or the binary version) at `path`.
-    `max_train` caps the training split (a seeded, class-balanced subset) for quick proxies."""
+    """The data set: `digits` (scikit-learn's bundled 8x8 digits, resized), `fashion_mnist`
+    (its idx files at `path`, by default where Debian's package dataset-fashion-mnist puts
+    them), `cifar10` or `cifar100` (the batches already on disk: the python or the binary
+    version), `imagefolder` (a folder of class sub-folders, or with `train/` and `val/` inside)
+    at `path`, or `synthetic` (generated class patterns, for tests; `num_classes` and
+    `num_samples` apply to it only). The validation split is carved from the training images
+    (`val_fraction`, stratified, `seed`) unless a folder has its own `val/`; a test split is
+    never read by a search (`lvit evaluate --split test` reads it). `max_train` caps the
+    training split (a seeded, class-balanced subset) for quick proxies.
+
+    `cache`: `memory` decodes each split once into uint8 at `img_size`; `none` streams images
+    from disk through DataLoader worker processes, memory bounded by the batches in flight;
+    `auto` (the default) caches what takes at most 2 GiB and a quarter of the free memory.
+    `workers`: DataLoader worker processes for decoding and per-image augmentation (null: the
+    cores, at most 8). `strict`: refuse a folder with unreadable images (read through once
+    first) instead of skipping and counting them."""
 
     name: str = "digits"
     img_size: int = 32
@@ -251,6 +274,9 @@ class DataConfig:
     num_samples: int = 400
     path: str | None = None
     max_train: int | None = None
+    cache: str = "auto"
+    workers: int | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -263,33 +289,117 @@ class DataConfig:
         if self.num_classes < 2:
             raise ValueError(f"data.num_classes must be >= 2, got {self.num_classes}")
         _within("data", num_classes=self.num_classes)
-        if self.name in ("imagefolder", "cifar10") and not self.path:
+        if self.name in FOLDER_DATASETS and not self.path:
             raise ValueError(f"data.path is required for {self.name}: the folder on disk")
-        if self.path and self.name not in ("imagefolder", "cifar10"):
+        if self.path and self.name not in (*FOLDER_DATASETS, "fashion_mnist"):
             raise ValueError(
-                f"data.path is for imagefolder and cifar10; data '{self.name}' is not read "
-                "from a folder: remove data.path or set data.name"
+                f"data.path is for imagefolder, fashion_mnist, cifar10 and cifar100; data "
+                f"'{self.name}' is not read from a folder: remove data.path or set data.name"
             )
         _seed("data", self.seed)
         if self.max_train is not None:
             _positive("data", max_train=self.max_train)
+        if self.cache not in CACHES:
+            raise ValueError(f"data.cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.workers is not None:
+            if self.workers < 0:
+                raise ValueError(f"data.workers must be >= 0 (or null), got {self.workers}")
+            _within("data", workers=self.workers)
+
+
+# The two training recipes. `proxy` is what every search candidate gets: short, with the data
+# set's light augmentation (random translations, flips where they make sense). `full` is what a
+# winner gets when it is retrained (`lvit train`, the benchmarks): DeiT's recipe for training
+# vision transformers from scratch ("Training data-efficient image transformers & distillation
+# through attention", arXiv 2012.12877) scaled to small data, every piece from timm
+# (create_transform with RandAugment and random erasing, Mixup/CutMix, ModelEmaV3, drop path).
+# docs/training.md gives the measurements behind these values.
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "proxy": {
+        "epochs": 12,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+        "warmup_epochs": 1.0,
+        "label_smoothing": 0.1,
+        "clip_grad": 1.0,
+        "augment": "light",
+        "crop_scale": (0.35, 1.0),
+        "auto_augment": "none",
+        "re_prob": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "mixup_prob": 1.0,
+        "ema_decay": 0.0,
+        "drop_path": 0.0,
+    },
+    "full": {
+        "epochs": 100,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "weight_decay": 0.05,
+        "warmup_epochs": 5.0,
+        "label_smoothing": 0.1,
+        "clip_grad": 1.0,
+        "augment": "timm",
+        "crop_scale": (0.35, 1.0),
+        "auto_augment": "rand-m9-mstd0.5-inc1",
+        "re_prob": 0.25,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "mixup_prob": 1.0,
+        "ema_decay": 0.0,
+        "drop_path": 0.1,
+    },
+}
+# TrivialAugment ("TrivialAugment: Tuning-free Yet State-of-the-Art Data Augmentation", arXiv
+# 2103.10158) in timm's RandAugment terms: one operation an image, at a uniform magnitude.
+AUTO_AUGMENT_ALIASES = {"trivial": "rand-n1-m10-mstd101-p1"}
+_AUTO_AUGMENT = re.compile(
+    r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*)*$"  # timm's policy strings
+)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Proxy training of each candidate: AdamW, linear warm-up then cosine decay, label
-    smoothing, gradient clipping. `device`: auto (a GPU when there is one), cpu or cuda; `amp`:
-    bfloat16 autocast on the GPU (ignored on the CPU). Architectures with early exits train
-    them jointly, each exit's loss weighted by `exit_weight` against the final head's 1; after
-    training their thresholds are calibrated for at most `exit_max_drop` of accuracy lost."""
+    """How a model is trained: AdamW, linear warm-up then cosine decay, label smoothing,
+    gradient clipping, and the augmentation and regularisation of `recipe` (`proxy` or
+    `full`, see `RECIPE_PRESETS`); every key left out (or null) takes the recipe's value.
 
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    clip_grad: float = 1.0
+    `augment`: `light` (the data set's random translations and flips, cut from whole batches),
+    `timm` (timm.data.create_transform per image: random-resized crop of `crop_scale`, flips
+    with probability `hflip` (null: the data set's choice), `auto_augment` (a timm RandAugment
+    string such as rand-m9-mstd0.5-inc1, `trivial` for TrivialAugment, or `none`), random
+    erasing with probability `re_prob`) or `none`. `mixup`/`cutmix`: the alphas of
+    timm.data.Mixup (0: off), applied to a batch with probability `mixup_prob`, trained with
+    soft-target cross-entropy. `ema_decay`: timm.utils.ModelEmaV3 with this decay (0: off);
+    validation then scores the EMA weights, which are the ones kept. `drop_path`: stochastic
+    depth, rising linearly to this rate in the last block.
+
+    `device`: auto (a GPU when there is one), cpu or cuda; on a GPU, `amp` trains with bfloat16
+    autocast, and models with convolutions run channels_last. Architectures with early exits
+    train them jointly, each exit's loss weighted by `exit_weight` against the final head's 1;
+    after training their thresholds are calibrated for at most `exit_max_drop` of accuracy
+    lost."""
+
+    recipe: str = "proxy"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    clip_grad: float | None = None
+    augment: str | None = None
+    crop_scale: tuple[float, ...] | None = None
+    auto_augment: str | None = None
+    re_prob: float | None = None
+    hflip: float | None = None  # null: the data set's choice (no flips for digits)
+    mixup: float | None = None
+    cutmix: float | None = None
+    mixup_prob: float | None = None
+    ema_decay: float | None = None
+    drop_path: float | None = None
     threads: int = 0  # 0: all cores
     device: str = "auto"
     amp: bool = True
@@ -297,6 +407,14 @@ class TrainConfig:
     exit_max_drop: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(
+                f"train.recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}"
+            )
+        for key, value in RECIPE_PRESETS[self.recipe].items():
+            if getattr(self, key) is None:  # left out: the recipe's value, written out
+                object.__setattr__(self, key, value)
+        object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
         _positive("train", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.clip_grad < 0:
             raise ValueError("train.weight_decay, warmup_epochs and clip_grad must be >= 0")
@@ -311,6 +429,73 @@ class TrainConfig:
             raise ValueError("train.exit_weight must be >= 0 and exit_max_drop in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(
+                f"train.augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"
+            )
+        lo_hi = self.crop_scale
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ValueError(
+                f"train.crop_scale is [min, max] with 0 < min <= max <= 1, got {list(lo_hi)}"
+            )
+        if self.auto_augment != "none" and not _AUTO_AUGMENT.match(
+            AUTO_AUGMENT_ALIASES.get(self.auto_augment, self.auto_augment)
+        ):
+            raise ValueError(
+                f"train.auto_augment {self.auto_augment!r} is not a timm augmentation string: "
+                "use e.g. rand-m9-mstd0.5-inc1 (RandAugment), trivial (TrivialAugment) or none"
+            )
+        for key in ("re_prob", "mixup_prob", "hflip"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"train.{key} must be in [0, 1], got {value}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("train.mixup and train.cutmix are alphas: >= 0 (0: off)")
+        if not 0 <= self.ema_decay < 1 or not 0 <= self.drop_path < 1:
+            raise ValueError("train.ema_decay and train.drop_path must be in [0, 1)")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix): targets are then soft."""
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
+
+    @property
+    def timm_auto_augment(self) -> str | None:
+        """`auto_augment` as timm's create_transform takes it."""
+        if self.auto_augment == "none":
+            return None
+        return AUTO_AUGMENT_ALIASES.get(self.auto_augment, self.auto_augment)
+
+    def describe(self) -> str:
+        """The recipe in a line, for model cards and summaries."""
+        parts = [
+            f"{self.recipe} recipe: {self.epochs} epochs, batch {self.batch_size}, AdamW lr "
+            f"{self.lr:g} wd {self.weight_decay:g}, {self.warmup_epochs:g} warm-up epoch(s) "
+            f"then cosine, label smoothing {self.label_smoothing:g}"
+        ]
+        if self.augment == "timm":
+            aa = f", {self.auto_augment}" if self.auto_augment != "none" else ""
+            parts.append(
+                f"timm augmentation (random-resized crop {list(self.crop_scale)}{aa}, random "
+                f"erasing {self.re_prob:g})"
+            )
+        else:
+            parts.append(f"{self.augment} augmentation")
+        if self.mixes:
+            parts.append(f"mixup {self.mixup:g} / cutmix {self.cutmix:g}")
+        if self.ema_decay:
+            parts.append(f"EMA {self.ema_decay:g}")
+        if self.drop_path:
+            parts.append(f"drop path {self.drop_path:g}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class RetrainConfig(TrainConfig):
+    """The `retrain` section: how `lvit train` (and a benchmark's winner) trains a found
+    architecture; the same keys as `train`, with the `full` recipe by default."""
+
+    recipe: str = "full"
 
 
 @dataclass(frozen=True)
@@ -578,6 +763,7 @@ class SearchConfig:
     space: str = "tiny"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

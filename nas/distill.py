@@ -8,6 +8,7 @@ config's data and recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import timm
 import torch
 
 import search_spaces  # noqa: F401 - registers lightvit, so our architectures can teach
-from nas.config import SearchConfig
+from nas.config import SearchConfig, TrainConfig
 from nas.cost import count_params
 from nas.data import Dataset
 from nas.errors import UserError
@@ -49,12 +50,14 @@ def load_teacher(path: str, data: Dataset) -> Teacher:
         "path": path,
         "architecture": architecture,
         "params": count_params(model),
-        "val_acc": round(evaluate(model, data.val_x, data.val_y), 5),
+        "val_acc": round(evaluate(model, data), 5),
     }
     return Teacher(model, info)
 
 
-def _build(model_name: str | None, arch_path: str | None, data: Dataset) -> torch.nn.Module:
+def _build(
+    model_name: str | None, arch_path: str | None, data: Dataset, drop_path: float = 0.0
+) -> torch.nn.Module:
     if arch_path:
         arch = read_arch(arch_path)
         return timm.create_model(
@@ -62,9 +65,19 @@ def _build(model_name: str | None, arch_path: str | None, data: Dataset) -> torc
         )
     if not timm.is_model(model_name):
         raise UserError(f"'{model_name}' is not a timm model name (see timm.list_models())")
-    return timm.create_model(
-        model_name, pretrained=False, num_classes=data.num_classes, in_chans=data.in_chans
-    )
+    kwargs = {"drop_path_rate": drop_path} if drop_path else {}
+    try:
+        return timm.create_model(
+            model_name,
+            pretrained=False,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            **kwargs,
+        )
+    except TypeError:  # a model without stochastic depth
+        return timm.create_model(
+            model_name, pretrained=False, num_classes=data.num_classes, in_chans=data.in_chans
+        )
 
 
 def train_teacher(
@@ -75,36 +88,45 @@ def train_teacher(
     model_name: str | None = None,
     arch_path: str | None = None,
     epochs: int | None = None,
+    recipe: TrainConfig | None = None,
     on_epoch: Any = None,
+    on_step: Any = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train a teacher with the config's recipe on `data` and write it to `out` (a timm folder
-    with config.json, model.safetensors and a README), atomically."""
+    """Train a teacher with `recipe` (default: the config's `retrain` recipe, `full` unless
+    it says otherwise) on `data` and write it to `out` (a timm folder with config.json,
+    model.safetensors and a README), atomically."""
     protect = owned_paths(config)
     check_out_dir(out, protect=protect)
-    model = _build(model_name, arch_path, data)
-    recipe = config.train if epochs is None else _with_epochs(config, epochs)
+    recipe = recipe or config.retrain
+    if epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    model = _build(model_name, arch_path, data, recipe.drop_path)
     with torch.no_grad():  # a model that cannot take this input size fails here, clearly
         try:
-            model.eval()(data.val_x[:1])
+            model.eval()(data.tensors("val", n=1)[0])
         except RuntimeError as e:
             raise UserError(
                 f"{model_name or arch_path} does not run on {data.img_size}px "
                 f"inputs: {str(e).splitlines()[0][:160]}"
             ) from None
-    result = train_model(model, data, recipe, seed=config.study.seed, on_epoch=on_epoch)
+    result = train_model(
+        model, data, recipe, seed=config.study.seed, on_epoch=on_epoch, on_step=on_step
+    )
     info = {
         "role": "teacher",
         "model": model_name or arch_path,
         "val_acc": result.val_acc,
         "epochs": recipe.epochs,
+        "recipe": recipe.describe(),
         "data": data.info(),
         "params": count_params(model),
     }
     card = (
         f"# Teacher `{info['model']}` for `{data.name}`\n\n"
-        f"Trained by `lvit teacher train` for {recipe.epochs} epochs (AdamW, warm-up and "
-        f"cosine decay, seed {config.study.seed}) on {data.name} ({len(data.train_y)} "
-        f"training images at {data.img_size}px); validation accuracy {result.val_acc:.4f}; "
+        f"Trained by `lvit teacher train` with the {recipe.describe()}; seed "
+        f"{config.study.seed}, on {data.name} ({len(data.train)} training images at "
+        f"{data.img_size}px). Validation accuracy {result.val_acc:.4f} (the "
+        f"{len(data.val)}-image validation split, {data.val_description()}); "
         f"{info['params']:,} parameters.\n"
     )
     save_timm_folder(
@@ -116,9 +138,3 @@ def train_teacher(
         data_config=data_config_of((data.in_chans, data.img_size, data.img_size), data.info()),
     )
     return result, info
-
-
-def _with_epochs(config: SearchConfig, epochs: int) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config.train, epochs=epochs)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from nas.cost import measure_latency
-from nas.data import batches
+from nas.data import Dataset
+from nas.loader import eval_batches
 from nas.train import resize
 
 __all__ = ["ExitReport", "calibrate_exits"]
@@ -60,11 +61,12 @@ class _StopAt(torch.nn.Module):
 
 @torch.no_grad()
 def _all_outputs(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, img_size: int | None
+    model: torch.nn.Module, data: Dataset, img_size: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Confidence and correctness (outputs x images) of every exit and the final head."""
+    """Confidence and correctness (outputs x images) of every exit and the final head on the
+    validation split."""
     confidence, correct = [], []
-    for xb, yb in batches(x, y, 256):
+    for xb, yb in eval_batches(data, "val"):
         outputs = model.forward_exits(resize(xb, img_size))
         probs = torch.stack([o.softmax(dim=-1) for o in outputs])
         confidence.append(probs.amax(dim=-1))
@@ -90,8 +92,7 @@ def _dynamic(
 @torch.no_grad()
 def calibrate_exits(
     model: torch.nn.Module,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
+    data: Dataset,
     *,
     max_drop: float = 0.01,
     img_size: int | None = None,
@@ -99,11 +100,12 @@ def calibrate_exits(
     measure_images: int = 100,
     reference: Any = None,
 ) -> ExitReport:
-    """Calibrate the exit thresholds of a trained model and measure what they buy (CPU,
+    """Calibrate the exit thresholds of a trained model on the validation split of `data` and
+    measure what they buy (CPU,
     `threads` threads, batch 1); the path latencies drift-corrected against `reference` (a
     `nas.cost.Reference` for the CPU) when one is given."""
     model.eval()
-    confidence, correct = _all_outputs(model, val_x, val_y, img_size)
+    confidence, correct = _all_outputs(model, data, img_size)
     n_exits = confidence.shape[0] - 1
     full = correct[-1].float().mean().item()
     thresholds = [NEVER] * n_exits
@@ -114,8 +116,8 @@ def calibrate_exits(
                 thresholds = trial
                 break
     accuracy, share = _dynamic(confidence, correct, thresholds)
-    size = img_size or val_x.shape[-1]
-    input_size = (val_x.shape[1], size, size)
+    size = img_size or data.img_size
+    input_size = (data.in_chans, size, size)
     paths = [
         measure_latency(
             _StopAt(model, k), input_size, threads=threads, reference=reference
@@ -125,10 +127,11 @@ def calibrate_exits(
     expected = sum(s * ms for s, ms in zip(share, paths, strict=True))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    images, _ = data.tensors("val", n=measure_images)
     try:
         times = []
-        for i in range(min(measure_images, len(val_y))):
-            image = resize(val_x[i : i + 1], img_size)
+        for i in range(len(images)):
+            image = resize(images[i : i + 1], img_size)
             model.forward_dynamic(image, thresholds)  # warm
             start = time.perf_counter()
             model.forward_dynamic(image, thresholds)

@@ -142,6 +142,11 @@ def _model_card(trial: optuna.trial.FrozenTrial, study_name: str, arch: ArchConf
         f"{'yes' if s.downsample else 'no'} |"
         for i, s in enumerate(arch.stages)
     )
+    recipe = train.get("recipe") or (
+        f"proxy training, {train.get('epochs')} epochs, AdamW, warm-up and cosine decay"
+    )
+    val_split = data.get("val_split", "carved from the training data")
+    distilled = _distill_line(trial.user_attrs.get("distill"))
     return f"""---
 library_name: timm
 tags: [image-classification, timm, lightweight-vit]
@@ -174,9 +179,10 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 - data: {data.get("name")} ({data.get("train_size")} train / {data.get("val_size")} val images,
   input {data.get("input_size")}, mean {data.get("mean")}, std {data.get("std")},
   augmentation: {data.get("augment")})
-- recipe: proxy training, {train.get("epochs")} epochs, AdamW, warm-up and cosine decay, seed
-  {trial.user_attrs.get("seed")}
-- validation accuracy: {trial.values[0]:.4f}{_distill_line(trial.user_attrs.get("distill"))}
+- recipe: {recipe}; seed {trial.user_attrs.get("seed")}
+- validation accuracy: {trial.values[0]:.4f} (the {data.get("val_size")}-image validation split,
+  {val_split}; the test split was not used: measure it with
+  `lvit evaluate THIS_FOLDER --config CONFIG --split test`){distilled}
 
 ## Papers of the blocks it uses
 {_papers(arch)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nas.config import SearchConfig
+from nas.config import SearchConfig, TrainConfig
 from nas.data import Dataset
 from nas.errors import UserError
 from nas.export import check_out_dir, data_config_of, save_timm_folder
@@ -28,10 +28,13 @@ def retrain(
     teacher: Any = None,
     seed: int | None = None,
     on_epoch: Any = None,
+    on_step: Any = None,
     force: bool = False,
+    recipe: TrainConfig | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train `arch` from scratch on `data` with the config's recipe and write it to `out`
-    (never over the config's study, artifacts or supernet: `check_out_dir`)."""
+    """Train `arch` from scratch on `data` with `recipe` (default: the config's `retrain`
+    section, the `full` recipe unless it says otherwise) and write it to `out` (never over
+    the config's study, artifacts or supernet: `check_out_dir`)."""
     protect = owned_paths(config)
     check_out_dir(out, force, protect=protect)
     if teacher is None and arch.distill_head:
@@ -45,7 +48,8 @@ def retrain(
         in_chans=data.in_chans,
         distill_head=arch.distill_head or (teacher is not None and config.distill.head),
     )
-    recipe = dataclasses.replace(config.train, epochs=epochs or config.train.epochs)
+    recipe = recipe or config.retrain
+    recipe = dataclasses.replace(recipe, epochs=epochs or recipe.epochs)
     seed = config.study.seed if seed is None else seed
     model = LightViT(arch)
     result = train_model(
@@ -54,6 +58,7 @@ def retrain(
         recipe,
         seed,
         on_epoch=on_epoch,
+        on_step=on_step,
         img_size=arch.img_size,
         teacher=teacher.model if teacher else None,
         distill=config.distill,
@@ -61,7 +66,9 @@ def retrain(
     record: dict[str, Any] = {
         "role": "retrained",
         "val_acc": result.val_acc,
+        "split": "val",
         "epochs": recipe.epochs,
+        "recipe": recipe.describe(),
         "seed": seed,
         "data": data.info(),
         "teacher": teacher.info if teacher else None,
@@ -71,7 +78,7 @@ def retrain(
         from nas.exits import calibrate_exits
 
         record["exits"] = calibrate_exits(
-            model, data.val_x, data.val_y, max_drop=recipe.exit_max_drop, img_size=arch.img_size
+            model, data, max_drop=recipe.exit_max_drop, img_size=arch.img_size
         ).to_dict()
     save_timm_folder(
         model,
@@ -102,11 +109,12 @@ tags: [image-classification, timm, lightweight-vit]
 ---
 # LightViT `{arch.describe()}`
 
-Retrained from scratch by `lvit train`: {record["epochs"]} epochs on {data["name"]}
-({data["train_size"]} train / {data["val_size"]} val images at {data["input_size"]}, augmentation:
-{data["augment"]}), AdamW with warm-up and cosine decay, seed {record["seed"]}, {taught}.
+Retrained from scratch by `lvit train` on {data["name"]} ({data["train_size"]} train images at
+{data["input_size"]}) with the {record["recipe"]}; seed {record["seed"]}, {taught}.
 
-Validation accuracy: {record["val_acc"]:.4f}
+Validation accuracy: {record["val_acc"]:.4f} (the {data["val_size"]}-image validation split,
+{data.get("val_split", "carved from the training data")}; the test split was not used: measure it
+with `lvit evaluate THIS_FOLDER --config CONFIG --split test`)
 
 ```python
 import search_spaces, timm  # importing search_spaces registers `lightvit` with timm

@@ -275,15 +275,18 @@ def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that define a study's results: n_trials may grow on resume, the
-    storage URL differs between machines, the grace period is each process's own, and each
-    worker sets its own training threads."""
+    storage URL differs between machines, the grace period is each process's own, each
+    worker sets its own training threads and loader processes and holds the data as its
+    memory allows, and the retrain section is for after the search."""
     study = {
         k: v
         for k, v in config_dict["study"].items()
         if k not in ("n_trials", "storage", "grace_period")
     }
     train = {k: v for k, v in config_dict.get("train", {}).items() if k != "threads"}
-    return {**config_dict, "study": study, "train": train}
+    data = {k: v for k, v in config_dict.get("data", {}).items() if k not in ("workers", "cache")}
+    rest = {k: v for k, v in config_dict.items() if k != "retrain"}
+    return {**rest, "study": study, "train": train, "data": data}
 
 
 def check_config(config: SearchConfig) -> None:
@@ -301,6 +304,13 @@ def check_config(config: SearchConfig) -> None:
         raise ConfigError(
             f"latency.device {config.latency.device} ({config.latency.dtype}): {e}"
         ) from None
+    from nas.loader import check_recipe
+
+    for section, recipe in (("train", config.train), ("retrain", config.retrain)):
+        try:
+            check_recipe(recipe, config.data.img_size)
+        except ValueError as e:
+            raise ConfigError(f"{section}: {e}") from None
     space = config.search_space()  # a hub space needing NNI, or bad space_args, fail here
     try:
         space.sample_many(2, seed=0, num_classes=10, img_size=config.data.img_size)
@@ -520,7 +530,10 @@ class _Objective:
         raises `optuna.TrialPruned` when it is over a budget."""
         cfg, data = self.config, self.data
         _claim(trial, cfg.study.n_trials)
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        worker = {"host": socket.gethostname(), "pid": os.getpid()}
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            worker["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        trial.set_user_attr("worker", worker)
         seed = trial_seed(cfg.study.seed, trial.number)
         arch = self.space.sample(
             trial, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
@@ -567,14 +580,13 @@ class _Objective:
             raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
         proxies = None
         if cfg.proxies.names:
+            from nas.loader import sample_batch
             from nas.proxies import compute_proxies
             from nas.train import resize
 
-            batch = min(cfg.proxies.batch_size, len(data.train_y))
             generator = torch.Generator().manual_seed(seed)
-            index = torch.randperm(len(data.train_y), generator=generator)[:batch]
-            x = resize(data.train_x[index], arch.img_size)
-            proxies = compute_proxies(model, x, data.train_y[index], cfg.proxies.names, seed)
+            x, y = sample_batch(data, cfg.proxies.batch_size, generator)
+            proxies = compute_proxies(model, resize(x, arch.img_size), y, cfg.proxies.names, seed)
             trial.set_user_attr("proxies", proxies)
         return Candidate(arch, model, costs, seed, proxies)
 
@@ -655,7 +667,7 @@ class _Objective:
             tune_lr=cfg.train.lr / 10,
             seed=candidate.seed,
         )
-        acc = evaluate(model, self.data.val_x, self.data.val_y, img_size=arch.img_size)
+        acc = evaluate(model, self.data, "val", img_size=arch.img_size)
         seconds = time.perf_counter() - start
         trial.set_user_attr(
             "inherited",
@@ -743,6 +755,22 @@ class _Objective:
             if reason:
                 raise _Stopped(reason)
 
+        shown = [0.0]
+
+        def on_step(step: int, steps: int) -> None:
+            now = time.perf_counter()
+            if now - shown[0] >= 0.5 or step == steps:  # at most two events a second
+                shown[0] = now
+                self.on_event(
+                    "step",
+                    {
+                        "trial": trial.number,
+                        "epoch": len(curve) + 1,
+                        "step": step,
+                        "steps": steps,
+                    },
+                )
+
         self.on_event("training", {"trial": trial.number, "arch": arch})
         try:
             result = train_model(
@@ -751,6 +779,7 @@ class _Objective:
                 cfg.train,
                 candidate.seed,
                 on_epoch=on_epoch,
+                on_step=on_step,
                 img_size=arch.img_size,
                 teacher=self.teacher.model if self.teacher else None,
                 distill=cfg.distill,
@@ -775,6 +804,10 @@ class _Objective:
                 "images_per_second": round(result.images_per_second, 1),
                 "device": result.device,
                 "amp": cfg.train.amp and result.device.startswith("cuda"),
+                "recipe": cfg.train.describe(),
+                "loader": result.loader,
+                "data_seconds": result.data_seconds,
+                "unreadable_images": result.skipped,
             },
         )
         if self.teacher is not None:
@@ -785,8 +818,7 @@ class _Objective:
         if arch.exits:
             report = calibrate_exits(
                 model,
-                data.val_x,
-                data.val_y,
+                data,
                 max_drop=cfg.train.exit_max_drop,
                 img_size=arch.img_size,
                 threads=cfg.latency.threads,
@@ -944,7 +976,8 @@ def run_search(
     trials, this one waits (`poll_seconds`) in case one of them dies and is retried.
 
     `on_event(kind, info)` is called with kind in reference (the latency reference the run
-    normalises to), training, epoch, trained, scored (evaluation: supernet), rejected,
+    normalises to), training, step (progress within an epoch, at most twice a second), epoch,
+    trained, scored (evaluation: supernet), rejected,
     stopped, screened, failed.
     `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
     return, when the caller has them already.

@@ -40,7 +40,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
-from nas.data import Dataset, batches
+from nas.data import Dataset
+from nas.loader import shuffled_batches
 from nas.train import evaluate, resize
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
@@ -319,7 +320,7 @@ class SharedWeights(nn.Module):
         """Validation accuracy of `arch` prepared as a candidate (`prepare`'s keyword
         arguments: calib_batches, tune_steps, tune_lr, batch_size, seed)."""
         model = self.subnet(arch, data, **prepare)
-        return evaluate(model, data.val_x, data.val_y, img_size=arch.img_size)
+        return evaluate(model, data, "val", img_size=arch.img_size)
 
     # -- files -------------------------------------------------------------------------------
     def save(self, folder: str, meta: dict[str, Any]) -> None:
@@ -404,7 +405,7 @@ def export_subnet(
     protect = [*protect, folder]
     check_out_dir(out, force, protect=protect)
     model = shared.subnet(arch, data, calib_batches=calib_batches)
-    acc = evaluate(model, data.val_x, data.val_y, img_size=arch.img_size)
+    acc = evaluate(model, data, "val", img_size=arch.img_size)
     info = data.info()
     record = {
         "role": "supernet subnet",
@@ -466,15 +467,13 @@ def fine_tune(
     is scored: inherited weights are a compromise between every subnet that shares them, and a
     short adaptation to the one at hand makes the scores rank subnets more like training from
     scratch does, at a cost per candidate. Leaves the model in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
     done = 0
+    batches = shuffled_batches(data, batch_size, seed)
     while done < steps:
-        for xb, yb in batches(
-            data.train_x, data.train_y, batch_size, shuffle=True, generator=generator
-        ):
+        for xb, yb in batches:
             loss = criterion(model(resize(xb, model.arch.img_size)), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -506,10 +505,7 @@ def recalibrate_bn(
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    generator = torch.Generator().manual_seed(seed)
-    for i, (xb, _) in enumerate(
-        batches(data.train_x, data.train_y, batch_size, shuffle=True, generator=generator)
-    ):
+    for i, (xb, _) in enumerate(shuffled_batches(data, batch_size, seed)):
         if i >= num_batches:
             break
         model(resize(xb, img_size))

@@ -1,28 +1,36 @@
-"""Proxy training of a candidate: AdamW, linear warm-up then cosine decay, label smoothing,
-gradient clipping; validation accuracy after every epoch (the fidelity a search can act on).
+"""Training a model on a data set with a recipe (nas.config.TrainConfig): AdamW, linear warm-up
+then cosine decay, label smoothing, gradient clipping; the recipe's augmentation (nas.loader),
+timm's Mixup/CutMix with soft-target cross-entropy, timm's ModelEmaV3 and drop path; bfloat16
+autocast and channels_last on a GPU. Validation accuracy after every epoch (the fidelity a
+search can act on).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch import nn
 
 from nas.config import DistillConfig, TrainConfig
-from nas.data import Dataset, batches
+from nas.data import Dataset, ImageSplit
+from nas.loader import Batches, eval_batches, train_batches
 
 __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "TrainingFailed",
+    "Evaluation",
     "evaluate",
+    "evaluate_split",
     "resize",
     "resolve_device",
     "distillation_loss",
@@ -55,6 +63,9 @@ class TrainResult:
     seconds: float = 0.0
     images_per_second: float = 0.0
     device: str = "cpu"
+    loader: str = ""  # how batches were made (nas.loader.Batches.path)
+    data_seconds: float = 0.0  # time spent waiting for training batches
+    skipped: int = 0  # unreadable images left out so far
 
 
 def resize(x: torch.Tensor, img_size: int | None) -> torch.Tensor:
@@ -66,24 +77,84 @@ def resize(x: torch.Tensor, img_size: int | None) -> torch.Tensor:
     )
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int = 256,
+    data: Dataset | Batches,
+    split: str = "val",
     img_size: int | None = None,
+    batch_size: int = 256,
 ) -> float:
-    """Top-1 accuracy in eval mode (inputs resized to `img_size` when given)."""
+    """Top-1 accuracy in eval mode on a split of `data` (or on given `Batches`), inputs resized
+    to `img_size` when given."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for xb, yb in batches(x, y, batch_size):
-        logits = model(resize(xb.to(device), img_size))
-        correct += (logits.argmax(dim=1).cpu() == yb).sum().item()
+    batches = (
+        data
+        if isinstance(data, Batches)
+        else eval_batches(data, split, _device_of(model), batch_size)
+    )
+    correct = seen = 0
+    for xb, yb in batches:
+        logits = model(resize(xb, img_size))
+        correct += (logits.argmax(dim=1) == yb).sum().item()
+        seen += len(yb)
     model.train(was_training)
-    return correct / len(y)
+    if not seen:
+        raise TrainingFailed("no readable image in the validation split")
+    return correct / seen
+
+
+@dataclass
+class Evaluation:
+    """A model measured on one split: what `lvit evaluate` reports."""
+
+    split: str
+    images: int
+    accuracy: float
+    loss: float  # mean cross-entropy (no label smoothing)
+    per_class: list[float]  # accuracy of each class (nan: no image of it)
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+    skipped: int = 0
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    data: Dataset,
+    split: str | ImageSplit,
+    name: str,
+    img_size: int | None = None,
+    batch_size: int = 256,
+) -> Evaluation:
+    """Accuracy, loss, per-class accuracy and the confusion matrix of `model` on a split."""
+    model.eval()
+    n = data.num_classes
+    confusion = torch.zeros((n, n), dtype=torch.long)
+    loss_sum = 0.0
+    part = data.split(split) if isinstance(split, str) else split
+    for xb, yb in eval_batches(data, part, _device_of(model), batch_size):
+        logits = model(resize(xb, img_size)).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        pred = logits.argmax(dim=1)
+        confusion += torch.bincount((yb * n + pred).cpu(), minlength=n * n).reshape(n, n)
+    seen = int(confusion.sum())
+    if not seen:
+        raise TrainingFailed(f"no readable image in the {name} split")
+    per_class = (confusion.diag().double() / confusion.sum(dim=1).double()).tolist()
+    return Evaluation(
+        split=name,
+        images=seen,
+        accuracy=float(confusion.diag().sum()) / seen,
+        loss=loss_sum / seen,
+        per_class=[round(v, 5) if v == v else float("nan") for v in per_class],
+        confusion=confusion.tolist(),
+        skipped=len(part.skipped) + len(part.unreadable),
+    )
 
 
 def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -91,6 +162,25 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
+    """timm's Mixup/CutMix for the recipe (None when it mixes nothing)."""
+    if not cfg.mixes:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        prob=cfg.mixup_prob,
+        label_smoothing=cfg.label_smoothing,
+        num_classes=num_classes,
+    )
 
 
 def train_model(
@@ -103,23 +193,34 @@ def train_model(
     teacher: nn.Module | None = None,
     distill: DistillConfig | None = None,
     evaluate_fn: Callable[[nn.Module], float] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place for `cfg.epochs` epochs; `on_epoch(epoch, val_acc)` after each.
-    The accuracy is `evaluate` on the validation split, or what `evaluate_fn(model)` says (a
-    supernet scores one of its subnets).
+    """Train `model` in place for `cfg.epochs` epochs; `on_epoch(epoch, val_acc)` after each,
+    `on_step(step, steps_per_epoch)` after each batch. The accuracy is `evaluate` on the
+    validation split, or what `evaluate_fn(model)` says (a supernet scores one of its subnets);
+    with `cfg.ema_decay`, that of the EMA weights, which the model holds at the end.
 
     `img_size` is the model's input resolution when it differs from the data's (the survey
     space searches the resolution): images are resized to it, for training and validation.
     With a `teacher` (in eval mode, fed the same augmented images at the data's resolution),
     the final head, or the model's distillation head when it has one, also learns the teacher's
-    outputs (`distill`: soft or hard targets).
+    outputs (`distill`: soft or hard targets). `cfg.drop_path` is applied to models that can
+    set it (LightViT's `set_drop_path_rate`; a timm model takes `drop_path_rate` when built).
 
-    Trains on `cfg.device` (with bfloat16 autocast on a GPU when `cfg.amp`) and leaves the model
-    on the CPU. Raises `TrainingFailed` (`TrainingDiverged` on a non-finite loss, or out of
-    memory) with the reason. `on_epoch` may raise to stop early.
+    Trains on `cfg.device` (with bfloat16 autocast on a GPU when `cfg.amp`, channels_last when
+    the model has convolutions) and leaves the model on the CPU. Raises `TrainingFailed`
+    (`TrainingDiverged` on a non-finite loss, or out of memory) with the reason. `on_epoch` may
+    raise to stop early.
     """
     device = resolve_device(cfg.device)
     model.to(device)
+    memory_format = (
+        torch.channels_last
+        if device.type == "cuda" and _has_conv(model)
+        else torch.contiguous_format
+    )
+    if memory_format is torch.channels_last:
+        model.to(memory_format=memory_format)
     if teacher is not None:
         distill = distill or DistillConfig(teacher="given")
         teacher.to(device).eval()
@@ -131,11 +232,15 @@ def train_model(
         dist_head = False  # a timm model's (LeViT's): both heads learn the labels, averaged
     if dist_head:
         model.set_distilled_training(True)
+    drop_path = cfg.drop_path if hasattr(model, "set_drop_path_rate") else 0.0
+    if drop_path:
+        model.set_drop_path_rate(drop_path)
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
     )
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    random.seed(seed)  # timm's per-image augmentation draws from Python's and NumPy's generators
+    np.random.seed(seed % 2**32)  # (DataLoader workers get seeds of their own)
     optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     hint = None
     if teacher is not None and distill.hint_weight > 0:
@@ -149,44 +254,54 @@ def train_model(
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    steps_per_epoch = math.ceil(len(data.train_y) / cfg.batch_size)
+    batches = train_batches(data, cfg, device, seed)
+    val_batches = eval_batches(data, "val", device)
+    steps_per_epoch = len(batches)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps)
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    result = TrainResult(val_acc=0.0)
+    mixup = _mixup(cfg, data.num_classes)
+    if mixup is not None:
+        from timm.loss import SoftTargetCrossEntropy
+
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = None
+    if cfg.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    result = TrainResult(val_acc=0.0, loader=batches.path)
     start = time.perf_counter()
+    step = 0
     try:
         model.train()
         for epoch in range(1, cfg.epochs + 1):
             epoch_start, loss_sum, seen, hint_sum = time.perf_counter(), 0.0, 0, 0.0
-            for xb, yb in batches(
-                data.train_x,
-                data.train_y,
-                cfg.batch_size,
-                shuffle=True,
-                augment_pad=data.augment_pad,
-                flip=data.flip,
-                pad_fill=data.pad_fill,
-                generator=generator,
-            ):
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            waited = batches.data_seconds
+            for i, (xb, yb) in enumerate(batches, 1):
+                if memory_format is torch.channels_last:
+                    xb = xb.contiguous(memory_format=memory_format)
+                target = yb
+                if mixup is not None:
+                    xb, target = mixup(xb, yb)
                 with autocast:
                     if exits:
                         *early, final = model.forward_exits(resize(xb, img_size))
                     else:
                         early, final = [], model(resize(xb, img_size))
                     final, student = final if dist_head else (final, final)
-                    loss = criterion(final, yb)
+                    loss = criterion(final, target)
                     if teacher is not None:
                         with torch.no_grad():
-                            target = teacher(xb)
+                            taught = teacher(xb)
                         loss = (1 - distill.alpha) * loss + distill.alpha * distillation_loss(
-                            student, target, distill
+                            student, taught, distill
                         )
-                    loss = loss + cfg.exit_weight * sum(criterion(o, yb) for o in early)
+                    loss = loss + cfg.exit_weight * sum(criterion(o, target) for o in early)
                     if hint is not None:
                         hint_loss = hint.loss()
                         hint_sum += hint_loss.item() * len(yb)
@@ -199,23 +314,32 @@ def train_model(
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 scheduler.step()
+                step += 1
+                if ema is not None:
+                    ema.update(model, step=step)
                 loss_sum += loss.item() * len(yb)
                 seen += len(yb)
+                if on_step is not None:
+                    on_step(i, steps_per_epoch)
             train_seconds = time.perf_counter() - epoch_start
+            scored = ema.module if ema is not None else model
             if evaluate_fn is not None:
-                result.val_acc = evaluate_fn(model)
+                result.val_acc = evaluate_fn(scored)
             else:
-                result.val_acc = evaluate(model, data.val_x, data.val_y, img_size=img_size)
-            result.history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": round(loss_sum / seen, 5),
-                    "val_acc": round(result.val_acc, 5),
-                    "seconds": round(time.perf_counter() - epoch_start, 3),
-                    "images_per_second": round(seen / train_seconds, 1),
-                    **({"hint_loss": round(hint_sum / seen, 5)} if hint is not None else {}),
-                }
-            )
+                result.val_acc = evaluate(scored, val_batches, img_size=img_size)
+            record = {
+                "epoch": epoch,
+                "train_loss": round(loss_sum / max(1, seen), 5),
+                "val_acc": round(result.val_acc, 5),
+                "seconds": round(time.perf_counter() - epoch_start, 3),
+                "images_per_second": round(seen / train_seconds, 1),
+                "data_seconds": round(batches.data_seconds - waited, 3),
+            }
+            if ema is not None and evaluate_fn is None:
+                record["val_acc_raw"] = round(evaluate(model, val_batches, img_size=img_size), 5)
+            if hint is not None:
+                record["hint_loss"] = round(hint_sum / max(1, seen), 5)
+            result.history.append(record)
             if on_epoch is not None:
                 on_epoch(epoch, result.val_acc)
     except (torch.OutOfMemoryError, RuntimeError) as e:
@@ -231,14 +355,22 @@ def train_model(
     finally:
         if dist_head:
             model.set_distilled_training(False)
+        if drop_path:
+            model.set_drop_path_rate(0.0)  # a training setting: none in what is kept
         if hint is not None:
             hint.remove()  # the teacher is shared across trials: leave no hook behind
         torch.set_num_threads(previous_threads)
         result.seconds = time.perf_counter() - start
-        images = sum(len(data.train_y) for _ in result.history)
+        images = sum(len(data.train) for _ in result.history)
         result.images_per_second = images / result.seconds if result.seconds else 0.0
+        result.data_seconds = round(batches.data_seconds, 3)
+        result.skipped = len(data.unreadable())
+        batches.close()
+        val_batches.close()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     result.device = str(device)
-    model.to("cpu").eval()
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
     if teacher is not None:
         teacher.to("cpu")
     return result
@@ -281,7 +413,7 @@ class FeatureHint:
             layer.register_forward_hook(self._keep_teacher),
         ]
         with torch.no_grad():  # one batch, to learn the shapes the projection joins
-            x = data.train_x[:2].to(device)
+            x = data.tensors("train", n=2)[0].to(device)
             student(resize(x, img_size))
             teacher(x)
         if self.teacher_out is None or self.teacher_out.dim() != 4:

@@ -248,6 +248,18 @@ class LightViT(nn.Module):
             raise ValueError("this architecture has no distillation head (distill_head=False)")
         self.distilled_training = enable
 
+    @torch.jit.ignore
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Stochastic depth ("Deep Networks with Stochastic Depth", arXiv 1603.09382) rising
+        linearly from 0 in the first block to `rate` in the last, as `drop_path_rate` builds
+        it; 0 removes it. A training setting: no parameters change, and a model trained with
+        it is exported with `rate` 0 (identity at inference either way)."""
+        blocks = [b for stage in self.stages for b in stage.blocks]
+        rates = torch.linspace(0, rate, len(blocks), device="cpu").tolist()
+        for block, r in zip(blocks, rates, strict=True):
+            block.drop_path1 = DropPath(r) if r > 0 else nn.Identity()
+            block.drop_path2 = DropPath(r) if r > 0 else nn.Identity()
+
     def reparameterize(self) -> None:
         """Fuse every re-parameterisable block (multi-branch convs) for inference."""
         for module in self.modules():

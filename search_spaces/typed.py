@@ -56,8 +56,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        if len(options) == 1 and dataclasses.is_dataclass(options[0]) and value is not None:
-            return _convert(options[0], value, path)  # a section's own error says what is wrong
+        if len(options) == 1 and value is not None:
+            try:
+                return _convert(options[0], value, path)
+            except TypeCheckError as e:  # a specific reason (a section's, a finite number) stays
+                if not str(e).startswith(f"{path} must be {_type_name(options[0])}, got"):
+                    raise
+            raise TypeCheckError(f"{path} must be {_type_name(tp)}, got {_describe(value)}")
         for arg in args:
             if arg is type(None):
                 continue

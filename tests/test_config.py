@@ -24,8 +24,10 @@ def test_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert code == 2
     assert err == (
         f"lvit: error: {path}: unknown key 'train.epoch' (did you mean 'epochs'?); "
-        "allowed keys: epochs, batch_size, lr, weight_decay, warmup_epochs, "
-        "label_smoothing, clip_grad, threads, device, amp, exit_weight, exit_max_drop"
+        "allowed keys: recipe, epochs, batch_size, lr, weight_decay, warmup_epochs, "
+        "label_smoothing, clip_grad, augment, crop_scale, auto_augment, re_prob, hflip, "
+        "mixup, cutmix, mixup_prob, ema_decay, drop_path, threads, device, amp, exit_weight, "
+        "exit_max_drop"
     )
 
 

@@ -95,7 +95,8 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
     with torch.no_grad():
-        target = teacher(data.val_x).softmax(-1)
+        val_x, _ = data.tensors("val")
+        target = teacher(val_x).softmax(-1)
     distilled, plain = LightViT(arch), LightViT(arch)
     recipe = TrainConfig(epochs=3, device="cpu")
     train_model(
@@ -110,7 +111,7 @@ def test_distillation_pulls_the_student_towards_the_teacher() -> None:
 
     def gap(model: LightViT) -> float:
         with torch.no_grad():
-            return (model(data.val_x).softmax(-1) - target).abs().mean().item()
+            return (model(val_x).softmax(-1) - target).abs().mean().item()
 
     assert gap(distilled) < gap(plain)
 
@@ -257,8 +258,9 @@ def test_deit_hard_distillation_teaches_the_head_the_teachers_classes() -> None:
     )
     assert not model.distilled_training  # switched off again after training
     with torch.no_grad():
-        pooled = model.forward_head(model.forward_features(data.train_x), pre_logits=True)
-        taught = teacher(data.train_x).argmax(-1)
+        train_x, _ = data.tensors("train")
+        pooled = model.forward_head(model.forward_features(train_x), pre_logits=True)
+        taught = teacher(train_x).argmax(-1)
         agree_dist = (model.head_dist(pooled).argmax(-1) == taught).float().mean()
         agree_cls = (model.head(pooled).argmax(-1) == taught).float().mean()
         label_dist = (model.head_dist(pooled).argmax(-1) == data.train_y).float().mean()

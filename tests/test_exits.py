@@ -60,7 +60,7 @@ def data():
 
 def _exit_accuracy(model: LightViT, data) -> float:
     with torch.no_grad():
-        early = model.forward_exits(data.val_x)[0]
+        early = model.forward_exits(data.tensors("val")[0])[0]
     return (early.argmax(dim=1) == data.val_y).float().mean().item()
 
 
@@ -69,13 +69,13 @@ def test_exits_are_trained_jointly(data) -> None:
     train_model(trained, data, TrainConfig(epochs=4, exit_weight=0.5, device="cpu"), seed=0)
     train_model(ignored, data, TrainConfig(epochs=4, exit_weight=0.0, device="cpu"), seed=0)
     assert _exit_accuracy(trained, data) > _exit_accuracy(ignored, data) + 0.2
-    assert evaluate(trained, data.val_x, data.val_y) > 0.6
+    assert evaluate(trained, data) > 0.6
 
 
 def test_calibration_keeps_the_accuracy_drop_and_buys_latency(data) -> None:
     model = LightViT(ARCH)
     train_model(model, data, TrainConfig(epochs=4, device="cpu"), seed=0)
-    report = calibrate_exits(model, data.val_x, data.val_y, max_drop=0.02, measure_images=20)
+    report = calibrate_exits(model, data, max_drop=0.02, measure_images=20)
     assert sum(report.share) == pytest.approx(1.0)
     assert report.dynamic_accuracy >= report.full_accuracy - 0.02 - 1e-9
     assert len(report.exit_accuracy) == 2 and len(report.path_latency_ms) == 2
@@ -83,7 +83,7 @@ def test_calibration_keeps_the_accuracy_drop_and_buys_latency(data) -> None:
     low, high = min(report.path_latency_ms), max(report.path_latency_ms)
     assert low <= report.expected_latency_ms <= high
     assert report.measured_dynamic_ms > 0
-    strict = calibrate_exits(model, data.val_x, data.val_y, max_drop=0.0, measure_images=5)
+    strict = calibrate_exits(model, data, max_drop=0.0, measure_images=5)
     assert strict.dynamic_accuracy >= strict.full_accuracy - 1e-9
 
 

@@ -175,7 +175,7 @@ def test_batch_norm_recalibration_is_the_average_of_batch_statistics():
     assert recalibrate_bn(model, data, num_batches=3, batch_size=16) == 1
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(data.train_y), generator=generator)[:48]
-    feats = model[0](data.train_x[order]).detach()
+    feats = model[0](data.tensors("train", index=order)[0]).detach()
     means = torch.stack([feats[i * 16 : (i + 1) * 16].mean(dim=(0, 2, 3)) for i in range(3)])
     assert torch.allclose(model[1].running_mean, means.mean(0), atol=1e-5)
     assert not model.training

@@ -145,7 +145,7 @@ def test_export_round_trip_through_timm_in_a_fresh_process(finished_study, tmp_p
     # the exported model scores the trial's recorded accuracy on the same validation split
     reloaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     val = load_dataset(config.data)
-    assert evaluate(reloaded, val.val_x, val.val_y) == pytest.approx(best.values[0], abs=1e-9)
+    assert evaluate(reloaded, val) == pytest.approx(best.values[0], abs=1e-9)
 
 
 def test_export_refuses_an_untrained_trial_and_an_occupied_folder(
@@ -249,5 +249,5 @@ def test_a_survey_search_trains_exports_and_reloads(tmp_path) -> None:
         export_trial(run.study, t.number, str(out))
         model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
         assert model.pretrained_cfg["input_size"] == (3, arch.img_size, arch.img_size)
-        acc = evaluate(model, val.val_x, val.val_y, img_size=arch.img_size)
+        acc = evaluate(model, val, img_size=arch.img_size)
         assert acc == pytest.approx(t.values[0], abs=1e-9)
