@@ -12,6 +12,8 @@
                                   their accuracy, the machine's drift
     lvit teacher train CONFIG     a teacher for knowledge distillation, as a timm folder
     lvit train ARCH|EXPORT --config CONFIG   retrain a found architecture into a timm folder
+                                  (the full recipe; --recipe proxy for the search's)
+    lvit evaluate FOLDER --config CONFIG --split test|val   accuracy, per class, confusion
     lvit supernet train CONFIG    train a config's one-shot supernet (the nni extra)
     lvit supernet export CONFIG --arch JSON --out DIR   a subnet with inherited weights
 
@@ -72,9 +74,10 @@ class Search(Command):
         parser.add_argument(
             "--workers",
             type=int,
-            default=1,
-            help="worker processes on this machine, each pinned to its share of the cores "
-            "(needs a journal:/// or postgresql:// storage)",
+            default=None,
+            help="worker processes on this machine, each pinned to its share of the cores and, "
+            "when training on GPUs, given one GPU of its own (default: one per GPU when "
+            "training on GPUs, else 1; more than 1 needs a journal:/// or postgresql:// storage)",
         )
         _grace_argument(parser)
 
@@ -82,6 +85,10 @@ class Search(Command):
         config = _load_config(args.config)
         if args.n_trials is not None and args.n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
+        if args.workers is None:
+            from nas.workers import default_workers
+
+            args.workers = default_workers(config)
         if not 1 <= args.workers <= MAX_WORKERS:
             raise ConfigError(f"--workers must be 1 to {MAX_WORKERS}, got {args.workers}")
         config = config.replace_study(
@@ -100,6 +107,39 @@ class Search(Command):
                 )
             return _search_with_workers(config, args.workers)
         return _search_here(config, "lvit search")
+
+
+class _EpochBar:
+    """A second bar for the epochs of a large data set (at least `MIN_STEPS` batches), with
+    an ETA; quiet when not on a terminal."""
+
+    MIN_STEPS = 200
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def step(self, info: dict[str, Any]) -> None:
+        if info["steps"] < self.MIN_STEPS:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=info["steps"],
+                desc=f"trial {info['trial']} epoch {info['epoch']}",
+                unit="batch",
+                position=1,
+                leave=False,
+                disable=None,
+                dynamic_ncols=True,
+            )
+        self.bar.n = info["step"]
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class Worker(Command):
@@ -217,12 +257,16 @@ def _search_here(config: Any, prog: str) -> int:
 
     target = config.study.n_trials
     bar: Any = None
+    epoch_bar = _EpochBar()
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
         n = info.get("trial")
         if kind == "training":
             bar.set_postfix_str(f"trial {n}: training")
+        elif kind == "step":
+            epoch_bar.step(info)
         elif kind == "epoch":
+            epoch_bar.close()
             bar.set_postfix_str(
                 f"trial {n}: epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
             )
@@ -242,9 +286,7 @@ def _search_here(config: Any, prog: str) -> int:
     inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
     print(
         f"{prog}: study '{config.study.name}' in {_redact(config.study.storage_url)}, space "
-        f"'{config.space}', data '{config.data.name}' at {config.data.img_size}px "
-        f"({len(inputs.data.train_y)} train / {len(inputs.data.val_y)} val images), "
-        f"{target} candidates",
+        f"'{config.space}', {_data_line(inputs.data, config)}, {target} candidates",
         file=sys.stderr,
     )
     study = create_or_resume_study(config)
@@ -279,6 +321,9 @@ def _search_here(config: Any, prog: str) -> int:
         if config.evaluation == "supernet"
         else f"{run.trained} trained"
     )
+    bad = inputs.data.unreadable()
+    if bad:
+        extra += f", {len(bad)} unreadable image(s) skipped (data.strict: true refuses them)"
     line = (
         f"This run: {done_what}, {run.rejected} rejected by the budgets{extra}, "
         f"{run.failed} failed, in {_duration(run.seconds)}."
@@ -287,6 +332,20 @@ def _search_here(config: Any, prog: str) -> int:
         return _retrain_best(config, run.study, inputs, line)
     _summary(run.study, config, line)
     return 0
+
+
+def _data_line(data: Any, config: Any) -> str:
+    """The data a command works on, in a phrase: its splits and how they are held."""
+    from nas.data import has_test_split
+
+    held = "in memory" if data.cache == "memory" else f"streamed by {data.workers} workers"
+    test = "; its test split is not read" if has_test_split(config.data) else ""
+    bad = data.unreadable()
+    skipped = f"; {len(bad)} unreadable image(s) skipped, e.g. {bad[0]}" if bad else ""
+    return (
+        f"data '{data.name}' at {data.img_size}px ({len(data.train)} train / {len(data.val)} "
+        f"val images, {held}{test}{skipped})"
+    )
 
 
 def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
@@ -341,7 +400,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         latency_reference,
         prepare_inputs,
     )
-    from nas.workers import check_parallel_storage, core_shares, run_workers
+    from nas.workers import check_parallel_storage, core_shares, gpu_assignment, run_workers
 
     check_parallel_storage(config.study.storage_url)
     inputs = prepare_inputs(config)  # bad data, tables or teachers fail here, not in N workers
@@ -349,11 +408,15 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
     latency_reference(study, config, inputs.table)  # calibrated once, before the workers start
     target = config.study.n_trials
     shares = core_shares(n_workers)
+    gpus = gpu_assignment(n_workers, config.train.device)
+    on_gpus = (
+        ", GPUs " + " | ".join(str(g) for g in gpus) if any(g is not None for g in gpus) else ""
+    )
     print(
         f"lvit search: study '{config.study.name}' in {_redact(config.study.storage_url)}, "
         f"{n_workers} worker processes on cores "
         + " | ".join(",".join(map(str, s)) for s in shares)
-        + f", {target} candidates",
+        + f"{on_gpus}, {_data_line(inputs.data, config)}, {target} candidates",
         file=sys.stderr,
     )
     done = finished_count(study)
@@ -378,7 +441,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         bar.update(1)
 
     try:
-        run = run_workers(config, n_workers, on_finished=on_finished, study=study)
+        run = run_workers(config, n_workers, on_finished=on_finished, study=study, gpus=gpus)
     except KeyboardInterrupt:
         bar.close()
         _interrupted("lvit search", study, config)
@@ -1003,20 +1066,18 @@ class Teacher(Command):
         which.add_argument("--model", help="a timm model name, e.g. resnet18")
         which.add_argument("--arch", help="an ArchConfig JSON file")
         train.add_argument("--out", required=True, help="output folder (a timm folder)")
-        train.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+        train.add_argument("--epochs", type=int, default=None, help="override the epochs")
+        _recipe_argument(train)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
         from nas.data import load_dataset
         from nas.distill import train_teacher
 
         config = _load_config(args.config)
-        if args.epochs is not None and args.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        recipe = _recipe(config, args)
         data = load_dataset(config.data)
-        epochs = args.epochs or config.train.epochs
-        bar = tqdm(total=epochs, desc=f"teacher {args.model or args.arch}", unit="epoch")
+        print(f"lvit teacher train: {_data_line(data, config)}", file=sys.stderr)
+        bar = _TrainingBar(recipe.epochs, f"teacher {args.model or args.arch}")
         try:
             result, info = train_teacher(
                 config,
@@ -1024,17 +1085,68 @@ class Teacher(Command):
                 args.out,
                 model_name=args.model,
                 arch_path=args.arch,
-                epochs=args.epochs,
-                on_epoch=lambda epoch, acc: (bar.update(1), bar.set_postfix_str(f"acc {acc:.3f}")),
+                recipe=recipe,
+                on_epoch=bar.epoch,
+                on_step=bar.step,
             )
         finally:
             bar.close()
         print(
             f"Wrote teacher {info['model']} ({info['params']:,} params) to {args.out}: "
-            f"{data.name} validation accuracy {result.val_acc:.4f} after {epochs} epochs "
-            f"({_duration(result.seconds)}). Use it with  distill: {{teacher: {args.out}}}"
+            f"{data.name} validation accuracy {result.val_acc:.4f} after {recipe.epochs} epochs "
+            f"of the {recipe.recipe} recipe ({_duration(result.seconds)}). Use it with  "
+            f"distill: {{teacher: {args.out}}}"
         )
         return 0
+
+
+def _recipe_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe",
+        choices=("full", "proxy"),
+        default="full",
+        help="full: the config's retrain section (the full recipe unless it says otherwise; "
+        "the default); proxy: its train section, what search candidates get",
+    )
+
+
+def _recipe(config: Any, args: argparse.Namespace) -> Any:
+    """The recipe a command trains with: the config's retrain or train section, `--epochs`
+    applied."""
+    import dataclasses
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+    recipe = config.retrain if args.recipe == "full" else config.train
+    if args.epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    return recipe
+
+
+class _TrainingBar:
+    """Progress of one training: a bar over every batch of every epoch, with an ETA, the epoch
+    and the last validation accuracy beside it; quiet when not on a terminal."""
+
+    def __init__(self, epochs: int, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.epochs, self.done = epochs, 0
+        self.bar = tqdm(total=None, desc=desc, unit="batch", disable=None, dynamic_ncols=True)
+        self.acc = ""
+
+    def step(self, step: int, steps: int) -> None:
+        if self.bar.total is None:
+            self.bar.total = steps * self.epochs
+        self.bar.n = self.done * steps + step
+        self.bar.set_postfix_str(f"epoch {self.done + 1}/{self.epochs}{self.acc}", refresh=False)
+        self.bar.refresh()
+
+    def epoch(self, epoch: int, acc: float) -> None:
+        self.done = epoch
+        self.acc = f", val acc {acc:.3f}"
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class Train(Command):
@@ -1048,14 +1160,22 @@ class Train(Command):
             required=True,
             help="search config whose data, recipe and distill settings to use",
         )
-        parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+        parser.add_argument("--epochs", type=int, default=None, help="override the epochs")
         parser.add_argument("--teacher", default=None, help="a teacher folder to distil from")
         parser.add_argument("--seed", type=int, default=None, help="override study.seed")
         parser.add_argument("--out", required=True, help="output folder")
         parser.add_argument("--force", action="store_true", help="replace an existing --out")
+        parser.add_argument(
+            "--max-train",
+            type=int,
+            default=None,
+            help="training images (overrides data.max_train; 0: the whole training split, "
+            "the validation split staying the search's)",
+        )
+        _recipe_argument(parser)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from tqdm import tqdm
+        import dataclasses
 
         from nas.data import load_dataset
         from nas.export import check_out_dir, read_arch
@@ -1063,8 +1183,12 @@ class Train(Command):
         from nas.storage import owned_paths
 
         config = _load_config(args.config)
-        if args.epochs is not None and args.epochs < 1:
-            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        recipe = _recipe(config, args)
+        if args.max_train is not None:
+            if args.max_train < 0:
+                raise ConfigError(f"--max-train must be >= 0, got {args.max_train}")
+            data_cfg = dataclasses.replace(config.data, max_train=args.max_train or None)
+            config = dataclasses.replace(config, data=data_cfg)
         arch = read_arch(args.target)
         check_out_dir(args.out, args.force, protect=owned_paths(config))  # before any work
         data = load_dataset(config.data)
@@ -1074,8 +1198,12 @@ class Train(Command):
             from nas.distill import load_teacher
 
             teacher = load_teacher(teacher_dir, data)
-        epochs = args.epochs or config.train.epochs
-        bar = tqdm(total=epochs, desc="train", unit="epoch")
+        print(
+            f"lvit train: {arch.describe()} with the {recipe.describe()}; "
+            f"{_data_line(data, config)}",
+            file=sys.stderr,
+        )
+        bar = _TrainingBar(recipe.epochs, "train")
         from nas.train import TrainingFailed
 
         try:
@@ -1084,11 +1212,12 @@ class Train(Command):
                 config,
                 data,
                 args.out,
-                epochs=args.epochs,
+                recipe=recipe,
                 teacher=teacher,
                 seed=args.seed,
                 force=args.force,
-                on_epoch=lambda epoch, acc: (bar.update(1), bar.set_postfix_str(f"acc {acc:.3f}")),
+                on_epoch=bar.epoch,
+                on_step=bar.step,
             )
         except TrainingFailed as e:
             raise ConfigError(f"training failed: {e}") from None
@@ -1096,9 +1225,52 @@ class Train(Command):
             bar.close()
         taught = f", distilled from {teacher.info['path']}" if teacher else ""
         print(
-            f"Trained {arch.describe()} for {epochs} epochs{taught}: {data.name} validation "
-            f"accuracy {result.val_acc:.4f} ({_duration(result.seconds)}); wrote {args.out}"
+            f"Trained {arch.describe()} for {recipe.epochs} epochs of the {recipe.recipe} "
+            f"recipe{taught}: {data.name} validation accuracy {result.val_acc:.4f} "
+            f"({_duration(result.seconds)}, {result.images_per_second:.0f} images/s); wrote "
+            f"{args.out}. Test it:  lvit evaluate {args.out} --config {args.config} --split test"
         )
+        return 0
+
+
+class Evaluate(Command):
+    name = "evaluate"
+    help = "measure a model folder on its data's test (or validation) split: the only reader "
+    help += "of a test split"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("folder", help="a timm folder from lvit export, train or teacher")
+        parser.add_argument(
+            "--config", required=True, help="the config whose data set the model was trained on"
+        )
+        parser.add_argument(
+            "--split", choices=("test", "val"), default="test", help="which split (default test)"
+        )
+        parser.add_argument(
+            "--out", default=None, help="report folder (default: reports/FOLDER_NAME)"
+        )
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from nas.evaluation import evaluate_export
+
+        config = _load_config(args.config)
+        report = evaluate_export(args.folder, config, args.split, args.out)
+        e = report.evaluation
+        print(
+            f"{args.folder} on {config.data.name} {args.split} ({e.images} images"
+            + (f", {e.skipped} unreadable skipped" if e.skipped else "")
+            + f"): accuracy {e.accuracy:.4f}, loss {e.loss:.4f}"
+        )
+        width = max([len(c) for c in report.classes] + [5])
+        worst = sorted(range(len(e.per_class)), key=lambda i: e.per_class[i])
+        shown = worst if len(worst) <= 12 else worst[:10]
+        label = "per class" if len(worst) <= 12 else "the 10 least accurate classes"
+        print(f"  {label}:")
+        for i in sorted(shown):
+            name = report.classes[i] if i < len(report.classes) else str(i)
+            total = sum(e.confusion[i])
+            print(f"    {name:<{width}}  {e.per_class[i]:.4f}  ({total} images)")
+        print(f"Wrote {report.json_path} and {report.png_path} in {_duration(report.seconds)}.")
         return 0
 
 
@@ -1238,6 +1410,7 @@ COMMANDS: list[Command] = [
     Latency(),
     Teacher(),
     Train(),
+    Evaluate(),
     Supernet(),
 ]
 

@@ -17,6 +17,7 @@ __all__ = [
     "hypervolume_plot",
     "importance_plot",
     "arch_plot",
+    "confusion_plot",
     "write_report",
 ]
 
@@ -259,3 +260,44 @@ Parameter importances (fANOVA over the trained trials): {top}.
     with open(paths["report"], "w") as f:
         f.write(text)
     return paths
+
+
+def confusion_plot(
+    confusion: list[list[int]], classes: list[str], path: str, title: str = ""
+) -> str:
+    """The confusion matrix as a picture: rows the true class, columns the predicted one,
+    each cell the share of its row (the count written in it when there is room)."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(confusion, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(counts)
+    side = min(14.0, 3.0 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    labels = classes if len(classes) == n else [str(i) for i in range(n)]
+    if n <= 30:
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    colour = "white" if shares[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(counts[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=colour,
+                    )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
