@@ -6,6 +6,11 @@ torch), each pinned to its share of the CPU cores with as many torch threads, an
 The storage must take parallel writers: Optuna's journal file (`journal:///runs/NAME.journal`)
 on one machine, or an RDB server such as PostgreSQL; SQLite is refused.
 
+When training runs on GPUs (`train.device: cuda`, or `auto` on a machine with GPUs), each
+worker gets one GPU of its own through `CUDA_VISIBLE_DEVICES` (round robin when there are more
+workers than GPUs; `--workers` defaults to the number of GPUs); the latency budget is still
+measured on the configured latency device.
+
 The parent watches its workers. Optuna's heartbeat covers RDB storages; the journal storage has
 none, so when a worker process dies (killed, out of memory) the parent ends the trials it was
 running as failed, enqueues a retry of each (Optuna's RetryHeartbeatStaleTrialCallback, as the
@@ -31,7 +36,14 @@ from nas.errors import UserError
 from nas.storage import RetryStaleTrial
 from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
 
-__all__ = ["WorkersRun", "core_shares", "run_workers", "worker_main"]
+__all__ = [
+    "WorkersRun",
+    "core_shares",
+    "default_workers",
+    "gpu_assignment",
+    "run_workers",
+    "worker_main",
+]
 
 
 def core_shares(n_workers: int, cores: list[int] | None = None) -> list[list[int]]:
@@ -49,8 +61,40 @@ def core_shares(n_workers: int, cores: list[int] | None = None) -> list[list[int
     return shares
 
 
-def worker_main(config_dict: dict[str, Any], cores: list[int], quiet: bool = True) -> None:
-    """One worker process: pin to `cores`, train with that many threads, run the search."""
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or by index)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        names = [g.strip() for g in listed.split(",") if g.strip()]
+        return names[: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_assignment(n_workers: int, device: str) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES: one visible GPU each, round robin, when training
+    runs on GPUs (`train.device` cuda, or auto with GPUs present); None (the CPU) otherwise."""
+    gpus = [] if device == "cpu" else _visible_gpus()
+    if not gpus:
+        return [None] * n_workers
+    return [gpus[i % len(gpus)] for i in range(n_workers)]
+
+
+def default_workers(config: SearchConfig) -> int:
+    """`lvit search --workers` when not given: one per GPU when training on GPUs, else 1."""
+    return max(1, len([] if config.train.device == "cpu" else _visible_gpus()))
+
+
+def worker_main(
+    config_dict: dict[str, Any], cores: list[int], quiet: bool = True, gpu: str | None = None
+) -> None:
+    """One worker process: its own GPU (`gpu`, before anything starts CUDA), pinned to
+    `cores`, training with that many threads, running the search."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     os.sched_setaffinity(0, cores)
@@ -92,24 +136,30 @@ def run_workers(
     on_finished: Callable[[FrozenTrial], None] | None = None,
     poll_seconds: float = 1.0,
     study: optuna.Study | None = None,
+    gpus: list[str | None] | None = None,
 ) -> WorkersRun:
     """Run the search with `n_workers` local processes until the study has its count.
     `study` is what `create_or_resume_study(config)` returns, when the caller has checked the
-    storage and the inputs and made it already."""
+    storage and the inputs and made it already. `gpus`: each worker's CUDA_VISIBLE_DEVICES
+    (default `gpu_assignment`)."""
     if study is None:
         check_parallel_storage(config.study.storage_url)
         prepare_inputs(config)  # bad data, tables or teachers fail here, once, not in N workers
         study = create_or_resume_study(config)
     shares = core_shares(n_workers)
+    gpus = gpus if gpus is not None else gpu_assignment(n_workers, config.train.device)
     context = multiprocessing.get_context("spawn")
     config_dict = config.to_dict()
 
-    def start(share: list[int]) -> Any:
-        process = context.Process(target=worker_main, args=(config_dict, share), daemon=False)
+    def start(slot: tuple[list[int], str | None]) -> Any:
+        share, gpu = slot
+        process = context.Process(
+            target=worker_main, args=(config_dict, share, True, gpu), daemon=False
+        )
         process.start()
         return process
 
-    processes = [(start(share), share) for share in shares]
+    processes = [(start(slot), slot) for slot in zip(shares, gpus, strict=True)]
     run = WorkersRun(study=study, workers=n_workers)
     reported = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
     begin = time.perf_counter()
@@ -117,16 +167,16 @@ def run_workers(
         while True:
             _report(study, reported, on_finished)
             alive = []
-            for process, share in processes:
+            for process, slot in processes:
                 if process.exitcode is None:
-                    alive.append((process, share))
+                    alive.append((process, slot))
                 elif process.exitcode != 0:
                     run.recovered += recover_dead_worker(study, process.pid)
                     if process.exitcode > 0:  # it raised: restarting would raise again
                         run.errors.append(process.exitcode)
                     elif trial_counts(study)["finished"] < config.study.n_trials:
                         run.restarted += 1  # killed by a signal (SIGKILL, out of memory)
-                        alive.append((start(share), share))
+                        alive.append((start(slot), slot))
             processes = alive
             if not processes:
                 if trial_counts(study)["finished"] < config.study.n_trials:

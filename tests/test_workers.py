@@ -77,6 +77,46 @@ def test_two_local_workers_share_one_journal_study(tmp_path: Path, capsys) -> No
     assert "with 2 workers" in out and "Pareto front" in out
 
 
+def test_workers_get_a_gpu_each_when_training_runs_on_gpus(monkeypatch) -> None:
+    """The assignment, with the GPU count faked: one visible GPU per worker, round robin,
+    by the names CUDA_VISIBLE_DEVICES gives them; none when training on the CPU."""
+    import torch
+
+    from nas.config import SearchConfig
+    from nas.workers import default_workers, gpu_assignment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_assignment(2, "auto") == ["0", "1"]
+    assert gpu_assignment(6, "cuda") == ["0", "1", "2", "3", "0", "1"]
+    assert gpu_assignment(2, "cpu") == [None, None]
+    gpu = SearchConfig.from_dict({"study": {"name": "g"}, "train": {"device": "cuda"}})
+    cpu = SearchConfig.from_dict({"study": {"name": "c"}, "train": {"device": "cpu"}})
+    assert default_workers(gpu) == 4 and default_workers(cpu) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert gpu_assignment(3, "auto") == ["5", "3", "5"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_assignment(2, "auto") == [None, None] and default_workers(gpu) == 1
+
+
+def test_each_spawned_worker_runs_with_the_gpu_it_was_given(tmp_path: Path) -> None:
+    """The plumbing, on the CPU: every worker process sets its CUDA_VISIBLE_DEVICES before
+    torch starts, and its trials record it."""
+    from nas.config import load_config
+    from nas.workers import run_workers
+
+    storage = f"journal:///{tmp_path}/study.journal"
+    config = load_config(_config(tmp_path, storage, 4, train="train: {epochs: 1, device: cpu}"))
+    run = run_workers(config, 2, gpus=["7", "8"])
+    by_worker = {}
+    for t in _check_count(run.study, 4):
+        worker = t.user_attrs["worker"]
+        by_worker.setdefault(worker["pid"], set()).add(worker["cuda_visible_devices"])
+    assert sorted(v for values in by_worker.values() for v in values) == ["7", "8"]
+
+
 def test_sqlite_is_refused_for_parallel_workers(tmp_path: Path, capsys) -> None:
     config = _config(tmp_path, f"sqlite:///{tmp_path}/s.db", 2)
     assert main(["search", str(config), "--workers", "2"]) == 2
