@@ -309,7 +309,7 @@ def test_16_bit_images_are_scaled_by_their_bit_depth(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "dark" / "0.png").mode == "I;16"
     data = load_dataset(DataConfig(name="imagefolder", path=str(tmp_path), img_size=8))
     pixels = (
-        data.train_x * torch.tensor(data.std)[:, None, None]
+        data.tensors("train")[0] * torch.tensor(data.std)[:, None, None]
         + torch.tensor(data.mean)[:, None, None]
     )
     dark, light = pixels[data.train_y == 0].mean(), pixels[data.train_y == 1].mean()
@@ -326,7 +326,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
             exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the bright half on the right
             Image.fromarray(pixels).save(tmp_path / name / f"{i}.jpg", exif=exif, quality=95)
     data = load_dataset(DataConfig(name="imagefolder", path=str(tmp_path), img_size=16))
-    x = data.val_x[0].mean(0)
+    x = data.tensors("val", n=1)[0][0].mean(0)
     assert x[:, 8:].mean() > x[:, :8].mean() + 1.0
 
 
@@ -407,8 +407,12 @@ def test_layouts_that_cannot_be_trained_are_refused(
         _colour_folder(root)
         values = np.full((8, 8), 300.0, np.float32)
         Image.fromarray(values, mode="F").save(root / "cat" / "hdr.tif")
+    strict = layout == "float_out_of_range"  # an image that cannot be read: skipped unless
     with pytest.raises(DataError, match=re.escape(message)):
-        load_dataset(DataConfig(name="imagefolder", path=str(root), img_size=8))
+        load_dataset(DataConfig(name="imagefolder", path=str(root), img_size=8, strict=strict))
+    if strict:
+        data = load_dataset(DataConfig(name="imagefolder", path=str(root), img_size=8))
+        assert data.unreadable() == ["cat/hdr.tif"]
 
 
 # 6. One line, exit 2, nothing half-written ---------------------------------------------------
