@@ -13,10 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
+	bash experiments/install_data.sh
 	$(VENV)/bin/lvit search experiments/quickstart.yaml
 
-# tests/services.sh starts PostgreSQL on 127.0.0.1 (and installs it and Chromium as root if
-# missing). As root (CI) the services are required: their tests fail, never skip, without them.
+# tests/services.sh starts PostgreSQL on 127.0.0.1 (and installs it, Chromium and Debian's
+# dataset-fashion-mnist as root if missing, the last through experiments/install_data.sh). As
+# root (CI) they are required: their tests fail, never skip, without them.
 test: $(STAMP)
 	LVIT_TEST_POSTGRES="$$(bash tests/services.sh)" \
 	LVIT_REQUIRE_SERVICES="$$([ "$$(id -u)" = 0 ] && echo 1)" \

@@ -4,7 +4,10 @@
 # Chromium with its driver. Installs what is missing when run as root (CI); otherwise says what
 # is missing, and the tests that need it are skipped with that reason.
 # Prints nothing on stdout but the PostgreSQL URL for LVIT_TEST_POSTGRES (empty when unavailable).
+# The real data files the tests read (Fashion-MNIST) come from experiments/install_data.sh.
 set -euo pipefail
+
+bash "$(dirname "$0")/../experiments/install_data.sh"
 
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
