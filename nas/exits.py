@@ -50,6 +50,7 @@ class _StopAt(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, k: int) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)  # a new module trains; measuring restores this mode
         n = len(model.arch.exits)
         self.thresholds = [NEVER] * n
         if k < n:
@@ -128,6 +129,7 @@ def calibrate_exits(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     images, _ = data.tensors("val", n=measure_images)
+    model.eval()  # batch norms must not learn from the images timed one by one
     try:
         times = []
         for i in range(len(images)):

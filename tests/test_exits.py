@@ -87,6 +87,27 @@ def test_calibration_keeps_the_accuracy_drop_and_buys_latency(data) -> None:
     assert strict.dynamic_accuracy >= strict.full_accuracy - 1e-9
 
 
+def test_calibration_leaves_the_model_as_it_was(data) -> None:
+    """Calibrating exits measures the model; it must not change it: batch norms (here in an
+    depthwise-conv mixer) stay in eval mode while images are timed one by one, so the exported weights
+    score what the trial recorded."""
+    arch = ArchConfig(
+        stages=(StageConfig(2, 32, 2, 2.0, "dwconv"),),
+        exits=(1,),
+        img_size=16,
+        num_classes=4,
+    )
+    model = LightViT(arch)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    train_model(model, data, TrainConfig(epochs=2, device="cpu"), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    accuracy = evaluate(model, data)
+    calibrate_exits(model, data, max_drop=0.02, measure_images=10)
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert evaluate(model, data) == accuracy
+
+
 def test_a_search_records_the_exits_of_a_trial(tmp_path) -> None:
     space = get_space("survey")
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
