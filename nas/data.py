@@ -506,6 +506,8 @@ def _read_all(
             "false to skip them"
         )
     keep = np.flatnonzero(good)
+    if len(keep) == n:  # nothing to leave out: no copy of the whole cache
+        return out, keep, bad
     return out[torch.as_tensor(keep)], keep, bad
 
 
