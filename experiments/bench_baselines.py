@@ -152,18 +152,22 @@ def lightvit_model(name: str, kind: str, arch: ArchConfig, paper: str = "") -> M
     )
 
 
-def timm_model(name: str, data: Dataset) -> tuple[Model | None, str]:
-    """The timm model at the data's size and classes, or None and why it does not run."""
+def timm_model(name: str, data: Dataset, drop_path: float = 0.0) -> tuple[Model | None, str]:
+    """The timm model at the data's size and classes (with the recipe's stochastic depth, which
+    a timm model takes when it is built), or None and why it does not run."""
     import timm
 
     kwargs = dict(TIMM_MODELS.get(name, {}), num_classes=data.num_classes, in_chans=data.in_chans)
     size = data.img_size
 
     def build() -> nn.Module:
-        try:
-            return timm.create_model(name, img_size=size, **kwargs)
-        except TypeError:  # the model takes no img_size (fully convolutional ones)
-            return timm.create_model(name, **kwargs)
+        for extra in ({"img_size": size}, {}):  # fully convolutional models take no img_size
+            for depth in ({"drop_path_rate": drop_path} if drop_path else {}, {}):
+                try:
+                    return timm.create_model(name, **extra, **depth, **kwargs)
+                except TypeError:
+                    continue
+        return timm.create_model(name, **kwargs)
 
     try:
         model = build().eval()
@@ -396,10 +400,13 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
         with open(screens_path) as f:
             measurer.cache = {(k, int(t)): v for k, t, v in json.load(f)}
 
+    recipe = TrainConfig(
+        recipe=args.recipe, epochs=args.epochs, threads=args.threads, device="cpu"
+    )
     # 1. reference models
     timm_models, not_run = [], {}
     for name in args.timm:
-        m, why = timm_model(name, data)
+        m, why = timm_model(name, data, recipe.drop_path)
         if m is None:
             not_run[name] = why
         else:
@@ -446,7 +453,6 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
         json.dump([[k, t, v] for (k, t), v in measurer.cache.items()], f)
 
     # 4. training, budgets' models first, then the timm models
-    recipe = TrainConfig(epochs=args.epochs, threads=args.threads, device="cpu")
     trainer = Trainer(
         os.path.join(args.work, "trained.jsonl"), data, recipe, json.dumps(data.info())
     )
@@ -537,10 +543,15 @@ def verdicts(b: Budget, timm_models: list[Model]) -> list[str]:
     return out
 
 
+def recipe_line(args: argparse.Namespace) -> str:
+    recipe = TrainConfig(recipe=args.recipe, epochs=args.epochs, device="cpu")
+    return recipe.describe()
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        f"Recipe: {args.epochs} epochs from scratch, AdamW lr 3e-3, batch 32, warm-up 1 epoch, "
-        f"cosine, label smoothing 0.1; seeds {' '.join(map(str, args.seeds))}. Search: survey "
+        f"Recipe, from scratch: the {recipe_line(args)}; seeds {' '.join(map(str, args.seeds))}. "
+        "Search: survey "
         f"space, TPE until {args.trained} trained candidates ({args.proxy_epochs}-epoch proxy), "
         f"random until {2 * args.trained}. Latency: CPU ({cpu_name()}), batch 1, median of "
         f"{args.rounds} interleaved rounds, measured in this run; re-parameterisable stems "
@@ -694,6 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train", type=int, default=None, help="cap on training images")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (3 full, 1 quick)")
     parser.add_argument("--epochs", type=int, help="training epochs of the recipe")
+    parser.add_argument(
+        "--recipe",
+        choices=("full", "proxy"),
+        default="full",
+        help="how every model is trained (the full recipe by default; the published digits "
+        "results used proxy)",
+    )
     parser.add_argument("--trained", type=int, help="trained candidates per TPE search")
     parser.add_argument("--proxy-epochs", type=int, help="epochs per candidate in the search")
     parser.add_argument(
