@@ -356,7 +356,9 @@ def run_searches(
     args: argparse.Namespace, data_cfg: DataConfig, b: Budget, inputs: Any
 ) -> list[Model]:
     found = []
-    bar = tqdm(total=3 * args.trained, desc=f"search {b.name}", unit="cand", leave=False)
+    bar = tqdm(
+        total=3 * args.trained, desc=f"search {b.name}", unit="cand", leave=False, disable=None
+    )
     studies = {}
     for sampler, n in (("tpe", args.trained), ("random", 2 * args.trained)):
         config = search_config(args, data_cfg, b, sampler)
@@ -463,7 +465,7 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
             if (m.key, seed) not in seen:
                 seen.add((m.key, seed))
                 jobs.append((m, seed))
-    bar = tqdm(total=len(jobs), desc=f"train {tag}", unit="model", position=bar_pos)
+    bar = tqdm(total=len(jobs), desc=f"train {tag}", unit="model", position=bar_pos, disable=None)
     for m, seed in jobs:
         bar.set_postfix_str(f"{m.name} seed {seed}")
         trainer.train(m, seed)
@@ -476,7 +478,9 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
 
     # 5. side by side
     unique = {m.key for m in everything}
-    bar = tqdm(total=len(unique) * args.rounds, desc="latency 1+2 threads", unit="model")
+    bar = tqdm(
+        total=len(unique) * args.rounds, desc="latency 1+2 threads", unit="model", disable=None
+    )
     measurer.side_by_side(everything, args.rounds, bar)
     bar.close()
     return {

@@ -215,6 +215,11 @@ def cases(args: argparse.Namespace, work: Path) -> list[tuple[str, DataConfig, d
             DataConfig(**fashion, cache="memory", workers=2),
             {"recipe": "full"},
         ),
+        (
+            "Fashion-MNIST 32px, in memory, full recipe (timm per image, 1 worker)",
+            DataConfig(**fashion, cache="memory", workers=1),
+            {"recipe": "full"},
+        ),
         ("64px JPEG folder, streamed, 2 workers", folder(folder64, 64, "none", 2), {}),
         ("64px JPEG folder, streamed, 1 worker", folder(folder64, 64, "none", 1), {}),
         ("64px JPEG folder, in memory", folder(folder64, 64, "memory", 2), {}),

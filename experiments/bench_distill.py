@@ -66,7 +66,12 @@ def main() -> int:
             data=DataConfig(img_size=32),
             train=dataclasses.replace(recipe, epochs=args.teacher_epochs),
         )
-        bar = tqdm(total=args.teacher_epochs, desc=f"teacher {args.teacher_model}", unit="epoch")
+        bar = tqdm(
+            total=args.teacher_epochs,
+            desc=f"teacher {args.teacher_model}",
+            unit="epoch",
+            disable=None,
+        )
         train_teacher(
             config,
             data,
@@ -78,7 +83,7 @@ def main() -> int:
     teacher = load_teacher(args.teacher, data)
     base = DistillConfig(teacher=args.teacher, alpha=args.alpha, temperature=args.temperature)
     rows = []
-    for seed in tqdm(args.seeds, desc="student seeds"):
+    for seed in tqdm(args.seeds, desc="student seeds", disable=None):
         row = {"seed": seed}
         for name in args.variants:
             arch, kwargs = STUDENT, {}

@@ -45,7 +45,7 @@ def main() -> int:
 
     data = load_dataset(DataConfig(name="digits", img_size=32))
     rows = []
-    for seed in tqdm(args.seeds, desc="seeds"):
+    for seed in tqdm(args.seeds, desc="seeds", disable=None):
         model = LightViT(ARCH)
         result = train_model(
             model, data, TrainConfig(epochs=args.epochs, threads=2, device="cpu"), seed=seed

@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
             path=lut_path,
         )
     else:
-        bar = tqdm(desc="building the table", unit="")
+        bar = tqdm(desc="building the table", unit="", disable=None)
         table = build_lut(
             space,
             device="cpu",
@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
         table.save(lut_path)
 
-    bar = tqdm(total=args.n, desc="predict + measure", unit="arch")
+    bar = tqdm(total=args.n, desc="predict + measure", unit="arch", disable=None)
     start = time.perf_counter()
     result = validate(
         table,

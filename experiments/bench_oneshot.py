@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         from nas.oneshot import train_supernet
 
         steps = supernet.epochs * -(-len(data.train_y) // train.batch_size)
-        with tqdm(total=steps, desc="supernet (SPOS)", unit="path") as bar:
+        with tqdm(total=steps, desc="supernet (SPOS)", unit="path", disable=None) as bar:
             train_supernet(config, data, on_step=lambda: bar.update(1), keep_epochs=tuple(kept))
     with open(os.path.join(supernet.path, SUPERNET_META)) as f:
         meta = json.load(f)
@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     calib, final_epoch = supernet.calib_batches, supernet.epochs
     settings = [(e, calib, 0) for e in kept] + [(final_epoch, 2, 0)]
     settings.append((final_epoch, calib, args.tune_steps))
-    with tqdm(total=len(subnets) * len(settings), desc="inherited", unit="subnet") as bar:
+    with tqdm(
+        total=len(subnets) * len(settings), desc="inherited", unit="subnet", disable=None
+    ) as bar:
         for epoch, batches_, tune in settings:
             folder = (
                 supernet.path
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                 scores.setdefault((epoch, batches_, tune), []).append(acc)
                 bar.update(1)
     alone = []
-    for s in tqdm(subnets, desc=f"from scratch ({args.epochs} epochs)", unit="subnet"):
+    for s in tqdm(
+        subnets, desc=f"from scratch ({args.epochs} epochs)", unit="subnet", disable=None
+    ):
         alone.append(standalone.accuracy(s["arch"], args.epochs))
     stand = [a["accuracy"] for a in alone]
     for epoch in kept:
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     one_inputs = prepare_inputs(one)
     study = create_or_resume_study(one)
-    with tqdm(total=args.candidates, desc="one-shot search", unit="cand") as bar:
+    with tqdm(total=args.candidates, desc="one-shot search", unit="cand", disable=None) as bar:
         bar.update(len(study.trials))
         run_search(
             one,
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs=one_inputs,
             on_event=lambda kind, _: bar.update(kind in ("scored", "rejected")),
         )
-    with tqdm(total=k, desc="retrain best (one-shot)", unit="trial") as bar:
+    with tqdm(total=k, desc="retrain best (one-shot)", unit="trial", disable=None) as bar:
         retrained = retrain_best(
             one, study, one_inputs, on_event=lambda kind, _: bar.update(kind == "trained")
         )
@@ -326,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             **extra,
         )
         cfg_inputs = prepare_inputs(cfg)
-        with tqdm(total=args.trained, desc=f"from scratch: {space}", unit="trained") as bar:
+        with tqdm(
+            total=args.trained, desc=f"from scratch: {space}", unit="trained", disable=None
+        ) as bar:
             s = run_until(cfg, cfg_inputs, args.trained, bar, max_candidates=20 * args.trained)
         best = retrain_top(s, k, standalone, args.epochs)
         search_s = wall_seconds(s)

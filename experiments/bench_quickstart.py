@@ -41,7 +41,7 @@ def main() -> int:
     os.makedirs(args.work, exist_ok=True)
     studies = []
     start = time.perf_counter()
-    for k in tqdm(range(args.runs), desc="quickstart runs", unit="run"):
+    for k in tqdm(range(args.runs), desc="quickstart runs", unit="run", disable=None):
         url = f"sqlite:///{args.work}/run-{k}.db"
         name = f"quickstart-run-{k}"
         done = os.path.isfile(f"{args.work}/run-{k}.db")  # resumes: a finished run is kept

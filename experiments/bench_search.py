@@ -165,7 +165,7 @@ def main() -> int:
     probe = make_config(args, "probe", "random", 0)
     inputs = prepare_inputs(probe)
     runs = len(args.samplers) * len(args.seeds)
-    bar = tqdm(total=runs * args.trained, desc="trained candidates", unit="cand")
+    bar = tqdm(total=runs * args.trained, desc="trained candidates", unit="cand", disable=None)
     curves: dict[str, dict[int, list[float]]] = {s: {} for s in args.samplers}
     studies: dict[tuple[str, int], optuna.Study] = {}
     proxies = ProxyConfig(compute=("synflow", "naswot", "grad_norm", "snip"), batch_size=32)
@@ -220,7 +220,7 @@ def main() -> int:
     if not args.no_early_stop and "tpe" in args.samplers:
         rule = EarlyStopConfig(enabled=True, min_epoch=1, min_trials=5, dominated_by=3)
         es_rows = []
-        for seed in tqdm(args.seeds, desc="tpe + early stop"):
+        for seed in tqdm(args.seeds, desc="tpe + early stop", disable=None):
             plain = studies["tpe", seed]
             config = make_config(args, f"tpe-es-s{seed}", "tpe", seed, early_stop=rule)
             study = run_for(config, inputs, finished_count(plain))

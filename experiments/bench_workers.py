@@ -111,7 +111,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.makedirs(args.work, exist_ok=True)
 
-    runs = [throughput(args, w) for w in tqdm((1, 2), desc="throughput runs")]
+    runs = [throughput(args, w) for w in tqdm((1, 2), desc="throughput runs", disable=None)]
     study = optuna.load_study(
         study_name="bench-w1",
         storage=open_storage(
@@ -128,7 +128,7 @@ def main() -> int:
         storages["postgresql"] = database
     overhead = {}
     try:
-        for name, url in tqdm(storages.items(), desc="storage overhead"):
+        for name, url in tqdm(storages.items(), desc="storage overhead", disable=None):
             times = replay_overhead(url, template, args.replays)
             overhead[name] = {
                 "median_ms": round(1000 * statistics.median(times), 2),

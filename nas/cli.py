@@ -298,6 +298,7 @@ def _search_here(config: Any, prog: str) -> int:
         initial=min(done, target),
         unit="trial",
         desc="search",
+        disable=None,
         dynamic_ncols=True,
     )
     try:
@@ -356,7 +357,7 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
     from nas.study import best_scored, retrain_best, retrain_config
 
     k = len(best_scored(study, config.supernet.retrain_top_k))
-    bar = tqdm(total=k, unit="trial", desc="retrain best", dynamic_ncols=True)
+    bar = tqdm(total=k, unit="trial", desc="retrain best", disable=None, dynamic_ncols=True)
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
         if kind == "epoch":
@@ -420,7 +421,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         file=sys.stderr,
     )
     done = finished_count(study)
-    bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search")
+    bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search", disable=None)
     outcomes: dict[str, int] = {}
 
     def on_finished(trial: Any) -> None:
@@ -826,7 +827,13 @@ class Latency(Command):
             check_device(args.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        bar = tqdm(total=int(round(args.seconds)), unit="s", desc="watching", dynamic_ncols=True)
+        bar = tqdm(
+            total=int(round(args.seconds)),
+            unit="s",
+            desc="watching",
+            disable=None,
+            dynamic_ncols=True,
+        )
         try:
             report = stability(
                 args.seconds,
@@ -935,7 +942,9 @@ class Latency(Command):
                 for bar in bars.values():
                     bar.close()
                 label = {"units": "units", "calibration": "whole models"}[phase]
-                bars[phase] = tqdm(total=total, desc=label, unit="", dynamic_ncols=True)
+                bars[phase] = tqdm(
+                    total=total, desc=label, unit="", disable=None, dynamic_ncols=True
+                )
             bars[phase].update(done - bars[phase].n)
 
         print(
@@ -990,7 +999,7 @@ class Latency(Command):
             )
         except LutError as e:
             raise ConfigError(str(e)) from None
-        bar = tqdm(total=args.n, desc="architectures", dynamic_ncols=True)
+        bar = tqdm(total=args.n, desc="architectures", disable=None, dynamic_ncols=True)
         try:
             result = validate(
                 table,
@@ -1093,8 +1102,9 @@ class Teacher(Command):
             bar.close()
         print(
             f"Wrote teacher {info['model']} ({info['params']:,} params) to {args.out}: "
-            f"{data.name} validation accuracy {result.val_acc:.4f} after {recipe.epochs} epochs "
-            f"of the {recipe.recipe} recipe ({_duration(result.seconds)}). Use it with  "
+            f"{data.name} validation accuracy {result.val_acc:.4f} after {recipe.epochs} epoch"
+            f"{'s' * (recipe.epochs != 1)} of the {recipe.recipe} recipe "
+            f"({_duration(result.seconds)}). Use it with  "
             f"distill: {{teacher: {args.out}}}"
         )
         return 0
@@ -1225,8 +1235,9 @@ class Train(Command):
             bar.close()
         taught = f", distilled from {teacher.info['path']}" if teacher else ""
         print(
-            f"Trained {arch.describe()} for {recipe.epochs} epochs of the {recipe.recipe} "
-            f"recipe{taught}: {data.name} validation accuracy {result.val_acc:.4f} "
+            f"Trained {arch.describe()} for {recipe.epochs} epoch"
+            f"{'s' * (recipe.epochs != 1)} of the {recipe.recipe} recipe{taught}: {data.name} "
+            f"validation accuracy {result.val_acc:.4f} "
             f"({_duration(result.seconds)}, {result.images_per_second:.0f} images/s); wrote "
             f"{args.out}. Test it:  lvit evaluate {args.out} --config {args.config} --split test"
         )
@@ -1235,8 +1246,10 @@ class Train(Command):
 
 class Evaluate(Command):
     name = "evaluate"
-    help = "measure a model folder on its data's test (or validation) split: the only reader "
-    help += "of a test split"
+    help = (
+        "measure a model folder on its data's test (or validation) split: the only reader of a "
+        "test split"
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("folder", help="a timm folder from lvit export, train or teacher")
@@ -1339,7 +1352,7 @@ class Supernet(Command):
             f"({len(data.train_y)} train / {len(data.val_y)} val); {sn.epochs} epochs",
             file=sys.stderr,
         )
-        bar = tqdm(total=steps, unit="path", desc="supernet", dynamic_ncols=True)
+        bar = tqdm(total=steps, unit="path", desc="supernet", disable=None, dynamic_ncols=True)
         try:
             run = train_supernet(
                 config,
@@ -1446,6 +1459,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"lvit: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`lvit ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + 13  # the shell's status for a writer killed by SIGPIPE
     except OSError as e:  # the file system refused: a read-only place, a full disk, ...
         where = f" {e.filename}" if e.filename else ""
         print(

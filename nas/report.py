@@ -357,7 +357,7 @@ def study_summary(study: optuna.Study) -> str:
     if front:
         best = front[0]
         lines.append(
-            f"best feasible: trial {best.number}, accuracy {best.accuracy:.4f}, "
+            f"best feasible: trial {best.number}, validation accuracy {best.accuracy:.4f}, "
             f"{best.latency_ms:.3f} ms, {best.params:,} params, {best.arch_line}"
         )
         budget = _budgets(study).get("max_latency_ms")

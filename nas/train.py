@@ -287,6 +287,10 @@ def train_model(
                     xb = xb.contiguous(memory_format=memory_format)
                 target = yb
                 if mixup is not None:
+                    if len(yb) % 2:  # mixup pairs images: a batch short of an unreadable one
+                        xb, yb = xb[:-1], yb[:-1]
+                    if not len(yb):
+                        continue
                     xb, target = mixup(xb, yb)
                 with autocast:
                     if exits:

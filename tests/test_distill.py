@@ -152,7 +152,16 @@ def test_lvit_train_retrains_with_a_teacher_into_a_timm_folder(
     assert meta["teacher"]["architecture"] == "resnet10t" and meta["epochs"] == 2
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert model.num_classes == 4
-    assert "distilled from `resnet10t`" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "distilled from `resnet10t`" in card and "with the full recipe: 2 epochs" in card
+    assert meta["recipe"].startswith("full recipe") and "random erasing 0.25" in meta["recipe"]
+    assert "validation split" in card and "--split test" in card
+    # the search's recipe on a few images: --recipe proxy, --max-train
+    light = tmp_path / "light"
+    args = ["train", str(path), "--config", str(config), "--epochs", "1", "--out", str(light)]
+    assert main([*args, "--recipe", "proxy", "--max-train", "20"]) == 0
+    meta = json.loads((light / "config.json").read_text())["lightweight_vit"]
+    assert meta["recipe"].startswith("proxy recipe: 1 epoch,") and meta["data"]["train_size"] == 20
     # an export folder is a target too; an occupied --out is refused
     assert (
         main(["train", str(out), "--config", str(config), "--epochs", "1", "--out", str(out)]) == 2

@@ -269,7 +269,7 @@ def test_lvit_status_summarises_a_study(finished_study, capsys) -> None:
     trained = len(study.get_trials(states=(TrialState.COMPLETE,)))
     assert f"{trained} complete" in out and "of 6 candidates asked for" in out
     best = pareto_front(study)[0]
-    assert f"best feasible: trial {best.number}, accuracy {best.accuracy:.4f}" in out
+    assert f"best feasible: trial {best.number}, validation accuracy {best.accuracy:.4f}" in out
     assert f"Pareto front: {len(pareto_front(study))} trials" in out and "min in trials" in out
 
 

@@ -686,3 +686,21 @@ def test_the_limits_page_lists_the_limits_of_the_code() -> None:
 
     assert f"| `--workers` (`lvit search`) | 1 to {MAX_WORKERS} " in page
     assert f"0 to {MAX_SEED:,}" in page
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path: Path) -> None:
+    """`lvit ... | head` closes the pipe early: the command stops with the shell's SIGPIPE
+    status and no error of its own (it used to say 'cannot use: Broken pipe; choose a
+    location this user can write', which sends a user looking for a disk problem)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nas.cli", "space", "show", "survey"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # gone before the first line is written
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141, err
+    assert "error" not in err and "Traceback" not in err, err

@@ -289,3 +289,26 @@ def test_a_worker_joins_with_its_own_thread_count(tmp_path: Path, capsys) -> Non
     storage = f"sqlite:///{tmp_path}/s.db"
     assert main(["worker", "--storage", storage, "--study", "t", "--threads", "2"]) == 0
     assert "Study: 2 candidates" in capsys.readouterr().out
+
+
+def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
+    """experiments/gpu_check.sh is run once on a lent GPU machine, with no second try to
+    spare: its CPU rehearsal runs every step (two workers, latency, full-recipe retraining,
+    the test split) so that a typo cannot cost that try."""
+    import subprocess
+
+    script = Path(__file__).parents[1] / "experiments" / "gpu_check.sh"
+    env = {**os.environ, "LVIT_CHECK_DEVICE": "cpu", "LVIT_CHECK_SMALL": "1"}
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "check")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout
+    assert "trained" in out and "workers' CUDA_VISIBLE_DEVICES ['-']" in out
+    assert "latency measured on ['cpu']" in out
+    assert out.count("ms median (quartiles") == 2  # batch 1 and batch 64
+    assert "accuracy" in out and "== done in" in out
