@@ -1239,7 +1239,12 @@ class Train(Command):
             f"{'s' * (recipe.epochs != 1)} of the {recipe.recipe} recipe{taught}: {data.name} "
             f"validation accuracy {result.val_acc:.4f} "
             f"({_duration(result.seconds)}, {result.images_per_second:.0f} images/s); wrote "
-            f"{args.out}. Test it:  lvit evaluate {args.out} --config {args.config} --split test"
+            f"{args.out}."
+            + (
+                f" Test it:  lvit evaluate {args.out} --config {args.config} --split test"
+                if data.has_test
+                else ""
+            )
         )
         return 0
 

@@ -286,6 +286,7 @@ class Dataset:
     stats_images: int = 0  # how many training images the mean and std come from
     val_note: str = ""  # where the validation split comes from, when not carved from training
     in_chans: int = 3  # what models are given (grey sources repeated to three channels)
+    has_test: bool = False  # whether an official test split exists (for lvit evaluate only)
 
     @property
     def train_y(self) -> torch.Tensor:
@@ -348,6 +349,7 @@ class Dataset:
             "source": self.source,
             "cache": self.cache,
             "unreadable": len(self.unreadable()),
+            "test_split": self.has_test,
         }
 
     def val_description(self) -> str:
@@ -637,6 +639,7 @@ def _finish(src: _Source, cfg: DataConfig) -> Dataset:
         strict=cfg.strict,
         stats_images=counted,
         val_note=src.val_note,
+        has_test=has_test_split(cfg),
     )
 
 
@@ -1135,6 +1138,16 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 
 # -- the test split ---------------------------------------------------------------------------
+
+
+def test_split_note(data: dict[str, Any]) -> str:
+    """What a model card or summary says of the test split, from a trial's data record."""
+    if data.get("test_split") is False:
+        return f"{data.get('name')} has no test split"
+    return (
+        "the test split was not used: measure it with "
+        "`lvit evaluate THIS_FOLDER --config CONFIG --split test`"
+    )
 
 
 def has_test_split(cfg: DataConfig) -> bool:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
 import search_spaces  # noqa: F401 - registers `lightvit` with timm
+from nas.data import test_split_note
 from nas.errors import UserError
 from search_spaces.arch import ATTENTION_MIXERS, ArchConfig, ArchConfigError
 
@@ -181,8 +182,7 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
   augmentation: {data.get("augment")})
 - recipe: {recipe}; seed {trial.user_attrs.get("seed")}
 - validation accuracy: {trial.values[0]:.4f} (the {data.get("val_size")}-image validation split,
-  {val_split}; the test split was not used: measure it with
-  `lvit evaluate THIS_FOLDER --config CONFIG --split test`){distilled}
+  {val_split}; {test_split_note(data)}){distilled}
 
 ## Papers of the blocks it uses
 {_papers(arch)}

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from nas.config import SearchConfig, TrainConfig
-from nas.data import Dataset
+from nas.data import Dataset, test_split_note
 from nas.errors import UserError
 from nas.export import check_out_dir, data_config_of, save_timm_folder
 from nas.storage import owned_paths
@@ -113,8 +113,7 @@ Retrained from scratch by `lvit train` on {data["name"]} ({data["train_size"]} t
 {data["input_size"]}) with the {record["recipe"]}; seed {record["seed"]}, {taught}.
 
 Validation accuracy: {record["val_acc"]:.4f} (the {data["val_size"]}-image validation split,
-{data.get("val_split", "carved from the training data")}; the test split was not used: measure it
-with `lvit evaluate THIS_FOLDER --config CONFIG --split test`)
+{data.get("val_split", "carved from the training data")}; {test_split_note(data)})
 
 ```python
 import search_spaces, timm  # importing search_spaces registers `lightvit` with timm

@@ -428,6 +428,8 @@ def test_nothing_in_a_search_touches_the_test_images(tmp_path: Path) -> None:
         timeout=300,
     )
     assert export.returncode == 0, export.stderr
+    card = (out / "README.md").read_text()  # the card says how to measure the test split
+    assert "the test split was not used" in card and "--split test" in card
 
     def evaluate(split: str) -> list[str]:
         args = ["evaluate", str(out), "--config", str(config), "--split", split]

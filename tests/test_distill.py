@@ -155,7 +155,7 @@ def test_lvit_train_retrains_with_a_teacher_into_a_timm_folder(
     card = (out / "README.md").read_text()
     assert "distilled from `resnet10t`" in card and "with the full recipe: 2 epochs" in card
     assert meta["recipe"].startswith("full recipe") and "random erasing 0.25" in meta["recipe"]
-    assert "validation split" in card and "--split test" in card
+    assert "validation split" in card and "synthetic has no test split" in card
     # the search's recipe on a few images: --recipe proxy, --max-train
     light = tmp_path / "light"
     args = ["train", str(path), "--config", str(config), "--epochs", "1", "--out", str(light)]
