@@ -37,6 +37,7 @@ from nas.config import DataConfig, TrainConfig
 from nas.cost import count_params
 from nas.data import load_dataset
 from nas.loader import train_batches
+from nas.report import write_results
 from nas.train import resize
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
@@ -287,13 +288,7 @@ def main() -> int:
         "median_train_rate": statistics.median(r["train_images_per_second"] for r in rows),
         "process_before_mib": min(r["process_before_mib"] for r in rows),
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    text = results_md(rows, meta)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_results(args.out, {"meta": meta, "rows": rows}, results_md(rows, meta))
     print(f"bench_data: {len(rows)} cases in {meta['seconds'] / 60:.1f} min; wrote {args.out}")
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 
 from nas.config import load_config
-from nas.report import pareto_front
+from nas.report import pareto_front, write_results
 from nas.storage import load_study
 
 
@@ -188,13 +187,8 @@ def main() -> int:
         "config": config_path,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"meta": meta, "search": search, "runs": runs, "summary": summary}, f, indent=1)
-    text = results_md(meta, search, runs, summary)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text)
-    print(text)
+    payload = {"meta": meta, "search": search, "runs": runs, "summary": summary}
+    write_results(out, payload, results_md(meta, search, runs, summary))
     print(f"bench_fashion: done in {meta['seconds'] / 60:.1f} min; wrote {out}")
     return 0
 

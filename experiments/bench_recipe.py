@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from nas.config import DataConfig, TrainConfig
 from nas.data import load_dataset
+from nas.report import write_results
 from nas.train import train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
@@ -152,13 +153,8 @@ def main() -> int:
         "seeds": args.seeds,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
-    text = results_md(summary, meta)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text)
-    print(text)
+    payload = {"meta": meta, "summary": summary, "rows": rows}
+    write_results(args.out, payload, results_md(summary, meta))
     print(f"bench_recipe: {len(rows)} trainings; wrote {args.out}")
     return 0
 

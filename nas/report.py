@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,18 @@ class TrialRecord:
             accuracy=trial.values[0] if trial.state == TrialState.COMPLETE else None,
             reason=trial.user_attrs.get("reject_reason", ""),
         )
+
+
+def write_results(out: str, payload: dict[str, Any], markdown: str) -> None:
+    """A benchmark's results under `out`: results.json (everything it measured) and
+    results.md (its table), each written whole or not at all; the table is printed."""
+    os.makedirs(out, exist_ok=True)
+    for name, text in (("results.json", json.dumps(payload, indent=1)), ("results.md", markdown)):
+        path = os.path.join(out, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    print(markdown)
 
 
 def records(study: optuna.Study) -> list[TrialRecord]:
