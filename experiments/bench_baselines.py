@@ -1,35 +1,46 @@
 """Benchmark: what a search finds against hand-designed lightweight ViTs, real timm models and
 random search, at several budgets, side by side in one run.
 
-Protocol (one data set at a time; digits at 32x32 by default, plus any `--data
-imagefolder:PATH` or `--data cifar10:PATH`):
+Protocol (one data set at a time; `--preset` sets the defaults of every option left unset:
+`digits`, the earlier comparison on digits at 32x32, or `fashion`, the README's headline on
+Fashion-MNIST with its official test split):
 
 1. Reference models: the survey's hand-designed families (`search_spaces.baselines`) and every
-   timm model of `TIMM_MODELS` that runs at the input size, randomly initialised. Models whose
+   timm model of `TIMM_MODELS` that runs at the input size (with `resnet18` and
+   `mobilenetv3_small_100` as convolutional references), randomly initialised. Models whose
    architectures are identical (vit_tiny and deit_tiny differ only in their pretrained weights)
    are trained once and reported under each name.
-2. Budgets: the parameter count and 1-thread latency of reference models (default: the
-   PoolFormer-style family at width 8, the DeiT-style at width 48, and the smallest timm model
-   that runs), measured at the start of the run.
+2. Budgets: the parameter count and 1-thread latency of reference models (digits: the
+   PoolFormer-style family at width 8, the DeiT-style at width 48 and the smallest timm model
+   that runs; fashion: the same two families and `mobilevit_xxs`), measured at the start of
+   the run.
 3. Per budget: a TPE search (multi-objective, accuracy against latency, the survey space, the
-   budget's params and latency as constraints, latency measured) until `--trained` candidates
-   are trained, and a random search until twice as many; the most accurate trained candidate
-   of TPE, of random's first `--trained` and of all its `2 x --trained` are the found
-   architectures. Each family is scaled to the widest member within the budget (params and
-   1-thread latency); timm models fit when their params and latency do.
-4. Every model is trained from scratch with the same recipe (`--epochs`, AdamW, warm-up, cosine,
-   label smoothing) for each of `--seeds`, on the same split.
+   budget's params and latency as constraints, latency measured, the proxy recipe) until
+   `--trained` candidates are trained, and a random search until `--random-multiple` times as
+   many. The found architecture of each strategy is its best by the proxy's validation
+   accuracy or, with `--retrain-top K` (fashion: 3), the best by validation accuracy of its K
+   best retrained with the recipe below (first seed). Each family is scaled to the widest
+   member within the budget (params and 1-thread latency); timm models fit when their params
+   and latency do.
+4. Every model is trained from scratch with the same recipe (`--recipe`, the `full` one by
+   default, `--epochs`) for each of `--seeds` on the same split (a model that fits no budget:
+   the first `--over-budget-seeds`). Every choice is made on the validation split; where the
+   data set has an official test split (Fashion-MNIST, CIFAR, a folder's test/), each trained
+   model is then measured on it once, and the tables report that test accuracy.
 5. Every model is measured side by side at the end of the run: parameters (as trained, as the
    search counts them), FLOPs and CPU latency at batch 1 on 1 and 2 threads (eager, eval,
    no_grad) of the deployment form (re-parameterisable branches fused), in interleaved rounds,
    the median over rounds reported.
 
-Writes `results.csv` (columns `name`, `latency_ms`, `accuracy` first, so that `lvit report
---baselines` reads it), `results.md` and `pareto.png` (one panel per budget) to `--out`.
-Trained accuracies are kept in `--work` as they finish, so an interrupted run resumes.
+Writes `results.csv` (columns `name`, `latency_ms`, `accuracy` (validation) first, so that
+`lvit report --baselines` reads it; `test_accuracy` beside), `results.md` and `pareto.png`
+(one panel per budget) to `--out`. Searches and trained accuracies are kept in `--work` as they
+finish, so an interrupted run resumes where it stopped.
 
-    python experiments/bench_baselines.py --quick     # 10.8 min on a 2-core CPU
-    python experiments/bench_baselines.py             # full mode
+    python experiments/bench_baselines.py --quick                   # 10.8 min on a 2-core CPU
+    python experiments/bench_baselines.py                           # digits, full mode
+    python experiments/bench_baselines.py --preset fashion --quick  # every step, small
+    python experiments/bench_baselines.py --preset fashion          # the README's headline
 """
 
 from __future__ import annotations
@@ -65,8 +76,9 @@ from nas.config import (  # noqa: E402
     TrainConfig,
 )
 from nas.cost import count_flops, count_params, cpu_name, measure_latency  # noqa: E402
-from nas.data import Dataset  # noqa: E402
+from nas.data import Dataset, has_test_split  # noqa: E402
 from nas.errors import UserError  # noqa: E402
+from nas.evaluation import evaluate_model  # noqa: E402
 from nas.report import records  # noqa: E402
 from nas.study import library_versions, prepare_inputs  # noqa: E402
 from nas.train import TrainingFailed, train_model  # noqa: E402
@@ -86,7 +98,11 @@ TIMM_MODELS: dict[str, dict[str, Any]] = {
     "fastvit_t8": {},
     "efficientvit_m0": {},
     "tiny_vit_5m_224": {},
+    # convolutional references
+    "resnet18": {},
+    "mobilenetv3_small_100": {},
 }
+CNN_REFERENCES = ("resnet18", "mobilenetv3_small_100")
 STRATEGIES = ("tpe", "random", "random-2x")
 
 
@@ -105,7 +121,8 @@ class Model:
     flops: int = 0
     latency: dict[int, list[float]] = field(default_factory=dict)  # threads -> round medians
     screen_ms: float = 0.0  # 1-thread latency when the budgets were set (scaling, fit)
-    accs: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)  # validation, one per seed
+    tests: list[float] = field(default_factory=list)  # test split, one per seed, when it has one
     failed: str = ""
 
     def lat(self, threads: int) -> float:
@@ -118,6 +135,20 @@ class Model:
     @property
     def acc_sd(self) -> float:
         return statistics.pstdev(self.accs) if len(self.accs) > 1 else 0.0
+
+    @property
+    def scores(self) -> list[float]:
+        """What the comparison is made on: test accuracies where the data set has a test
+        split (measured once, after training), validation accuracies otherwise."""
+        return self.tests or self.accs
+
+    @property
+    def score(self) -> float:
+        return statistics.mean(self.scores) if self.scores else math.nan
+
+    @property
+    def score_sd(self) -> float:
+        return statistics.pstdev(self.scores) if len(self.scores) > 1 else 0.0
 
 
 @dataclass
@@ -279,11 +310,25 @@ def scale_family(
 
 
 class Trainer:
-    """Trains models with one recipe; results kept on disk by (architecture, seed, recipe)."""
+    """Trains models with one recipe; results kept on disk by (architecture, seed, recipe).
 
-    def __init__(self, path: str, data: Dataset, recipe: TrainConfig, data_key: str) -> None:
-        self.path, self.data, self.recipe = path, data, recipe
+    With `test` (the data set's config, when it has an official test split) each trained model
+    is also measured once on the test split, after its training: the figure is recorded and
+    reported, and nothing selects on it (the searches, the retraining of the best candidates
+    and every choice of this script use validation accuracy)."""
+
+    def __init__(
+        self,
+        path: str,
+        data: Dataset,
+        recipe: TrainConfig,
+        data_key: str,
+        test: DataConfig | None = None,
+    ) -> None:
+        self.path, self.data, self.recipe, self.test = path, data, recipe, test
         self.recipe_key = f"{data_key}|{json.dumps(dataclasses.asdict(recipe), sort_keys=True)}"
+        if test is not None:
+            self.recipe_key += "|test"
         self.done: dict[tuple[str, int], dict[str, Any]] = {}
         if os.path.isfile(path):
             with open(path) as f:
@@ -301,6 +346,9 @@ class Trainer:
         try:
             result = train_model(module, self.data, self.recipe, seed, img_size=m.img_size)
             row.update(acc=result.val_acc, seconds=round(result.seconds, 1))
+            if self.test is not None:
+                test = evaluate_model(module, self.test, self.data, "test", img_size=m.img_size)
+                row.update(test_acc=round(test.accuracy, 5))
         except TrainingFailed as e:
             row.update(acc=None, failed=str(e))
         with open(self.path, "a") as f:  # one line per finished training: nothing is lost
@@ -340,52 +388,79 @@ def search_config(args: argparse.Namespace, data_cfg: DataConfig, b: Budget, sam
     )
 
 
-def best_found(study: optuna.Study, first: int | None = None) -> tuple[ArchConfig, Any] | None:
-    """The most accurate trained candidate (ties: the faster) among the first `first`."""
+def ranked(study: optuna.Study, first: int | None = None) -> list[Any]:
+    """The trained candidates among the first `first`, most accurate (by the proxy's
+    validation accuracy) first; ties: the faster."""
     trained = sorted((r for r in records(study) if r.status == "trained"), key=lambda r: r.number)[
         :first
     ]
-    if not trained:
-        return None
-    best = max(trained, key=lambda r: (r.accuracy, -r.latency_ms))
-    arch = ArchConfig.from_dict(study.trials[best.number].user_attrs["arch"])
-    return arch, best
+    return sorted(trained, key=lambda r: (-r.accuracy, r.latency_ms))
 
 
 def run_searches(
-    args: argparse.Namespace, data_cfg: DataConfig, b: Budget, inputs: Any
+    args: argparse.Namespace, data_cfg: DataConfig, b: Budget, inputs: Any, trainer: Trainer
 ) -> list[Model]:
+    """TPE until `--trained` trained candidates and random until `--random-multiple` times as
+    many; per strategy the found architecture is the proxy's best, or with `--retrain-top K`
+    the best by validation accuracy of its K best retrained with the recipe (first seed)."""
     found = []
+    n_random = args.random_multiple * args.trained
     bar = tqdm(
-        total=3 * args.trained, desc=f"search {b.name}", unit="cand", leave=False, disable=None
+        total=args.trained + n_random,
+        desc=f"search {b.name}",
+        unit="cand",
+        leave=False,
+        disable=None,
     )
     studies = {}
-    for sampler, n in (("tpe", args.trained), ("random", 2 * args.trained)):
+    for sampler, n in (("tpe", args.trained), ("random", n_random)):
         config = search_config(args, data_cfg, b, sampler)
         bar.set_postfix_str(sampler)
         studies[sampler] = run_until(config, inputs, n, bar, args.max_candidates)
     bar.close()
-    for strategy, study, first in (
+    strategies = [
         ("tpe", studies["tpe"], args.trained),
         ("random", studies["random"], args.trained),
-        ("random-2x", studies["random"], 2 * args.trained),
-    ):
-        best = best_found(study, first)
-        numbers = sorted(r.number for r in records(study) if r.status == "trained")[:first]
-        b.search[strategy] = {
+    ]
+    if args.random_multiple > 1:
+        strategies.append(("random-2x", studies["random"], n_random))
+    for strategy, study, first in strategies:
+        candidates = ranked(study, first)
+        numbers = sorted(r.number for r in candidates)
+        info: dict[str, Any] = {
             "study": study.study_name,
             # candidates proposed until the last of the first `first` trained ones
             "candidates": numbers[-1] + 1 if len(numbers) == first else len(study.trials),
             "trained": len(numbers),
             "wanted": first,
-            "best_trial": best[1].number if best else None,
-            "proxy_acc": best[1].accuracy if best else None,
+            "best_trial": candidates[0].number if candidates else None,
+            "proxy_acc": candidates[0].accuracy if candidates else None,
         }
-        if best is None:
+        b.search[strategy] = info
+        if not candidates:
             continue
         kind = "found" if strategy == "tpe" else "random"
-        label = {"tpe": "found (TPE)", "random": f"random {first}", "random-2x": f"random {first}"}
-        found.append(lightvit_model(label[strategy], kind, best[0]))
+        label = "found (TPE)" if strategy == "tpe" else f"random {first}"
+        models = [
+            lightvit_model(
+                label, kind, ArchConfig.from_dict(study.trials[r.number].user_attrs["arch"])
+            )
+            for r in candidates[: max(args.retrain_top, 1)]
+        ]
+        if args.retrain_top:
+            retrained = []
+            for r, m in zip(candidates, models, strict=False):
+                row = trainer.train(m, args.seeds[0])
+                retrained.append(
+                    {"trial": r.number, "proxy_acc": r.accuracy, "val_acc": row["acc"]}
+                )
+            pick = max(
+                range(len(models)),
+                key=lambda i: -1.0 if retrained[i]["val_acc"] is None else retrained[i]["val_acc"],
+            )
+            info.update(retrained=retrained, best_trial=retrained[pick]["trial"])
+            models = [models[pick]]
+        found.append(models[0])
     return found
 
 
@@ -439,8 +514,15 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
         json.dump([[k, t, v] for (k, t), v in measurer.cache.items()], f)
 
     # 3. searches, scaled families, fitting timm models
+    trainer = Trainer(
+        os.path.join(args.work, "trained.jsonl"),
+        data,
+        recipe,
+        json.dumps(data.info()),
+        test=data_cfg if has_test_split(data_cfg) else None,
+    )
     for b in budgets:
-        b.models += run_searches(args, data_cfg, b, inputs)
+        b.models += run_searches(args, data_cfg, b, inputs, trainer)
         for family in args.families:
             m, why = scale_family(family, b, data, measurer)
             if m is None:
@@ -454,14 +536,19 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
     with open(screens_path, "w") as f:
         json.dump([[k, t, v] for (k, t), v in measurer.cache.items()], f)
 
-    # 4. training, budgets' models first, then the timm models
-    trainer = Trainer(
-        os.path.join(args.work, "trained.jsonl"), data, recipe, json.dumps(data.info())
-    )
+    # 4. training, budgets' models first, then the timm models; a model over every budget
+    # gets the first `--over-budget-seeds` seeds only
     everything = [m for b in budgets for m in b.models] + timm_models
+    fitting = {m.name for b in budgets for m in b.models} | {
+        name for b in budgets for name, fits in b.fits.items() if fits
+    }
+    seeds_of = {
+        m.name: args.seeds if m.name in fitting else args.seeds[: args.over_budget_seeds]
+        for m in everything
+    }
     jobs, seen = [], set()
     for m in everything:
-        for seed in args.seeds:
+        for seed in seeds_of[m.name]:
             if (m.key, seed) not in seen:
                 seen.add((m.key, seed))
                 jobs.append((m, seed))
@@ -472,8 +559,9 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
         bar.update(1)
     bar.close()
     for m in everything:
-        rows = [trainer.done[m.key, s] for s in args.seeds]
+        rows = [trainer.done[m.key, s] for s in seeds_of[m.name]]
         m.accs = [r["acc"] for r in rows if r["acc"] is not None]
+        m.tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
         m.failed = "; ".join(r["failed"] for r in rows if r.get("failed"))
 
     # 5. side by side
@@ -516,6 +604,9 @@ def rows_of(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "latency_2t_ms": round(m.lat(2), 4),
                     "accuracy_sd": round(m.acc_sd, 4) if m.accs else "",
                     "accuracies": " ".join(f"{a:.4f}" for a in m.accs),
+                    "test_accuracy": round(statistics.mean(m.tests), 4) if m.tests else "",
+                    "test_accuracy_sd": round(m.score_sd, 4) if m.tests else "",
+                    "test_accuracies": " ".join(f"{a:.4f}" for a in m.tests),
                     "architecture": m.describe,
                     "paper": m.paper,
                     "failed": m.failed,
@@ -526,16 +617,16 @@ def rows_of(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def verdicts(b: Budget, timm_models: list[Model]) -> list[str]:
     found = next((m for m in b.models if m.kind == "found"), None)
-    if found is None or not found.accs:
+    if found is None or not found.scores:
         return ["no architecture was found within this budget"]
     out = []
     others = [m for m in b.models if m is not found] + [
         t for t in timm_models if b.fits.get(t.name)
     ]
     for m in others:
-        if not m.accs:
+        if not m.scores:
             continue
-        d = 100 * (found.acc - m.acc)
+        d = round(100 * (found.score - m.score), 6)  # equal means are equal
         ratio = found.lat(1) / m.lat(1)
         if d >= 0 and ratio <= 1:
             what = "**at least as accurate and no slower**"
@@ -552,16 +643,45 @@ def recipe_line(args: argparse.Namespace) -> str:
     return recipe.describe()
 
 
+def accuracy_cells(m: Model, test: bool) -> str:
+    """`test | val` accuracy cells (mean ± sd over seeds), or the validation cell alone."""
+    if not m.accs:
+        return f"failed: {m.failed} |" + (" |" if test else "")
+    val = f"{m.acc:.4f} ± {m.acc_sd:.4f}"
+    if not test:
+        return f"{val} |"
+    return f"{m.score:.4f} ± {m.score_sd:.4f} ({len(m.tests)}) | {val} |"
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    test = any(
+        m.tests for r in results for m in r["timm"] + [x for b in r["budgets"] for x in b.models]
+    )
+    retrain = (
+        f"; the best {args.retrain_top} of each search by the proxy retrained with the recipe "
+        "(first seed), the best of them by validation accuracy is the one reported"
+        if args.retrain_top
+        else ""
+    )
+    accuracy = (
+        "test split (the data set's official one, measured once per trained model after its "
+        "training; every choice above is made on the validation split), mean ± sd over seeds "
+        "(the count in brackets; models over every budget get "
+        f"{args.over_budget_seeds} seed(s)), validation beside it"
+        if test
+        else "validation, mean ± sd over seeds"
+    )
     lines = [
         f"Recipe, from scratch: the {recipe_line(args)}; seeds {' '.join(map(str, args.seeds))}. "
         "Search: survey "
         f"space, TPE until {args.trained} trained candidates ({args.proxy_epochs}-epoch proxy), "
-        f"random until {2 * args.trained}. Latency: CPU ({cpu_name()}), batch 1, median of "
-        f"{args.rounds} interleaved rounds, measured in this run; re-parameterisable stems "
-        f"fused. Accuracy: validation, mean ± sd over seeds.",
+        f"random until {args.random_multiple * args.trained}{retrain}. Latency: CPU "
+        f"({cpu_name()}), batch 1, median of {args.rounds} interleaved rounds, measured in this "
+        f"run; re-parameterisable stems fused. Accuracy: {accuracy}.",
         "",
     ]
+    columns = "test accuracy | val accuracy" if test else "accuracy"
+    rule = "--- | ---" if test else "---"
     for r in results:
         for b in r["budgets"]:
             lines += [
@@ -569,16 +689,16 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{b.max_latency_ms:.2f} ms (1 thread)",
                 "",
                 "| model | kind | params | FLOPs | latency 1 thread | latency 2 threads | "
-                "accuracy | architecture |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                f"{columns} | architecture |",
+                f"| --- | --- | --- | --- | --- | --- | {rule} | --- |",
             ]
             shown = b.models + [t for t in r["timm"] if b.fits.get(t.name)]
-            for m in sorted(shown, key=lambda m: -(m.acc if m.accs else -1)):
-                acc = f"{m.acc:.4f} ± {m.acc_sd:.4f}" if m.accs else f"failed: {m.failed}"
+            for m in sorted(shown, key=lambda m: -(m.score if m.scores else -1)):
                 name = f"**{m.name}**" if m.kind == "found" else m.name
                 lines.append(
                     f"| {name} | {m.kind} | {m.params / 1e3:.1f}k | {m.flops / 1e6:.1f}M | "
-                    f"{m.lat(1):.3f} ms | {m.lat(2):.3f} ms | {acc} | {m.describe} |"
+                    f"{m.lat(1):.3f} ms | {m.lat(2):.3f} ms | {accuracy_cells(m, test)} "
+                    f"{m.describe} |"
                 )
             found_lines = verdicts(b, r["timm"])
             wins = sum("**at least as accurate and no slower**" in v for v in found_lines)
@@ -597,10 +717,24 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                         if info["trained"] < info["wanted"]
                         else ""
                     )
+                    if info.get("retrained"):
+                        picked = ", ".join(
+                            f"trial {x['trial']} {x['proxy_acc']:.4f} → "
+                            + ("failed" if x["val_acc"] is None else f"{x['val_acc']:.4f}")
+                            for x in info["retrained"]
+                        )
+                        best = (
+                            f"its best {len(info['retrained'])} by the {args.proxy_epochs}-epoch "
+                            f"proxy retrained ({picked}): trial {info['best_trial']}"
+                        )
+                    else:
+                        best = (
+                            f"best by its {args.proxy_epochs}-epoch proxy: "
+                            f"trial {info['best_trial']}"
+                        )
                     lines.append(
                         f"- search {strategy}: {info['trained']} trained of "
-                        f"{info['candidates']} candidates proposed{capped}; best by its "
-                        f"{args.proxy_epochs}-epoch proxy: trial {info['best_trial']}"
+                        f"{info['candidates']} candidates proposed{capped}; {best}"
                     )
             left = b.search.get("families_left_out", {})
             lines += [f"- {f}-style: none fits ({why})" for f, why in left.items()]
@@ -608,15 +742,16 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines += [
             f"### {r['tag']}: the timm models (random initialisation, the same recipe)",
             "",
-            "| model | params | FLOPs | latency 1 thread | latency 2 threads | accuracy | "
+            f"| model | params | FLOPs | latency 1 thread | latency 2 threads | {columns} | "
             "created as |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| --- | --- | --- | --- | --- | {rule} | --- |",
         ]
         for m in r["timm"]:
-            acc = f"{m.acc:.4f} ± {m.acc_sd:.4f}" if m.accs else f"failed: {m.failed}"
+            cnn = " (CNN)" if m.name in CNN_REFERENCES else ""
             lines.append(
-                f"| {m.name} | {m.params / 1e6:.2f}M | {m.flops / 1e6:.1f}M | {m.lat(1):.3f} ms "
-                f"| {m.lat(2):.3f} ms | {acc} | `{m.describe}` |"
+                f"| {m.name}{cnn} | {m.params / 1e6:.2f}M | {m.flops / 1e6:.1f}M | "
+                f"{m.lat(1):.3f} ms | {m.lat(2):.3f} ms | {accuracy_cells(m, test)} "
+                f"`{m.describe}` |"
             )
         lines += [
             f"- {n} does not run at this size: {why}" for n, why in r["timm_not_run"].items()
@@ -640,20 +775,21 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
         "family": dict(marker="D", s=60, c="tab:blue", zorder=3),
         "timm": dict(marker="s", s=60, c="black", zorder=3),
     }
+    split = "test" if any(m.tests for r in results for m in r["timm"]) else "validation"
     for ax, (r, b) in zip(axes[0], panels, strict=True):
         shown = b.models + [t for t in r["timm"] if t not in b.models]
         for m in shown:
-            if not m.accs:
+            if not m.scores:
                 continue
             fits = b.fits.get(m.name, False)
             kw = dict(style[m.kind])
             if not fits:
                 kw.update(c="none", edgecolors="grey", s=40)
-            ax.scatter([m.lat(1)], [m.acc], **kw)
-            ax.errorbar([m.lat(1)], [m.acc], yerr=[m.acc_sd], color="grey", lw=0.8, zorder=2)
+            ax.scatter([m.lat(1)], [m.score], **kw)
+            ax.errorbar([m.lat(1)], [m.score], yerr=[m.score_sd], color="grey", lw=0.8, zorder=2)
             ax.annotate(
                 m.name,
-                (m.lat(1), m.acc),
+                (m.lat(1), m.score),
                 textcoords="offset points",
                 xytext=(5, 3),
                 fontsize=7,
@@ -665,7 +801,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("CPU latency, batch 1, 1 thread (ms, log)")
-        ax.set_ylabel("validation accuracy (mean over seeds)")
+        ax.set_ylabel(f"{split} accuracy (mean over seeds)")
         ax.set_title(
             f"{r['tag']}: budget {b.max_params / 1e3:.0f}k params, {b.max_latency_ms:.2f} ms\n"
             f"({b.name})",
@@ -690,23 +826,75 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def parse_data(spec: str, img_size: int, max_train: int | None) -> DataConfig:
+DATA_HELP = "digits, fashion_mnist[:PATH], imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+
+
+def parse_data(
+    spec: str, img_size: int, max_train: int | None, val_fraction: float = 0.2
+) -> DataConfig:
     name, _, path = spec.partition(":")
-    if name not in ("digits", "imagefolder", "cifar10", "synthetic"):
-        raise UserError(f"--data {spec}: use digits, imagefolder:PATH or cifar10:PATH")
-    if name in ("imagefolder", "cifar10") and not path:
+    if name not in ("digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100", "synthetic"):
+        raise UserError(f"--data {spec}: use {DATA_HELP}")
+    if name in ("imagefolder", "cifar10", "cifar100") and not path:
         raise UserError(f"--data {spec}: {name} needs a folder, as {name}:PATH")
-    return DataConfig(name=name, path=path or None, img_size=img_size, max_train=max_train)
+    return DataConfig(
+        name=name,
+        path=path or None,
+        img_size=img_size,
+        max_train=max_train,
+        val_fraction=val_fraction,
+    )
+
+
+# (quick, full) defaults of each preset; the fashion preset is the protocol of the README's
+# Fashion-MNIST comparison, sized to fit 4 hours on a 2-core CPU
+PRESETS: dict[str, dict[str, tuple]] = {
+    "digits": {
+        "data": (["digits"], ["digits"]),
+        "budgets": (["poolformer:8", "deit:48", "smallest-timm"],) * 2,
+        "seeds": ([0], [0, 1, 2]),
+        "epochs": (2, 10),
+        "trained": (4, 8),
+        "proxy_epochs": (1, 4),
+        "rounds": (1, 3),
+        "max_candidates": (100, 300),
+        "retrain_top": (0, 0),
+        "random_multiple": (2, 2),
+        "over_budget_seeds": (1, 3),
+        "val_fraction": (0.2, 0.2),
+    },
+    "fashion": {
+        "data": (["fashion_mnist"], ["fashion_mnist"]),
+        "budgets": (["poolformer:8", "deit:48", "mobilevit_xxs"],) * 2,
+        "max_train": (600, 6000),
+        "val_fraction": (0.02, 0.05),
+        "seeds": ([0], [0, 1, 2]),
+        "epochs": (1, 5),
+        "trained": (3, 24),
+        "proxy_epochs": (1, 2),
+        "rounds": (1, 3),
+        "max_candidates": (40, 150),
+        "retrain_top": (2, 3),
+        "random_multiple": (1, 1),
+        "over_budget_seeds": (1, 1),
+    },
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (about 10 minutes)")
     parser.add_argument(
-        "--data", nargs="+", default=["digits"], help="digits, imagefolder:PATH, cifar10:PATH"
+        "--preset",
+        choices=list(PRESETS),
+        default="digits",
+        help="the defaults of every option left unset: digits (the earlier comparison) or "
+        "fashion (Fashion-MNIST, test split, the best 3 of each search retrained)",
     )
+    parser.add_argument("--data", nargs="+", help=DATA_HELP)
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--max-train", type=int, default=None, help="cap on training images")
+    parser.add_argument("--val-fraction", type=float, help="validation share of the training set")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (3 full, 1 quick)")
     parser.add_argument("--epochs", type=int, help="training epochs of the recipe")
     parser.add_argument(
@@ -717,6 +905,21 @@ def main(argv: list[str] | None = None) -> int:
         "results used proxy)",
     )
     parser.add_argument("--trained", type=int, help="trained candidates per TPE search")
+    parser.add_argument(
+        "--random-multiple",
+        type=int,
+        choices=(1, 2),
+        help="random search trains this many times --trained (2: also reports its first half)",
+    )
+    parser.add_argument(
+        "--retrain-top",
+        type=int,
+        help="retrain the best K of each search by the proxy with the recipe and report the "
+        "best of them by validation accuracy (0: the proxy's best)",
+    )
+    parser.add_argument(
+        "--over-budget-seeds", type=int, help="seeds for models that fit no budget"
+    )
     parser.add_argument("--proxy-epochs", type=int, help="epochs per candidate in the search")
     parser.add_argument(
         "--max-candidates",
@@ -727,7 +930,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budgets",
         nargs="+",
-        default=["poolformer:8", "deit:48", "smallest-timm"],
         help="reference models setting the budgets: FAMILY:WIDTH, a timm name, smallest-timm",
     )
     parser.add_argument("--families", nargs="+", default=list(BASELINES), choices=list(BASELINES))
@@ -737,20 +939,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="searches and trained results (resumable)")
     parser.add_argument("--out", help="where the CSV, Markdown and plot go")
     args = parser.parse_args(argv)
-    set_mode_defaults(
-        args,
-        "baselines",
-        {
-            "seeds": ([0], [0, 1, 2]),
-            "epochs": (2, 10),
-            "trained": (4, 8),
-            "proxy_epochs": (1, 4),
-            "rounds": (1, 3),
-            "max_candidates": (100, 300),
-        },
-    )
+    name = "baselines" if args.preset == "digits" else f"baselines-{args.preset}"
+    set_mode_defaults(args, name, PRESETS[args.preset])
     try:
-        data_cfgs = [parse_data(s, args.img_size, args.max_train) for s in args.data]
+        data_cfgs = [
+            parse_data(s, args.img_size, args.max_train, args.val_fraction) for s in args.data
+        ]
         for ref in args.budgets:
             family, _, width = ref.partition(":")
             if (

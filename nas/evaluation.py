@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nas.config import SearchConfig
+from nas.config import DataConfig, SearchConfig
 from nas.data import Dataset, load_dataset, load_test_split
 from nas.errors import UserError
 from nas.export import load_export, read_export
 from nas.train import Evaluation, evaluate_split
 
-__all__ = ["EvaluationReport", "evaluate_export", "SPLITS"]
+__all__ = ["EvaluationReport", "evaluate_export", "evaluate_model", "SPLITS"]
 
 SPLITS = ("test", "val")
 
@@ -58,8 +58,7 @@ def evaluate_export(
             f"{folder} predicts {classes} classes and the config's data "
             f"'{config.data.name}' has {data.num_classes}: pass the config it was trained with"
         )
-    part = load_test_split(config.data, data) if split == "test" else data.val
-    evaluation = evaluate_split(model, data, part, split, img_size=input_size[-1])
+    evaluation = evaluate_model(model, config.data, data, split, img_size=input_size[-1])
     out = out or os.path.join("reports", os.path.basename(os.path.normpath(folder)))
     os.makedirs(out, exist_ok=True)
     record = {
@@ -99,6 +98,18 @@ def evaluate_export(
     return EvaluationReport(
         evaluation, list(data.classes), json_path, png_path, time.perf_counter() - start, record
     )
+
+
+def evaluate_model(
+    model: Any, cfg: DataConfig, data: Dataset, split: str, img_size: int | None = None
+) -> Evaluation:
+    """`model` (trained on `data`, loaded from `cfg`) measured on the `split` of that data set:
+    `val`, or `test`, the official test split, read here and nowhere else. For final
+    evaluation only: nothing measured on it may select, tune or stop anything."""
+    if split not in SPLITS:
+        raise UserError(f"split must be test or val, got {split!r}")
+    part = load_test_split(cfg, data) if split == "test" else data.val
+    return evaluate_split(model, data, part, split, img_size=img_size)
 
 
 def _prepared(data: Dataset, pretrained: dict[str, Any]) -> Dataset:

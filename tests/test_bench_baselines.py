@@ -117,7 +117,7 @@ def test_a_second_run_resumes_without_retraining(bench_run) -> None:
     ("args", "message"),
     [
         (["--data", "imagefolder"], "imagefolder needs a folder"),
-        (["--data", "mnist"], "use digits, imagefolder:PATH or cifar10:PATH"),
+        (["--data", "mnist"], "use digits, fashion_mnist[:PATH], imagefolder:PATH"),
         (["--budgets", "poolformer:x"], "use FAMILY:WIDTH"),
     ],
 )
@@ -148,3 +148,49 @@ def test_a_timm_distillation_head_trains_on_the_labels_without_a_teacher() -> No
     before = model.head_dist.weight.detach().clone()
     result = train_model(model, data, TrainConfig(epochs=1, threads=1, device="cpu"), 0)
     assert result.val_acc >= 0 and not torch.equal(model.head_dist.weight, before)
+
+
+FASHION_ARGS = [
+    "--preset", "fashion", "--img-size", "16", "--seeds", "0", "1", "--epochs", "1",
+    "--max-train", "200", "--val-fraction", "0.2",
+    "--trained", "2", "--retrain-top", "2", "--proxy-epochs", "1", "--rounds", "1",
+    "--max-candidates", "30", "--families", "poolformer",
+    "--timm", "mobilevit_xxs", "resnet18", "--budgets", "deit:48",
+]  # fmt: skip
+
+
+def test_the_fashion_protocol_retrains_the_best_and_reports_the_test_split(tmp_path) -> None:
+    """Fashion-MNIST-style data with a test split: the best 2 of each search are retrained with
+    the recipe and the best of them by validation accuracy is reported; random search trains as
+    many as TPE; every trained model is measured on the test split; a model over every budget
+    trains with one seed."""
+    from tests.test_data import make_fashion
+
+    fashion = make_fashion(tmp_path / "fashion", n_train=300, n_test=100)
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = FASHION_ARGS + ["--data", f"fashion_mnist:{fashion}", "--work", str(work)]
+    assert _bench().main(args + ["--out", str(out)]) == 0
+    rows = {r["name"]: r for r in _rows(tmp_path)}
+    assert {r["kind"] for r in rows.values()} == {"found", "random", "family", "timm"}
+    assert "random 2" in rows and "random 4" not in rows  # as many as TPE, no 2x
+    for r in rows.values():
+        tests = [float(a) for a in r["test_accuracies"].split()]
+        vals = [float(a) for a in r["accuracies"].split()]
+        assert len(tests) == len(vals) and all(0 <= a <= 1 for a in tests)
+        assert float(r["test_accuracy"]) == pytest.approx(sum(tests) / len(tests), abs=1e-4)
+        # within the budget: every seed; over every budget (resnet18's 11M params): one seed
+        assert len(tests) == (2 if r["fits"] == "True" else 1), r
+    assert rows["resnet18"]["fits"] == "False" and rows["found (TPE)"]["fits"] == "True"
+    run = json.loads((out / "run.json").read_text())
+    search = run["search"]["fashion_mnist-fashion16/deit-style w48"]
+    trained = [json.loads(line) for line in (work / "trained.jsonl").read_text().splitlines()]
+    for strategy in ("tpe", "random"):
+        retrained = search[strategy]["retrained"]
+        assert len(retrained) == 2 and search[strategy]["trained"] == 2
+        # the reported one is the best of the retrained by validation accuracy
+        best = max(retrained, key=lambda x: x["val_acc"])
+        assert search[strategy]["best_trial"] == best["trial"]
+    assert all("test_acc" in row for row in trained if row["acc"] is not None)
+    text = (out / "results.md").read_text()
+    assert "| test accuracy | val accuracy |" in text and "retrained (trial" in text
+    assert "resnet18 (CNN)" in text
