@@ -7,11 +7,16 @@ share within +-10%, the same against the raw (uncorrected) figures, the machine'
 the build and the validation, and the time to check one candidate's budget with the table and
 with a measurement. Writes a JSON summary, a CSV of every architecture and the scatter plot.
 `--load` keeps a second process burning one core for the whole run (build and validation), to
-show what a busy machine does to the figures.
+show what a busy machine does to the figures. The summary gives the median error by token
+mixer (the mixers share a table's errors) and, with `--repeat K`, measures the first
+`--repeat-n` validation architectures K more times, pass after pass, to show how far two
+measurements of one model disagree, drift-corrected and raw, beside how far the table is off.
 
     python experiments/bench_latency.py --space survey --threads 1 --n 120
     python experiments/bench_latency.py --rebuild --tag quiet
     python experiments/bench_latency.py --rebuild --tag loaded --load
+    python experiments/bench_latency.py --lut luts/cpu-1t-survey-32px-quiet.json --n 60 \
+        --repeat 3 --tag repeat
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from nas.lut import UNIT_MEASUREMENT, LatencyTable, build_lut, validate
 from search_spaces.spaces import get_space
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="survey")
     parser.add_argument("--threads", type=int, default=1)
@@ -47,7 +52,9 @@ def main() -> int:
     parser.add_argument("--rebuild", action="store_true", help="build the table even if present")
     parser.add_argument("--load", action="store_true", help="burn one core during the run")
     parser.add_argument("--tag", default="", help="suffix of the output files (e.g. loaded)")
-    args = parser.parse_args()
+    parser.add_argument("--repeat", type=int, default=0, help="passes of the repeat check")
+    parser.add_argument("--repeat-n", type=int, default=30, help="architectures it measures")
+    args = parser.parse_args(argv)
 
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
     try:
@@ -101,6 +108,14 @@ def _run(args: argparse.Namespace) -> int:
     )
     bar.close()
     check_ms = _full_check_ms(space, table, args)
+    archs = space.sample_many(
+        args.n,
+        seed=args.seed,
+        num_classes=table.num_classes,
+        in_chans=table.in_chans,
+        img_size=table.img_size,
+    )
+    repeat = _repeat(table, archs[: args.repeat_n], result, args.repeat) if args.repeat else None
     os.makedirs(args.out, exist_ok=True)
     stem = f"{args.space}-cpu-{args.threads}t{suffix}"
     plot = result.plot(
@@ -145,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
             "median": round(statistics.median(result.drifts), 4),
             "max": round(max(result.drifts), 4),
         },
+        "median_error_by_mixer": _by_mixer(archs, result.errors),
+        "repeat": repeat,
         "lut_check_ms_median": round(result.predict_ms, 3),
         "measured_check_s_median": round(result.measure_s, 3),
         "full_check_with_lut_ms_median": round(check_ms, 2),
@@ -163,12 +180,88 @@ def _run(args: argparse.Namespace) -> int:
         json.dump(summary, f, indent=2)
     print(result.summary())
     print(
+        "median error by mixer (predicted over measured - 1): "
+        + ", ".join(
+            f"{k} {v:+.1%} ({n})" for k, (v, n) in summary["median_error_by_mixer"].items()
+        )
+    )
+    if repeat:
+        print(
+            f"repeat check, {repeat['archs']} architectures measured {repeat['passes']} times: "
+            f"two measurements of one model differ by a median "
+            f"{repeat['corrected']['median']:.1%} "
+            f"(90th percentile {repeat['corrected']['p90']:.1%}) drift-corrected, "
+            f"{repeat['raw']['median']:.1%} ({repeat['raw']['p90']:.1%}) raw; "
+            f"the table is off by a median {repeat['table_error_median']:+.1%} over the passes"
+        )
+    print(
         f"full budget check with the table (build the model, count params and FLOPs, look up "
         f"latency): {check_ms:.1f} ms median"
     )
     print(f"table {lut_path}: {len(table.entries)} units, calibration {table.calibration}")
     print(f"Wrote {plot} and {stem}.csv, {stem}.json in {args.out}")
     return 0
+
+
+def _by_mixer(archs: list, errors: list[float]) -> dict[str, tuple[float, int]]:
+    """The median error of the architectures with at least one block of each mixer."""
+    out = {}
+    for mixer in sorted({st.mixer for a in archs for st in a.stages}):
+        mine = [
+            e
+            for a, e in zip(archs, errors, strict=True)
+            if any(st.mixer == mixer for st in a.stages)
+        ]
+        out[mixer] = (round(statistics.median(mine), 4), len(mine))
+    return out
+
+
+def _repeat(table: LatencyTable, archs: list, first, passes: int) -> dict:
+    """Measure `archs` `passes` more times, pass after pass (minutes apart), as `validate` does;
+    with the validation's own figures, how far the figures of one model spread (max / min - 1,
+    median and 90th percentile over the models) and the table's error in each pass."""
+    from nas import cost
+    from search_spaces.model import LightViT
+
+    reference = cost.Reference.from_dict(table.reference)
+    n = len(archs)
+    corrected = [[first.measured[i]] for i in range(n)]
+    raw = [[first.raw[i]] for i in range(n)]
+    bar = tqdm(total=n * passes, desc="repeat check", unit="arch", disable=None)
+    for _ in range(passes):
+        for i, arch in enumerate(archs):
+            result = cost.measure_latency(
+                LightViT(arch),
+                (arch.in_chans, arch.img_size, arch.img_size),
+                device=table.device,
+                threads=table.threads,
+                batch_size=table.batch_size,
+                reference=reference,
+            )
+            corrected[i].append(result.median_ms)
+            raw[i].append(result.raw_ms)
+            bar.update(1)
+    bar.close()
+
+    def spread(figures: list[list[float]]) -> dict[str, float]:
+        ratios = sorted(max(f) / min(f) - 1 for f in figures)
+        return {
+            "median": round(statistics.median(ratios), 4),
+            "p90": round(ratios[min(len(ratios) - 1, int(0.9 * len(ratios)))], 4),
+        }
+
+    errors = [first.predicted[i] / m - 1 for i in range(n) for m in corrected[i]]
+    return {
+        "archs": n,
+        "passes": passes + 1,
+        "corrected": spread(corrected),
+        "raw": spread(raw),
+        "table_error_median": round(statistics.median(errors), 4),
+        "table_error_by_pass": [
+            round(statistics.median(first.predicted[i] / corrected[i][k] - 1 for i in range(n)), 4)
+            for k in range(passes + 1)
+        ],
+    }
 
 
 def _full_check_ms(space, table: LatencyTable, args: argparse.Namespace) -> float:
