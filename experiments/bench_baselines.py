@@ -78,7 +78,7 @@ from nas.config import (  # noqa: E402
 from nas.cost import count_flops, count_params, cpu_name, measure_latency  # noqa: E402
 from nas.data import Dataset, has_test_split  # noqa: E402
 from nas.errors import UserError  # noqa: E402
-from nas.evaluation import evaluate_model  # noqa: E402
+from nas.evaluation import evaluate_model, load_split  # noqa: E402
 from nas.report import records  # noqa: E402
 from nas.study import library_versions, prepare_inputs  # noqa: E402
 from nas.train import TrainingFailed, train_model  # noqa: E402
@@ -326,6 +326,7 @@ class Trainer:
         test: DataConfig | None = None,
     ) -> None:
         self.path, self.data, self.recipe, self.test = path, data, recipe, test
+        self._test_part: Any = None
         self.recipe_key = f"{data_key}|{json.dumps(dataclasses.asdict(recipe), sort_keys=True)}"
         if test is not None:
             self.recipe_key += "|test"
@@ -347,7 +348,11 @@ class Trainer:
             result = train_model(module, self.data, self.recipe, seed, img_size=m.img_size)
             row.update(acc=result.val_acc, seconds=round(result.seconds, 1))
             if self.test is not None:
-                test = evaluate_model(module, self.test, self.data, "test", img_size=m.img_size)
+                if self._test_part is None:  # read once, for every model
+                    self._test_part = load_split(self.test, self.data, "test")
+                test = evaluate_model(
+                    module, self.test, self.data, "test", m.img_size, self._test_part
+                )
                 row.update(test_acc=round(test.accuracy, 5))
         except TrainingFailed as e:
             row.update(acc=None, failed=str(e))
@@ -862,18 +867,26 @@ PRESETS: dict[str, dict[str, tuple]] = {
         "random_multiple": (2, 2),
         "over_budget_seeds": (1, 3),
         "val_fraction": (0.2, 0.2),
+        "timm": (list(TIMM_MODELS),) * 2,
     },
     "fashion": {
         "data": (["fashion_mnist"], ["fashion_mnist"]),
         "budgets": (["poolformer:8", "deit:48", "mobilevit_xxs"],) * 2,
-        "max_train": (600, 6000),
+        "max_train": (600, 4000),
         "val_fraction": (0.02, 0.05),
         "seeds": ([0], [0, 1, 2]),
         "epochs": (1, 5),
         "trained": (3, 24),
         "proxy_epochs": (1, 2),
         "rounds": (1, 3),
-        "max_candidates": (40, 150),
+        # random search at the tightest budget rejects about 19 of 20 candidates
+        "max_candidates": (25, 600),
+        # the quick check covers each path (fits a budget, over every budget, a CNN, one
+        # that does not run at 32x32) with a few of the timm models
+        "timm": (
+            ["mobilevit_xxs", "levit_128s", "resnet18", "efficientformer_l1"],
+            list(TIMM_MODELS),
+        ),
         "retrain_top": (2, 3),
         "random_multiple": (1, 1),
         "over_budget_seeds": (1, 1),
@@ -933,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         help="reference models setting the budgets: FAMILY:WIDTH, a timm name, smallest-timm",
     )
     parser.add_argument("--families", nargs="+", default=list(BASELINES), choices=list(BASELINES))
-    parser.add_argument("--timm", nargs="*", default=list(TIMM_MODELS))
+    parser.add_argument("--timm", nargs="*", help="timm models (default: all of TIMM_MODELS)")
     parser.add_argument("--rounds", type=int, help="interleaved latency rounds")
     parser.add_argument("--threads", type=int, default=2, help="training threads")
     parser.add_argument("--work", help="searches and trained results (resumable)")

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.config import DataConfig, SearchConfig
-from nas.data import Dataset, load_dataset, load_test_split
+from nas.data import Dataset, ImageSplit, load_dataset, load_test_split
 from nas.errors import UserError
 from nas.export import load_export, read_export
 from nas.train import Evaluation, evaluate_split
 
-__all__ = ["EvaluationReport", "evaluate_export", "evaluate_model", "SPLITS"]
+__all__ = ["EvaluationReport", "evaluate_export", "evaluate_model", "load_split", "SPLITS"]
 
 SPLITS = ("test", "val")
 
@@ -100,15 +100,26 @@ def evaluate_export(
     )
 
 
-def evaluate_model(
-    model: Any, cfg: DataConfig, data: Dataset, split: str, img_size: int | None = None
-) -> Evaluation:
-    """`model` (trained on `data`, loaded from `cfg`) measured on the `split` of that data set:
-    `val`, or `test`, the official test split, read here and nowhere else. For final
-    evaluation only: nothing measured on it may select, tune or stop anything."""
+def load_split(cfg: DataConfig, data: Dataset, split: str) -> ImageSplit:
+    """The `split` of the data set `data` was loaded from (`cfg`): `val`, or `test`, the
+    official test split, read here and nowhere else. For final evaluation only: nothing
+    measured on it may select, tune or stop anything."""
     if split not in SPLITS:
         raise UserError(f"split must be test or val, got {split!r}")
-    part = load_test_split(cfg, data) if split == "test" else data.val
+    return load_test_split(cfg, data) if split == "test" else data.val
+
+
+def evaluate_model(
+    model: Any,
+    cfg: DataConfig,
+    data: Dataset,
+    split: str,
+    img_size: int | None = None,
+    part: ImageSplit | None = None,
+) -> Evaluation:
+    """`model` (trained on `data`, loaded from `cfg`) measured on the `split` of that data set
+    (`part`: that split as `load_split` gave it, to read it once for many models)."""
+    part = part if part is not None else load_split(cfg, data, split)
     return evaluate_split(model, data, part, split, img_size=img_size)
 
 
