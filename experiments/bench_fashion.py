@@ -1,7 +1,7 @@
 """Benchmark: a search on Fashion-MNIST, its best retrained, and the test split measured once.
 
-The README's commands, in order, on experiments/fashion.yaml (Fashion-MNIST at 32x32, the
-survey space, 500k parameters and 2.5 ms on one CPU thread):
+The manual's commands (docs/benchmarks.md), in order, on experiments/fashion.yaml
+(Fashion-MNIST at 32x32, the survey space, 500k parameters and 2.5 ms on one CPU thread):
 
   1. `lvit search experiments/fashion.yaml`: the proxy recipe (4 epochs on a balanced 10,000
      of the 54,000 training images), TPE, 40 candidates;

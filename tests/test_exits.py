@@ -88,9 +88,9 @@ def test_calibration_keeps_the_accuracy_drop_and_buys_latency(data) -> None:
 
 
 def test_calibration_leaves_the_model_as_it_was(data) -> None:
-    """Calibrating exits measures the model; it must not change it: batch norms (here in an
-    depthwise-conv mixer) stay in eval mode while images are timed one by one, so the exported weights
-    score what the trial recorded."""
+    """Calibrating exits measures the model; it must not change it: batch norms (here in a
+    depthwise-conv mixer) stay in eval mode while images are timed one by one, so the exported
+    weights score what the trial recorded."""
     arch = ArchConfig(
         stages=(StageConfig(2, 32, 2, 2.0, "dwconv"),),
         exits=(1,),
