@@ -732,7 +732,8 @@ class Latency(Command):
     help = "measure latency, build or validate a lookup table, or check the machine (doctor)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from nas.cost import DEVICES, DTYPES
+        from nas.config import LATENCY_DEVICES as DEVICES
+        from nas.config import LATENCY_DTYPES as DTYPES
 
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         measure = actions.add_parser("measure", help="latency of one architecture or export")

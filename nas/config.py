@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from nas.errors import ConfigError
 from search_spaces.arch import MAX_CLASSES, MAX_IMG_SIZE
 from search_spaces.spaces import SPACES, SearchSpace, get_space
 from search_spaces.spaces.shared import SharedSpace, StageChoices
@@ -130,8 +131,9 @@ def _check_optuna_class(key: str, name: str, module: Any, base: type) -> None:
         )
 
 
-class ConfigError(ValueError):
-    """A config (or a command-line value) is wrong; the message says what and how to fix it."""
+# where latency is measured, and in which precision (nas.cost maps the names to torch dtypes)
+LATENCY_DEVICES = ("cpu", "cuda", "onnxruntime")
+LATENCY_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _positive(section: str, **values: float) -> None:
@@ -565,15 +567,15 @@ class LatencyConfig:
     normalise: bool = True
 
     def __post_init__(self) -> None:
-        from nas.cost import DEVICES, DTYPES
-
-        if self.device not in DEVICES:
+        if self.device not in LATENCY_DEVICES:
             raise ValueError(
-                f"latency.device '{self.device}' is unknown; use one of: " + ", ".join(DEVICES)
+                f"latency.device '{self.device}' is unknown; use one of: "
+                + ", ".join(LATENCY_DEVICES)
             )
-        if self.dtype not in DTYPES:
+        if self.dtype not in LATENCY_DTYPES:
             raise ValueError(
-                f"latency.dtype '{self.dtype}' is unknown; use one of: " + ", ".join(DTYPES)
+                f"latency.dtype '{self.dtype}' is unknown; use one of: "
+                + ", ".join(LATENCY_DTYPES)
             )
         _positive(
             "latency",

@@ -38,6 +38,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from nas.config import LATENCY_DEVICES, LATENCY_DTYPES
+
 __all__ = [
     "DEVICES",
     "LatencyResult",
@@ -266,8 +268,8 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-DEVICES = ("cpu", "cuda", "onnxruntime")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = LATENCY_DEVICES
+DTYPES = dict(zip(LATENCY_DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 def time_calls(

@@ -17,7 +17,7 @@ from typing import Any
 import timm
 import torch
 
-import search_spaces  # noqa: F401 - registers lightvit, so our architectures can teach
+import search_spaces.model  # noqa: F401 - registers lightvit, so our architectures can teach
 from nas.config import SearchConfig, TrainConfig
 from nas.cost import count_params
 from nas.data import Dataset

@@ -1,10 +1,13 @@
-"""The one exception type the CLI turns into `lvit: error: ...` and exit code 2."""
+"""The exceptions the CLI turns into `lvit: error: ...` and exit code 2. The bottom of the
+import graph: it imports nothing of ours."""
 
 from __future__ import annotations
 
-from nas.config import ConfigError
-
 __all__ = ["UserError", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A config (or a command-line value) is wrong; the message says what and how to fix it."""
 
 
 class UserError(ConfigError):

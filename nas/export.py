@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
-import search_spaces  # noqa: F401 - registers `lightvit` with timm
+import search_spaces.model  # noqa: F401 - registers `lightvit` and the presets with timm
 from nas.data import test_split_note
 from nas.errors import UserError
 from search_spaces.arch import ATTENTION_MIXERS, ArchConfig, ArchConfigError

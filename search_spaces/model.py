@@ -436,3 +436,7 @@ def lightvit(
     architecture's; `drop_rate` and `drop_path_rate` are passed to the model.
     """
     return create("lightvit", _as_arch(arch), pretrained, **kwargs)
+
+
+# the named presets register with timm beside `lightvit`: importing the model registers both
+import search_spaces.presets  # noqa: E402, F401
