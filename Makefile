@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: quickstart test lint
+.PHONY: quickstart test test-fast lint
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 	LVIT_TEST_POSTGRES="$$(bash tests/services.sh)" \
 	LVIT_REQUIRE_SERVICES="$$([ "$$(id -u)" = 0 ] && echo 1)" \
 	$(VENV)/bin/python -m pytest -q
+
+# the inner loop: everything but the slow, service and one-shot tests (under 3 minutes)
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow and not services and not nni"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nas search_spaces tests experiments

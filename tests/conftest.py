@@ -126,3 +126,14 @@ def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatencyTable, 
         == 0
     )
     return LatencyTable.load(str(path)), path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers by what a test needs: `services` (the PostgreSQL server or headless Chromium
+    that `make test` starts) and `nni` (the one-shot extra); `slow` is written on each test
+    that takes seconds. `make test` runs them all; `make test-fast` leaves these out."""
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()) or "chromium" in item.name:
+            item.add_marker(pytest.mark.services)
+        if item.path.name == "test_oneshot.py" or "nni" in item.name:
+            item.add_marker(pytest.mark.nni)

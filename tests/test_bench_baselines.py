@@ -61,6 +61,7 @@ def _rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_every_budget_compares_the_search_with_random_families_and_timm(bench_run) -> None:
     _, _, folder = bench_run
     rows = _rows(folder)
@@ -87,6 +88,7 @@ def test_every_budget_compares_the_search_with_random_families_and_timm(bench_ru
     assert timm_row["max_params"] == timm_row["params"]
 
 
+@pytest.mark.slow
 def test_outputs_are_readable_by_the_report_and_people(bench_run) -> None:
     _, _, folder = bench_run
     out = folder / "out"
@@ -103,6 +105,7 @@ def test_outputs_are_readable_by_the_report_and_people(bench_run) -> None:
     assert run["versions"]["torch"] and run["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_a_second_run_resumes_without_retraining(bench_run) -> None:
     bench, args, folder = bench_run
     log = folder / "work" / "trained.jsonl"
@@ -146,8 +149,14 @@ def test_a_timm_distillation_head_trains_on_the_labels_without_a_teacher() -> No
     data = load_dataset(DataConfig(name="synthetic", img_size=16, num_classes=4))
     model = TwoHeads()
     before = model.head_dist.weight.detach().clone()
-    result = train_model(model, data, TrainConfig(epochs=1, threads=1, device="cpu"), 0)
-    assert result.val_acc >= 0 and not torch.equal(model.head_dist.weight, before)
+    result = train_model(model, data, TrainConfig(epochs=3, threads=1, device="cpu"), 0)
+    assert result.val_acc >= 0.6  # four classes: chance is 0.25
+    # the second head learned the labels too: on its own it predicts them
+    assert not torch.equal(model.head_dist.weight, before)
+    x, y = data.tensors("val")
+    with torch.no_grad():
+        alone = model.head_dist(model.body(x)).argmax(1)
+    assert (alone == y).float().mean() >= 0.6
 
 
 FASHION_ARGS = [
@@ -155,10 +164,11 @@ FASHION_ARGS = [
     "--max-train", "200", "--val-fraction", "0.2",
     "--trained", "2", "--retrain-top", "2", "--proxy-epochs", "1", "--rounds", "1",
     "--max-candidates", "30", "--families", "poolformer",
-    "--timm", "mobilevit_xxs", "resnet18", "--budgets", "deit:48",
+    "--timm", "mobilevit_xxs", "resnet18", "--budgets", "mobilevit_xxs",
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_fashion_protocol_retrains_the_best_and_reports_the_test_split(tmp_path) -> None:
     """Fashion-MNIST-style data with a test split: the best 2 of each search are retrained with
     the recipe and the best of them by validation accuracy is reported; random search trains as
@@ -182,7 +192,7 @@ def test_the_fashion_protocol_retrains_the_best_and_reports_the_test_split(tmp_p
         assert len(tests) == (2 if r["fits"] == "True" else 1), r
     assert rows["resnet18"]["fits"] == "False" and rows["found (TPE)"]["fits"] == "True"
     run = json.loads((out / "run.json").read_text())
-    search = run["search"]["fashion_mnist-fashion16/deit-style w48"]
+    search = run["search"]["fashion_mnist-fashion16/mobilevit_xxs"]
     trained = [json.loads(line) for line in (work / "trained.jsonl").read_text().splitlines()]
     for strategy in ("tpe", "random"):
         retrained = search[strategy]["retrained"]

@@ -11,6 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,7 @@ def _bench():
     return module
 
 
+@pytest.mark.slow
 def test_validation_by_mixer_and_the_repeat_check(tiny_table, tmp_path, capsys) -> None:
     table, path = tiny_table
     out = tmp_path / "out"

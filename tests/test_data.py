@@ -390,6 +390,7 @@ def _opened(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, li
     return done, log.read_text().splitlines() if log.exists() else []
 
 
+@pytest.mark.slow
 def test_nothing_in_a_search_touches_the_test_images(tmp_path: Path) -> None:
     """A search, its export and an evaluation on the validation split open the training idx
     files and never the test split's; `lvit evaluate --split test` is what opens those."""
@@ -453,6 +454,7 @@ def _best(folder: Path) -> str:
     return str(max(trained, key=lambda t: t.values[0]).number)
 
 
+@pytest.mark.slow
 def test_evaluate_measures_what_the_search_measured_and_refuses_a_missing_test_split(
     finished_study, tmp_path: Path, capsys
 ) -> None:
@@ -526,6 +528,7 @@ print(json.dumps({"growth": peak[0] - before, "worker": workers, "seen": seen}))
 """
 
 
+@pytest.mark.slow
 def test_a_streamed_folder_stays_within_a_bounded_memory(tmp_path: Path) -> None:
     """3,200 noise images at 128px (600 MiB as float32, 150 MiB as uint8): streamed, the
     process grows by what the batches in flight take (a batch of 32 is 6 MiB as floats; 8

@@ -54,6 +54,7 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return config, out
 
 
+@pytest.mark.slow
 def test_teacher_train_writes_a_timm_folder(teacher_dir) -> None:
     _, out = teacher_dir
     assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
@@ -78,6 +79,7 @@ def test_a_teacher_folder_must_hold_safetensors_and_match_the_classes(teacher_di
         load_teacher(str(out), other)
 
 
+@pytest.mark.slow
 def test_a_search_distils_from_the_teacher_and_records_it(teacher_dir, tmp_path) -> None:
     _, out = teacher_dir
     config = write_config(tmp_path, budget="budget: {max_params: 1000000, max_latency_ms: 100}")
@@ -279,6 +281,7 @@ def test_deit_hard_distillation_teaches_the_head_the_teachers_classes() -> None:
         train_model(LightViT(arch), data, TrainConfig(epochs=1, device="cpu"), seed=0)
 
 
+@pytest.mark.slow
 def test_a_search_with_a_distillation_head_trains_counts_and_exports_it(
     teacher_dir, tmp_path, capsys
 ) -> None:

@@ -71,6 +71,7 @@ def test_a_drift_corrected_measurement_records_raw_reference_and_drift() -> None
         cost.measure_latency(LightViT(arch), (3, 16, 16), threads=2, reference=reference)
 
 
+@pytest.mark.slow
 def test_a_study_normalises_to_one_reference_and_reports_the_drift(tmp_path: Path, capsys):
     config = load_config(write_config(tmp_path, budget=WIDE)).replace_study(n_trials=3)
     run = run_search(config)
@@ -140,6 +141,7 @@ def test_tables_carry_their_reference_and_refuse_to_normalise_without_one(
     assert main(["search", str(raw), "--n-trials", "1"]) == 0
 
 
+@pytest.mark.slow
 def test_a_search_with_a_table_adopts_its_reference(tiny_table, tmp_path) -> None:
     table, path = tiny_table
     budget = f"budget: {{max_latency_ms: 50.0, latency_source: {{lut: {path}}}}}"
@@ -165,6 +167,7 @@ def test_an_old_study_measured_raw_resumes_only_as_raw() -> None:
     assert SearchConfig.from_stored(stored).latency.normalise is False
 
 
+@pytest.mark.slow
 def test_the_doctor_gives_a_verdict(capsys) -> None:
     assert main(["latency", "doctor", "--seconds", "5"]) == 0
     out = capsys.readouterr().out

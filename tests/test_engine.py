@@ -75,6 +75,7 @@ def test_single_mode_uses_the_configured_optuna_pruner(tmp_path: Path) -> None:
         ("HyperbandPruner", "{min_resource: 1, max_resource: 3, reduction_factor: 2}"),
     ],
 )
+@pytest.mark.slow
 def test_optuna_pruners_act_on_the_per_epoch_accuracy(tmp_path: Path, pruner, args) -> None:
     study_yaml = _study(tmp_path, n_trials="5", mode="single", pruner=pruner, pruner_args=args)
     train = "train: {epochs: 3, batch_size: 32, lr: 0.003, threads: 1}"
@@ -91,6 +92,7 @@ def test_optuna_pruners_act_on_the_per_epoch_accuracy(tmp_path: Path, pruner, ar
             assert len(t.user_attrs["curve"]) == max(t.intermediate_values) < 3
 
 
+@pytest.mark.slow
 def test_single_mode_without_a_pruner_trains_every_candidate_fully(tmp_path: Path) -> None:
     study_yaml = _study(tmp_path, n_trials="2", mode="single")
     study = run_search(load_config(write_config(tmp_path, study=study_yaml, budget=WIDE))).study
@@ -109,6 +111,7 @@ def test_single_mode_without_a_pruner_trains_every_candidate_fully(tmp_path: Pat
         ("RandomSampler", "{}"),
     ],
 )
+@pytest.mark.slow
 def test_optuna_samplers_run_from_the_config(tmp_path: Path, sampler: str, args: str) -> None:
     study_yaml = _study(
         tmp_path,
@@ -171,6 +174,7 @@ def test_the_early_stopping_rule_needs_enough_dominating_candidates() -> None:
     assert dominated_reason(trial, config, {"latency_ms": 2.0}, 2, 0.95) is None
 
 
+@pytest.mark.slow
 def test_a_multi_objective_search_with_early_stopping_stops_dominated_candidates(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +226,7 @@ def test_zero_cost_proxies_are_computed_without_touching_the_model() -> None:
     assert compute_proxies(model, same, y, ("naswot",))["naswot"] is None
 
 
+@pytest.mark.slow
 def test_a_prescreen_trains_only_the_best_by_the_proxy(tmp_path: Path) -> None:
     config = load_config(
         write_config(
@@ -329,6 +334,7 @@ def test_engine_section_errors() -> None:
         SearchConfig.from_dict({"study": {"name": "x"}, "proxies": {"prescreen_sample": 4}})
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_running_trial_and_exits_130(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,

@@ -64,6 +64,7 @@ def _exit_accuracy(model: LightViT, data) -> float:
     return (early.argmax(dim=1) == data.val_y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_exits_are_trained_jointly(data) -> None:
     trained, ignored = LightViT(ARCH), LightViT(ARCH)
     train_model(trained, data, TrainConfig(epochs=4, exit_weight=0.5, device="cpu"), seed=0)

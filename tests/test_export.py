@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from nas.export import data_config_of, fuse, save_timm_folder
@@ -25,6 +26,7 @@ def _trained_like(model: LightViT) -> LightViT:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_fusing_keeps_the_logits_and_the_fused_folder_reloads_through_timm(tmp_path) -> None:
     model = _trained_like(LightViT(REP))
     x = torch.randn(2, 3, 16, 16)
@@ -61,6 +63,7 @@ def test_an_unfused_export_keeps_the_branches(tmp_path) -> None:
     assert fuse(LightViT(ArchConfig(stages=REP.stages, img_size=16))) is None  # nothing to fuse
 
 
+@pytest.mark.slow
 def test_export_with_onnx_matches_torch_and_records_its_latency(finished_study, tmp_path) -> None:
     import onnxruntime as ort
     from optuna.trial import TrialState

@@ -87,6 +87,7 @@ def test_errors_import_nothing_of_ours() -> None:
         "from nas.export import load_export\nimport timm",
     ],
 )
+@pytest.mark.slow
 def test_importing_search_spaces_registers_with_timm(code: str) -> None:
     out = _fresh(
         code + "\nprint(timm.is_model('lightvit'), timm.is_model('lightvit_pool96_digits16'))"

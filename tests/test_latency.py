@@ -57,6 +57,7 @@ def test_units_follow_the_model_forward() -> None:
         assert kinds.count("cpe") == (len(arch.stages) if arch.pos_enc == "cpe" else 0)
 
 
+@pytest.mark.slow
 def test_the_space_enumeration_covers_every_sampled_architecture() -> None:
     found = space_units(get_space("survey"), 16, 3, 4)
     for arch in _sampled("survey", 300, 16, seed=5):
@@ -155,6 +156,7 @@ def test_time_calls_repeats_until_the_spread_is_small_or_time_runs_out() -> None
     assert len(noisy) > 10  # kept going until the time cap
 
 
+@pytest.mark.slow
 def test_latency_measure_command_on_json_and_export(tmp_path, capsys) -> None:
     arch = ArchConfig(stages=(StageConfig(1, 16, 2, 2.0),), img_size=16, patch_size=4)
     path = tmp_path / "arch.json"
@@ -200,6 +202,7 @@ def test_latency_measure_on_an_export_folder(finished_study, tmp_path, capsys) -
     assert trained.user_attrs["arch_line"] in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_build_and_validate_commands(tiny_table, tmp_path, capsys) -> None:
     _, out = tiny_table
     table = json.loads(out.read_text())

@@ -60,6 +60,7 @@ def shared() -> SharedWeights:
     return SharedWeights(SPACE, num_classes=4, img_size=16)
 
 
+@pytest.mark.slow
 def test_every_architecture_of_the_space_runs_as_a_slice_and_exports_identically(shared):
     archs = SPACE.sample_many(40, seed=3, num_classes=4, img_size=16)
     assert len({a.stem for a in archs}) > 1 and len({a.stages[0].mixer for a in archs}) > 2
@@ -113,6 +114,7 @@ def test_a_smaller_kernel_is_the_centre_of_the_largest(shared):
     assert torch.equal(w3, w5[:, :, 1:4, 1:4])
 
 
+@pytest.mark.slow
 def test_training_a_path_changes_only_its_slices():
     torch.manual_seed(0)
     net = SharedWeights(SPACE, num_classes=4, img_size=16)
@@ -235,6 +237,7 @@ def test_nni_model_space_samples_freezes_and_validates(shared):
         space.arch({**sample, "stage1.dim": 24})
 
 
+@pytest.mark.slow
 def test_supernet_train_search_retrain_and_export_from_the_command_line(tmp_path, capsys):
     path = write_config(
         tmp_path,
@@ -305,6 +308,7 @@ def test_supernet_train_search_retrain_and_export_from_the_command_line(tmp_path
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"nni": False, "classes": 4}
 
 
+@pytest.mark.slow
 def test_without_nni_the_tool_works_and_one_shot_says_what_to_install(tmp_path):
     path = write_config(tmp_path, "plain", space="space: supernet", supernet=SUPERNET_SECTION)
     code = (

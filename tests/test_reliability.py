@@ -87,6 +87,7 @@ NO_GPU_CASES = (
     ]
     + NO_GPU_CASES,
 )
+@pytest.mark.slow
 def test_a_config_error_found_late_leaves_nothing_and_the_fix_runs(
     tmp_path: Path, capsys, sections: dict, message: str
 ) -> None:
@@ -144,6 +145,7 @@ def test_single_mode_refuses_objectives_and_reads_old_stored_configs() -> None:
 # 2 and 3. PostgreSQL: the grace period reaches spawned workers; no credentials stored -------
 
 
+@pytest.mark.slow
 def test_the_grace_period_reaches_spawned_workers(postgres_url: str, tmp_path: Path) -> None:
     study = f"study: {{name: g, n_trials: 2, seed: 0, artifacts: {tmp_path}/artifacts}}"
     config = write_config(
@@ -191,6 +193,7 @@ def _all_text_of(study: optuna.Study) -> str:
     return json.dumps(parts, default=str)
 
 
+@pytest.mark.slow
 def test_storage_credentials_are_never_stored_or_served(
     postgres_url: str, tmp_path: Path, capfd
 ) -> None:
@@ -688,6 +691,7 @@ def test_the_limits_page_lists_the_limits_of_the_code() -> None:
     assert f"0 to {MAX_SEED:,}" in page
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path: Path) -> None:
     """`lvit ... | head` closes the pipe early: the command stops with the shell's SIGPIPE
     status and no error of its own (it used to say 'cannot use: Broken pipe; choose a

@@ -52,6 +52,7 @@ def test_completed_trials_keep_their_weights(finished_study) -> None:
         assert len(t.user_attrs["train"]["history"]) == 2  # one record per epoch
 
 
+@pytest.mark.slow
 def test_over_budget_candidates_are_never_trained(tmp_path: Path, monkeypatch) -> None:
     trained_params: list[int] = []
     real_train = nas.study.train_model
@@ -99,6 +100,7 @@ def test_rerunning_resumes_the_same_study(tmp_path: Path, capsys) -> None:
     assert len(optuna.load_study(study_name="t", storage=storage).get_trials()) == 3
 
 
+@pytest.mark.slow
 def test_export_round_trip_through_timm_in_a_fresh_process(finished_study, tmp_path) -> None:
     config, study = finished_study
     best = max(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.values[0])
@@ -172,6 +174,7 @@ def test_export_refuses_an_untrained_trial_and_an_occupied_folder(
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".lvit-export-")]
 
 
+@pytest.mark.slow
 def test_report_writes_every_plot_and_the_markdown_report(finished_study, tmp_path, capsys):
     import matplotlib.image
 
@@ -229,6 +232,7 @@ def test_pareto_plot_handles_a_study_with_only_rejections(tmp_path) -> None:
     assert os.path.getsize(pareto_plot(run.study, str(tmp_path / "p.png"))) > 0
 
 
+@pytest.mark.slow
 def test_a_survey_search_trains_exports_and_reloads(tmp_path) -> None:
     """The survey space end to end: searched resolutions, exits and token reduction included."""
     budget = "budget: {max_params: 400000, max_latency_ms: 100.0}"

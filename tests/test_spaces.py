@@ -16,6 +16,7 @@ from search_spaces.spaces import SPACES, get_space
 from search_spaces.spaces.base import enumerate_leaves
 
 
+@pytest.mark.slow
 def test_one_thousand_survey_architectures_build_and_run() -> None:
     space = get_space("survey")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -56,6 +57,7 @@ def test_macro_spaces_keep_their_structure(name: str) -> None:
             assert 2 <= len(arch.stages) <= 3 and all(s.downsample for s in arch.stages[1:])
 
 
+@pytest.mark.slow
 def test_size_matches_a_brute_force_count() -> None:
     space = get_space("tiny")
     brute = sum(
@@ -77,6 +79,7 @@ def test_isotropic_size_matches_a_brute_force_count_of_a_smaller_copy() -> None:
     assert small.size(16) == brute
 
 
+@pytest.mark.slow
 def test_choices_list_every_label_sample_uses() -> None:
     space = get_space("survey")
     labels = set(space.choices(32))

@@ -68,6 +68,7 @@ def test_the_in_memory_path_gives_the_digits_batches_it_always_gave() -> None:
     assert worst < 0.6 / 255 / min(data.std)
 
 
+@pytest.mark.slow
 def test_a_fixed_architecture_still_learns_digits_as_it_did() -> None:
     """The quickstart's best architecture (trial 15 of the README's run) at 16px: 6 epochs of
     the proxy recipe reach what they reached when digits were held as float32 tensors."""
@@ -81,6 +82,7 @@ def test_a_fixed_architecture_still_learns_digits_as_it_did() -> None:
     assert result.val_acc >= 0.95 and result.loader == "cut"
 
 
+@pytest.mark.slow
 def test_a_small_vit_learns_digits() -> None:
     data = load_dataset(DataConfig(img_size=16))
     arch = ArchConfig(
@@ -105,6 +107,7 @@ def test_a_diverging_loss_is_reported() -> None:
         train_model(model, data, TrainConfig(epochs=1), seed=0)
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch) -> None:
     """Out of memory (or a diverging loss) ends that trial as FAIL with its reason; the study
     still reaches its count of finished candidates."""
@@ -177,6 +180,7 @@ def test_mixup_and_cutmix_train_on_mixed_images_with_soft_targets(monkeypatch) -
     assert not seen  # without mixing: hard labels and plain cross-entropy
 
 
+@pytest.mark.slow
 def test_ema_weights_are_kept_and_differ_from_the_trained_ones() -> None:
     """With ema_decay the model ends with the moving average (what was validated), and the
     raw weights train exactly as they do without it."""

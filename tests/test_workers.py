@@ -61,6 +61,7 @@ def test_core_shares_split_the_cores() -> None:
     assert core_shares(1, [5, 7]) == [[5, 7]]
 
 
+@pytest.mark.slow
 def test_two_local_workers_share_one_journal_study(tmp_path: Path, capsys) -> None:
     storage = f"journal:///{tmp_path}/study.journal"
     config = _config(tmp_path, storage, 8)
@@ -101,6 +102,7 @@ def test_workers_get_a_gpu_each_when_training_runs_on_gpus(monkeypatch) -> None:
     assert gpu_assignment(2, "auto") == [None, None] and default_workers(gpu) == 1
 
 
+@pytest.mark.slow
 def test_each_spawned_worker_runs_with_the_gpu_it_was_given(tmp_path: Path) -> None:
     """The plumbing, on the CPU: every worker process sets its CUDA_VISIBLE_DEVICES before
     torch starts, and its trials record it."""
@@ -124,6 +126,7 @@ def test_sqlite_is_refused_for_parallel_workers(tmp_path: Path, capsys) -> None:
     assert "not SQLite" in err and "journal:///runs/NAME.journal" in err
 
 
+@pytest.mark.slow
 def test_a_killed_local_worker_is_recovered_and_the_count_reached(tmp_path: Path) -> None:
     storage_path = tmp_path / "study.journal"
     storage = f"journal:///{storage_path}"
@@ -152,6 +155,7 @@ def test_a_killed_local_worker_is_recovered_and_the_count_reached(tmp_path: Path
     assert "failed and retried" in out
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql_finish_exactly_the_count(postgres_url, tmp_path) -> None:
     config = _config(tmp_path, postgres_url, 8)
     search = _lvit("search", str(config))
@@ -167,6 +171,7 @@ def test_two_workers_on_postgresql_finish_exactly_the_count(postgres_url, tmp_pa
     assert all(t.user_attrs.get("status") == "surplus" for t in surplus)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_on_postgresql_is_failed_by_heartbeat_and_retried(
     postgres_url, tmp_path
 ) -> None:
@@ -234,6 +239,7 @@ def test_trials_carry_a_dashboard_note_describing_them(finished_study) -> None:
         assert "stage 1:" in note and "stem `" in note
 
 
+@pytest.mark.slow
 def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_path) -> None:
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         _missing("no chromium/chromedriver: run the tests with `make test` (tests/services.sh)")
@@ -282,6 +288,7 @@ def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_pa
         server.communicate(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_worker_joins_with_its_own_thread_count(tmp_path: Path, capsys) -> None:
     # the threads a worker trains with are its own business, not a different study
     config = _config(tmp_path, f"sqlite:///{tmp_path}/s.db", 2)
@@ -291,6 +298,7 @@ def test_a_worker_joins_with_its_own_thread_count(tmp_path: Path, capsys) -> Non
     assert "Study: 2 candidates" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_prepared_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     """experiments/gpu_check.sh is run once on a lent GPU machine, with no second try to
     spare: its CPU rehearsal runs every step (two workers, latency, full-recipe retraining,
