@@ -64,10 +64,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_search import run_until, set_mode_defaults  # noqa: E402
-
-from nas.config import (  # noqa: E402
+from nas.bench import run_until, set_mode_defaults
+from nas.config import (
     BudgetConfig,
     DataConfig,
     LatencyConfig,
@@ -75,16 +73,17 @@ from nas.config import (  # noqa: E402
     StudyConfig,
     TrainConfig,
 )
-from nas.cost import count_flops, count_params, cpu_name, measure_latency  # noqa: E402
-from nas.data import Dataset, has_test_split  # noqa: E402
-from nas.errors import UserError  # noqa: E402
-from nas.evaluation import evaluate_model, load_split  # noqa: E402
-from nas.report import records  # noqa: E402
-from nas.study import library_versions, prepare_inputs  # noqa: E402
-from nas.train import TrainingFailed, train_model  # noqa: E402
-from search_spaces.arch import ArchConfig  # noqa: E402
-from search_spaces.baselines import BASELINES, PAPERS, WIDTHS, baseline  # noqa: E402
-from search_spaces.model import LightViT  # noqa: E402
+from nas.cost import count_flops, count_params, cpu_name, measure_latency
+from nas.data import Dataset, has_test_split
+from nas.errors import UserError
+from nas.evaluation import evaluate_model, load_split
+from nas.export import deployment_form
+from nas.report import records
+from nas.study import library_versions, prepare_inputs
+from nas.train import TrainingFailed, train_model
+from search_spaces.arch import ArchConfig
+from search_spaces.baselines import BASELINES, PAPERS, WIDTHS, baseline
+from search_spaces.model import LightViT
 
 # timm models the issue names, with the arguments that make them take small inputs; `img_size`
 # is added for those that accept it
@@ -222,18 +221,6 @@ def timm_model(name: str, data: Dataset, drop_path: float = 0.0) -> tuple[Model 
     )
 
 
-def fused(model: nn.Module) -> nn.Module:
-    """The deployment form, as exported: re-parameterisable branches fused (our stems by our
-    own `reparameterize`, timm's MobileOne/RepViT/FastViT blocks by timm's)."""
-    if isinstance(model, LightViT):
-        if model.has_reparameterizable:
-            model.reparameterize()
-        return model
-    from timm.utils.model import reparameterize_model
-
-    return reparameterize_model(model, inplace=True)
-
-
 class Measurer:
     """Params, FLOPs and CPU latency at batch 1, cached per architecture."""
 
@@ -243,7 +230,7 @@ class Measurer:
         self.cache: dict[tuple[str, int], float] = {}
 
     def latency(self, m: Model, threads: int, module: nn.Module | None = None) -> float:
-        module = module or fused(m.build().eval())
+        module = module or deployment_form(m.build().eval())
         return measure_latency(
             module,
             (self.in_chans, m.img_size, m.img_size),
@@ -258,7 +245,7 @@ class Measurer:
         if (m.key, 1) not in self.cache:
             module = m.build().eval()
             self.cache[m.key, 0] = count_params(module)  # as trained, as the search counts
-            module = fused(module)
+            module = deployment_form(module)
             self.cache[m.key, 1] = self.latency(m, 1, module)
         m.params, m.screen_ms = int(self.cache[m.key, 0]), self.cache[m.key, 1]
         return m
@@ -269,12 +256,12 @@ class Measurer:
         for m in unique.values():
             module = m.build().eval()
             m.params = count_params(module)
-            module = fused(module)
+            module = deployment_form(module)
             m.flops = count_flops(module, (self.in_chans, m.img_size, m.img_size))
         times: dict[tuple[str, int], list[float]] = {}
         for _ in range(rounds):
             for m in unique.values():
-                module = fused(m.build().eval())
+                module = deployment_form(m.build().eval())
                 for threads in (1, 2):
                     times.setdefault((m.key, threads), []).append(self.latency(m, threads, module))
                 bar.update(1)

@@ -42,6 +42,7 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 from tqdm import tqdm
 
+from nas.bench import run_until, set_mode_defaults, trained_count, wall_seconds
 from nas.config import SearchConfig, load_config
 from nas.cost import count_params, cpu_name, measure_latency
 from nas.data import Dataset
@@ -55,9 +56,6 @@ from nas.supernet import SUPERNET_META, SharedWeights
 from nas.train import train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_search import run_until, set_mode_defaults, trained_count, wall_seconds  # noqa: E402
 
 
 class Standalone:

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
+from nas.bench import run_until, trained_count, wall_seconds
 from nas.config import (
     BudgetConfig,
     DataConfig,
@@ -75,35 +76,6 @@ def make_config(args: argparse.Namespace, name: str, sampler: str, seed: int, **
     )
 
 
-def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tuple]) -> None:
-    """Give every option left unset its (quick, full) value from `values`, by `args.quick`;
-    `--work` defaults to runs/bench-NAME[-quick], `--out` to experiments/results/NAME (full)
-    or runs/bench-NAME-quick/results (quick: a check, not a published result)."""
-    quick = args.quick
-    work = f"runs/bench-{name}" + ("-quick" if quick else "")
-    out = f"{work}/results" if quick else f"experiments/results/{name}"
-    for key, value in {**values, "work": (work, work), "out": (out, out)}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value[0] if quick else value[1])
-
-
-def trained_count(study: optuna.Study) -> int:
-    return sum(t.user_attrs.get("status") == "trained" for t in study.get_trials(deepcopy=False))
-
-
-def run_until(
-    config: SearchConfig, inputs: Any, trained: int, bar: Any, max_candidates: int
-) -> optuna.Study:
-    """Run the study until it has `trained` trained candidates, or `max_candidates`
-    candidates in all (a strategy that keeps proposing candidates over the budgets)."""
-    study = create_or_resume_study(config)
-    while (have := trained_count(study)) < trained and finished_count(study) < max_candidates:
-        n = min(finished_count(study) + trained - have, max_candidates)
-        run_search(config.replace_study(n_trials=n), study=study, inputs=inputs)
-        bar.update(trained_count(study) - have)
-    return study
-
-
 def run_for(config: SearchConfig, inputs: Any, candidates: int) -> optuna.Study:
     config = config.replace_study(n_trials=candidates)
     return run_search(config, study=create_or_resume_study(config), inputs=inputs).study
@@ -117,14 +89,6 @@ def hv_curve(study: optuna.Study, max_latency: float) -> list[float]:
         hypervolume([(r.accuracy, r.latency_ms) for r in nondominated(trained[:k])], max_latency)
         for k in range(1, len(trained) + 1)
     ]
-
-
-def wall_seconds(study: optuna.Study) -> float:
-    return sum(
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in study.get_trials(deepcopy=False)
-        if t.datetime_complete and t.datetime_start
-    )
 
 
 def epochs_run(study: optuna.Study) -> int:

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.export import latency_line
+from nas.optuna_api import live_trial, storage_of
 from nas.storage import fail_reason
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -111,7 +112,7 @@ def annotate(study: optuna.Study) -> int:
 
     added = 0
     for frozen in study.get_trials(deepcopy=False, states=(*_FINISHED, TrialState.FAIL)):
-        trial = optuna.Trial(study, frozen._trial_id)
+        trial = live_trial(study, frozen)
         if get_note(trial):
             continue
         failed = fail_reason(frozen) if frozen.state == TrialState.FAIL else None
@@ -133,7 +134,7 @@ def attach_pictures(study: optuna.Study, store: Any) -> int:
     from nas.report import pareto_plot
     from search_spaces.arch import ArchConfig
 
-    storage = study._storage
+    storage = storage_of(study)
     have = {m.filename for m in get_all_artifact_meta(study)}
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = study.get_trials(deepcopy=False, states=states)

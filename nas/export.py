@@ -40,6 +40,7 @@ __all__ = [
     "check_out_dir",
     "data_config_of",
     "export_trial",
+    "deployment_form",
     "fuse",
     "write_onnx",
     "load_trial_model",
@@ -655,6 +656,20 @@ def fuse(model: torch.nn.Module) -> float | None:
     if diff > FUSE_TOLERANCE:
         raise RuntimeError(f"fusing changed the logits by {diff:.2e}; export with --no-fuse")
     return diff
+
+
+def deployment_form(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` as it is deployed, fused in place and returned: our re-parameterisable stems
+    through `fuse` (which checks the logits), timm's MobileOne/RepViT/FastViT blocks through
+    timm's own `reparameterize_model`."""
+    from search_spaces.model import LightViT
+
+    if isinstance(model, LightViT):
+        fuse(model)
+        return model
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model, inplace=True)
 
 
 def _input_size(model: torch.nn.Module) -> tuple[int, int, int]:

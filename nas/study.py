@@ -48,7 +48,6 @@ from typing import Any
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 
@@ -57,6 +56,7 @@ from nas.config import OBJECTIVE_DIRECTIONS, BudgetConfig, ConfigError, SearchCo
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError
 from nas.exits import calibrate_exits
+from nas.optuna_api import heartbeat
 from nas.storage import (
     check_writable,
     fail_reason,
@@ -1148,7 +1148,7 @@ def _prescreen_round(
             with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": kept below
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
-            beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+            beats.enter_context(heartbeat(study, trial))
             running.append(trial)
             try:
                 proposed.append((trial, objective.propose(trial)))

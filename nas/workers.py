@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.config import ConfigError, SearchConfig
 from nas.errors import UserError
+from nas.optuna_api import storage_of, trial_id
 from nas.storage import RetryStaleTrial
 from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
 
@@ -222,14 +223,15 @@ def recover_dead_worker(study: optuna.Study, pid: int | None, retry: bool = True
         if worker.get("pid") != pid or worker.get("host") != host:
             continue
         try:  # its attributes first: a finished trial takes no more writes
-            study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
-            study._storage.set_trial_user_attr(
-                t._trial_id, "fail_reason", f"worker process {pid} died during this trial"
+            storage, tid = storage_of(study), trial_id(t)
+            storage.set_trial_user_attr(tid, "status", "failed")
+            storage.set_trial_user_attr(
+                tid, "fail_reason", f"worker process {pid} died during this trial"
             )
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            storage.set_trial_state_values(tid, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished after all
         if retry:
-            callback(study, study._storage.get_trial(t._trial_id))
+            callback(study, storage_of(study).get_trial(trial_id(t)))
         recovered.append(t.number)
     return recovered

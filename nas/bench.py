@@ -1,0 +1,53 @@
+"""What the benchmark scripts under `experiments/` share: their option defaults, running a
+study until it has trained enough candidates, and counting what a study spent. The scripts
+import the package only, never each other."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import optuna
+
+from nas.config import SearchConfig
+from nas.study import create_or_resume_study, finished_count, run_search
+
+__all__ = ["run_until", "set_mode_defaults", "trained_count", "wall_seconds"]
+
+
+def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tuple]) -> None:
+    """Give every option left unset its (quick, full) value from `values`, by `args.quick`;
+    `--work` defaults to runs/bench-NAME[-quick], `--out` to experiments/results/NAME (full)
+    or runs/bench-NAME-quick/results (quick: a check, not a published result)."""
+    quick = args.quick
+    work = f"runs/bench-{name}" + ("-quick" if quick else "")
+    out = f"{work}/results" if quick else f"experiments/results/{name}"
+    for key, value in {**values, "work": (work, work), "out": (out, out)}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value[0] if quick else value[1])
+
+
+def trained_count(study: optuna.Study) -> int:
+    return sum(t.user_attrs.get("status") == "trained" for t in study.get_trials(deepcopy=False))
+
+
+def run_until(
+    config: SearchConfig, inputs: Any, trained: int, bar: Any, max_candidates: int
+) -> optuna.Study:
+    """Run the study until it has `trained` trained candidates, or `max_candidates`
+    candidates in all (a strategy that keeps proposing candidates over the budgets)."""
+    study = create_or_resume_study(config)
+    while (have := trained_count(study)) < trained and finished_count(study) < max_candidates:
+        n = min(finished_count(study) + trained - have, max_candidates)
+        run_search(config.replace_study(n_trials=n), study=study, inputs=inputs)
+        bar.update(trained_count(study) - have)
+    return study
+
+
+def wall_seconds(study: optuna.Study) -> float:
+    """Seconds the study's trials ran, summed."""
+    return sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.get_trials(deepcopy=False)
+        if t.datetime_complete and t.datetime_start
+    )
