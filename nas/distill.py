@@ -17,7 +17,6 @@ from typing import Any
 import timm
 import torch
 
-import search_spaces.model  # noqa: F401 - registers lightvit, so our architectures can teach
 from nas.config import SearchConfig, TrainConfig
 from nas.cost import count_params
 from nas.data import Dataset
@@ -25,6 +24,9 @@ from nas.errors import UserError
 from nas.export import check_out_dir, data_config_of, load_export, read_arch, save_timm_folder
 from nas.storage import owned_paths
 from nas.train import TrainResult, evaluate, train_model
+from search_spaces import register_with_timm
+
+register_with_timm()  # `lightvit` and the presets, for timm.create_model
 
 __all__ = ["Teacher", "load_teacher", "train_teacher"]
 

@@ -30,10 +30,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
-import search_spaces.model  # noqa: F401 - registers `lightvit` and the presets with timm
 from nas.data import test_split_note
 from nas.errors import UserError
+from search_spaces import register_with_timm
 from search_spaces.arch import ATTENTION_MIXERS, ArchConfig, ArchConfigError
+
+register_with_timm()  # `lightvit` and the presets, for timm.create_model
 
 __all__ = [
     "ExportResult",

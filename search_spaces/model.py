@@ -437,6 +437,3 @@ def lightvit(
     """
     return create("lightvit", _as_arch(arch), pretrained, **kwargs)
 
-
-# the named presets register with timm beside `lightvit`: importing the model registers both
-import search_spaces.presets  # noqa: E402, F401

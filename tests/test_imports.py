@@ -83,7 +83,6 @@ def test_errors_import_nothing_of_ours() -> None:
         "import search_spaces, timm",  # the README's order
         "import timm, search_spaces",
         "import search_spaces.arch\nimport timm",  # the CLI's order: arch first, timm later
-        "from search_spaces.model import LightViT\nimport timm",
         "from nas.export import load_export\nimport timm",
     ],
 )
@@ -100,3 +99,16 @@ def test_the_lazy_names_still_import() -> None:
 
     assert "lightvit_pool96_digits16" in PRESETS and callable(lightvit)
     assert LightViT(PRESETS["lightvit_pool96_digits16"]).num_classes > 0
+
+
+def test_the_import_layers_hold() -> None:
+    """The contracts in pyproject.toml ([tool.importlinter]), checked by import-linter."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken." in done.stdout
