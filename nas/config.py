@@ -836,11 +836,9 @@ class SearchConfig:
             return self.supernet.space()
         if self.space in HUB_SPACES:
             try:
-                from nas.oneshot import hub_space
+                return get_space(self.space, self.space_args)
             except ImportError as e:
                 raise ConfigError(str(e)) from None
-            try:
-                return hub_space(self.space, self.space_args)
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"space {self.space}: {e}") from None
         return get_space(self.space)

@@ -436,4 +436,3 @@ def lightvit(
     architecture's; `drop_rate` and `drop_path_rate` are passed to the model.
     """
     return create("lightvit", _as_arch(arch), pretrained, **kwargs)
-

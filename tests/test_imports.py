@@ -112,3 +112,17 @@ def test_the_import_layers_hold() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "Contracts: 2 kept, 0 broken." in done.stdout
+
+
+def test_there_is_no_import_cycle() -> None:
+    """No group of our modules imports each other round (function-level imports included)."""
+    import grimp
+
+    graph = grimp.build_graph("nas", "search_spaces")
+    cycles = [
+        (a, b)
+        for a in graph.modules
+        for b in graph.find_modules_directly_imported_by(a)
+        if a != b and graph.find_shortest_chain(importer=b, imported=a) is not None
+    ]
+    assert cycles == []

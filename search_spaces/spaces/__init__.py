@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from search_spaces.spaces.base import SearchSpace, StagedSpace, TrialLike
 from search_spaces.spaces.survey import SurveySpace
 from search_spaces.spaces.tiny import TinySpace
@@ -25,7 +27,13 @@ SPACES: dict[str, SearchSpace] = {
 }
 
 
-def get_space(name: str) -> SearchSpace:
+def get_space(name: str, args: dict[str, Any] | None = None) -> SearchSpace:
+    """A registered space by name, or one of NNI's hub spaces (`nni:autoformer`, built with
+    `args`; the `nni` extra, ImportError without it)."""
+    if name.startswith("nni:"):
+        from search_spaces.spaces.hub import hub_space
+
+        return hub_space(name, args)
     try:
         return SPACES[name]
     except KeyError:
