@@ -19,29 +19,18 @@ from optuna.trial import TrialState
 from nas.export import latency_line
 from nas.optuna_api import live_trial, storage_of
 from nas.storage import fail_reason
+from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 __all__ = ["trial_note", "annotate", "attach_pictures", "serve"]
 
-_MIXERS = {
-    "mhsa": "multi-head self-attention",
-    "window": "window attention",
-    "sra": "spatial-reduction attention",
-    "linear": "linear attention",
-    "pool": "pooling",
-    "dwconv": "depthwise convolution",
-}
-
 
 def _stage_words(i: int, s: dict[str, Any]) -> str:
-    mixer = _MIXERS.get(s["mixer"], s["mixer"])
-    option = {
-        "sra": f", reduction {s.get('sr_ratio')}",
-        "window": f", window {s.get('window')}",
-        "dwconv": f", kernel {s.get('kernel_size')}",
-    }.get(s["mixer"], "")
-    heads = f", {s['heads']} heads" if s["mixer"] in ("mhsa", "window", "sra", "linear") else ""
+    spec = MIXER_SPECS.get(s["mixer"])
+    mixer = spec.words if spec else s["mixer"]
+    option = f", {spec.option_words} {s.get(spec.option)}" if spec and spec.option else ""
+    heads = f", {s['heads']} heads" if s["mixer"] in ATTENTION_MIXERS else ""
     extra = ""
     if s.get("merge_r"):
         extra += f", ToMe merging {s['merge_r']} tokens per block"

@@ -29,10 +29,12 @@ from search_spaces.arch import (
     ATTENTION_MIXERS,
     ATTENTION_POS_ENCS,
     INPUT_POS_ENCS,
+    MIXER_OPTIONS,
     POS_ATTENTION_MIXERS,
     STAGE_POS_ENCS,
     ArchConfig,
     StageConfig,
+    mixer_options,
 )
 from search_spaces.typed import TypeCheckError, from_dict
 
@@ -104,11 +106,7 @@ def _stage_units(
         if stage.downsample:
             grid = (grid + 1) // 2
     tokens, sized = grid * grid, False
-    options = {
-        "sra": {"sr_ratio": stage.sr_ratio},
-        "window": {"window": stage.window},
-        "dwconv": {"kernel_size": stage.kernel_size},
-    }.get(stage.mixer, {})
+    options = mixer_options(stage)
     attn_pos = (
         pos_enc
         if stage.mixer in POS_ATTENTION_MIXERS and pos_enc in ATTENTION_POS_ENCS
@@ -607,7 +605,7 @@ def _unit_call(
         args = (tokens(grid * grid, cfg["in_dim"]), (grid, grid))
     elif kind == "block":
         grid, n = cfg["grid"], cfg["tokens"]
-        options = {k: cfg[k] for k in ("sr_ratio", "window", "kernel_size") if k in cfg}
+        options = {k: cfg[k] for k in MIXER_OPTIONS if k in cfg}
         stage = StageConfig(
             depth=1,
             dim=cfg["dim"],

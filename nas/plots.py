@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from nas.report import hypervolume, nondominated, records
-from search_spaces.arch import ATTENTION_MIXERS, ArchConfig
+from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS, ArchConfig, mixer_label
 
 __all__ = [
     "hypervolume_history",
@@ -111,16 +111,6 @@ def importance_plot(study: optuna.Study, path: str) -> tuple[str, dict[str, floa
     return _save(fig, path), importances
 
 
-_COLOURS = {
-    "mhsa": "#4c72b0",
-    "window": "#55a868",
-    "sra": "#8172b2",
-    "linear": "#64b5cd",
-    "pool": "#dd8452",
-    "dwconv": "#c44e52",
-}
-
-
 def arch_plot(arch: ArchConfig, path: str, title: str = "") -> str:
     """A drawing of `arch`: input, stem, position encoding, each stage as a box as tall as its
     width is wide and as long as it is deep (mixer, depth, width, heads, MLP ratio, token
@@ -156,14 +146,7 @@ def arch_plot(arch: ArchConfig, path: str, title: str = "") -> str:
     for i, s in enumerate(arch.stages, 1):
         if s.downsample:
             grid = (grid + 1) // 2
-        lines = [
-            f"stage {i}: {s.mixer}"
-            + {
-                "sra": f"/{s.sr_ratio}",
-                "window": f"/{s.window}",
-                "dwconv": f"/{s.kernel_size}",
-            }.get(s.mixer, "")
-        ]
+        lines = [f"stage {i}: {mixer_label(s)}"]
         lines.append(
             f"{s.depth} x {s.dim}" + (f", {s.heads} heads" if s.mixer in ATTENTION_MIXERS else "")
         )
@@ -175,7 +158,12 @@ def arch_plot(arch: ArchConfig, path: str, title: str = "") -> str:
         width = 1.3 + 0.35 * s.depth
         height = 0.9 + 1.3 * s.dim / widest
         start = x
-        box(width, height, _COLOURS.get(s.mixer, "#999999"), "\n".join(lines))
+        box(
+            width,
+            height,
+            (MIXER_SPECS[s.mixer].colour if s.mixer in MIXER_SPECS else "#999999"),
+            "\n".join(lines),
+        )
         for e in arch.exits:
             if block < e <= block + s.depth:
                 at = start + width * (e - block) / s.depth

@@ -44,6 +44,11 @@ __all__ = [
     "ATTENTION_MIXERS",
     "POS_ATTENTION_MIXERS",
     "GRID_FREE_MIXERS",
+    "MIXER_OPTIONS",
+    "MIXER_SPECS",
+    "MixerSpec",
+    "mixer_label",
+    "mixer_options",
     "INPUT_POS_ENCS",
     "STAGE_POS_ENCS",
     "ATTENTION_POS_ENCS",
@@ -78,12 +83,73 @@ ARCH_LIMITS: dict[str, float] = {
     "merge_r": 4_096,
 }
 
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """What the tool knows of a token mixer beyond its module: one row per mixer of
+    `search_spaces.blocks.MIXERS` (a test holds the keys equal), read by every consumer
+    (architecture lines, validity rules, lookup-table keys, pictures, dashboard notes).
+
+    `option`: the `StageConfig` field the mixer takes (`sr_ratio`, `window`, `kernel_size`),
+    shown after the name (`sra/2`); `attention`: its `heads` field is meaningful;
+    `grid_free`: it needs no token grid, so tokens may be merged or pruned before it;
+    `pos_attention`: attention-site position encodings act inside it."""
+
+    words: str
+    option: str | None = None
+    option_words: str = ""
+    attention: bool = False
+    grid_free: bool = False
+    pos_attention: bool = False
+    colour: str = "#999999"
+
+
+MIXER_SPECS: dict[str, MixerSpec] = {
+    "mhsa": MixerSpec(
+        "multi-head self-attention",
+        attention=True,
+        grid_free=True,
+        pos_attention=True,
+        colour="#4c72b0",
+    ),
+    "sra": MixerSpec(
+        "spatial-reduction attention", "sr_ratio", "reduction", attention=True, colour="#8172b2"
+    ),
+    "linear": MixerSpec("linear attention", attention=True, grid_free=True, colour="#64b5cd"),
+    "window": MixerSpec(
+        "window attention",
+        "window",
+        "window",
+        attention=True,
+        pos_attention=True,
+        colour="#55a868",
+    ),
+    "pool": MixerSpec("pooling", colour="#dd8452"),
+    "dwconv": MixerSpec("depthwise convolution", "kernel_size", "kernel", colour="#c44e52"),
+}
 # Mixers whose `heads` field is meaningful.
-ATTENTION_MIXERS = frozenset({"mhsa", "sra", "linear", "window"})
+ATTENTION_MIXERS = frozenset(n for n, m in MIXER_SPECS.items() if m.attention)
 # Mixers inside which attention-site position encodings act.
-POS_ATTENTION_MIXERS = frozenset({"mhsa", "window"})
+POS_ATTENTION_MIXERS = frozenset(n for n, m in MIXER_SPECS.items() if m.pos_attention)
 # Mixers that do not need the token grid (so tokens may be merged or pruned before them).
-GRID_FREE_MIXERS = frozenset({"mhsa", "linear"})
+GRID_FREE_MIXERS = frozenset(n for n, m in MIXER_SPECS.items() if m.grid_free)
+# The StageConfig fields that are some mixer's option.
+MIXER_OPTIONS = tuple(m.option for m in MIXER_SPECS.values() if m.option)
+
+
+def mixer_options(stage: StageConfig | dict[str, Any]) -> dict[str, Any]:
+    """The stage's mixer option as `{field: value}` (empty for a mixer without one)."""
+    get = stage.get if isinstance(stage, dict) else lambda k: getattr(stage, k)
+    spec = MIXER_SPECS.get(get("mixer"))
+    return {spec.option: get(spec.option)} if spec and spec.option else {}
+
+
+def mixer_label(stage: StageConfig | dict[str, Any]) -> str:
+    """The mixer with its option, as architecture lines show it: `sra/2`, `pool`."""
+    mixer = stage["mixer"] if isinstance(stage, dict) else stage.mixer
+    return "/".join([mixer, *map(str, mixer_options(stage).values())])
+
+
 # Where each position encoding acts (mirrors the `site` of the blocks in blocks/pos_enc.py).
 INPUT_POS_ENCS = frozenset({"none", "learned", "sincos"})
 STAGE_POS_ENCS = frozenset({"cpe"})
@@ -276,12 +342,7 @@ class ArchConfig:
         """
         stages = []
         for s in self.stages:
-            mixer = {
-                "sra": f"sra/{s.sr_ratio}",
-                "window": f"window/{s.window}",
-                "dwconv": f"dwconv/{s.kernel_size}",
-            }.get(s.mixer, s.mixer)
-            text = f"{mixer} {s.depth}x{s.dim}"
+            text = f"{mixer_label(s)} {s.depth}x{s.dim}"
             if s.mixer in ATTENTION_MIXERS:
                 text += f"h{s.heads}"
             text += f" r{s.mlp_ratio:g}"

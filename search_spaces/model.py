@@ -24,7 +24,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.arch import ArchConfig, StageConfig, mixer_options
 from search_spaces.blocks import EXITS, MIXERS, POS_ENCODINGS, STEMS, TOKEN_REDUCERS, lookup
 from search_spaces.blocks.exits import pool_tokens
 
@@ -46,11 +46,7 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         dim = cfg.dim
-        options = {
-            "sra": {"sr_ratio": cfg.sr_ratio},
-            "window": {"window": cfg.window},
-            "dwconv": {"kernel_size": cfg.kernel_size},
-        }.get(cfg.mixer, {})
+        options = mixer_options(cfg)  # the mixer's option, by MIXER_SPECS
         self.norm1 = nn.LayerNorm(dim)
         self.mixer = lookup(MIXERS, "mixer", cfg.mixer)(
             dim, cfg.heads, grid=grid, pos_layer=pos_layer, **options

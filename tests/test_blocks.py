@@ -213,3 +213,53 @@ def test_every_block_cites_its_paper_and_model_cards_list_them() -> None:
     ids = [arxiv for _, _, arxiv in papers_of(arch)]
     assert ids[:2] == ["2103.15808", "2106.13797"] and len(ids) == len(set(ids))
     assert "1706.03762" in ids and "1709.01686" in ids
+
+
+def test_one_table_describes_every_mixer() -> None:
+    """`MIXER_SPECS` has one row per registered mixer, and what it says holds: a mixer with an
+    option builds with it and shows it in architecture lines; the derived sets agree."""
+    from search_spaces.arch import (
+        ATTENTION_MIXERS,
+        GRID_FREE_MIXERS,
+        MIXER_OPTIONS,
+        MIXER_SPECS,
+        POS_ATTENTION_MIXERS,
+        mixer_label,
+    )
+    from search_spaces.blocks import MIXERS
+
+    assert set(MIXER_SPECS) == set(MIXERS)
+    assert ATTENTION_MIXERS == {m for m, s in MIXER_SPECS.items() if s.attention}
+    assert POS_ATTENTION_MIXERS <= ATTENTION_MIXERS and GRID_FREE_MIXERS <= ATTENTION_MIXERS
+    assert set(MIXER_OPTIONS) == {"sr_ratio", "window", "kernel_size"}
+    values = {"sr_ratio": 2, "window": 2, "kernel_size": 5}
+    for name, spec in MIXER_SPECS.items():
+        stage = StageConfig(
+            depth=1,
+            dim=32,
+            heads=2 if spec.attention else 1,
+            mixer=name,
+            **({spec.option: values[spec.option]} if spec.option else {}),
+        )
+        arch = ArchConfig(stages=(stage,), img_size=16, patch_size=4, num_classes=3)
+        want = f"{name}/{values[spec.option]}" if spec.option else name
+        assert mixer_label(stage) == want and f"[{want} 1x32" in arch.describe()
+        assert LightViT(arch)(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_depthwise_conv_mixer_sees_only_its_k_by_k_neighbourhood(kernel: int) -> None:
+    """A depthwise k x k convolution (RepViT, ConvNeXt): changing one token changes the output
+    only within k // 2 rows and columns of it, and channel by channel."""
+    torch.manual_seed(0)
+    mixer = MIXERS["dwconv"](8, grid=(9, 9), kernel_size=kernel).eval()
+    x = torch.randn(1, 81, 8)
+    y = x.clone()
+    y[0, 4 * 9 + 4, 3] += 1.0  # the centre token, channel 3
+    with torch.no_grad():
+        changed = (mixer(y, (9, 9)) - mixer(x, (9, 9))).abs().reshape(9, 9, 8) > 1e-6
+    r = kernel // 2
+    rows, cols, chans = changed.nonzero(as_tuple=True)
+    assert changed.any() and set(chans.tolist()) == {3}
+    assert (rows - 4).abs().max() <= r and (cols - 4).abs().max() <= r
+    assert changed[4 - r, 4 - r, 3] and changed[4 + r, 4 + r, 3]  # the whole window
