@@ -6,7 +6,9 @@ pretrained=True)` loads folders written by `lvit export`: at once when timm is a
 imported, otherwise the moment timm's import finishes (`import search_spaces, timm` works in
 either order). The package itself stays light: `search_spaces.arch` and
 `search_spaces.spaces` import no torch, and `LightViT`, `lightvit` and `PRESETS` are loaded
-on first use. `register_with_timm()` registers explicitly.
+on first use. `register_with_timm()` registers explicitly: code that imports one of our block
+modules before timm (timm's import then finishes while ours is half done, and registering
+would need it whole) calls it before `timm.create_model("lightvit", ...)`.
 """
 
 from __future__ import annotations
