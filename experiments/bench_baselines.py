@@ -129,11 +129,11 @@ class Model:
 
     @property
     def acc(self) -> float:
-        return statistics.mean(self.accs) if self.accs else math.nan
+        return _mean(self.accs)
 
     @property
     def acc_sd(self) -> float:
-        return statistics.pstdev(self.accs) if len(self.accs) > 1 else 0.0
+        return _sd(self.accs)
 
     @property
     def scores(self) -> list[float]:
@@ -143,11 +143,27 @@ class Model:
 
     @property
     def score(self) -> float:
-        return statistics.mean(self.scores) if self.scores else math.nan
+        return _mean(self.scores)
 
     @property
     def score_sd(self) -> float:
-        return statistics.pstdev(self.scores) if len(self.scores) > 1 else 0.0
+        return _sd(self.scores)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else math.nan
+
+
+def _sd(values: list[float]) -> float:
+    """The spread over seeds (population sd; 0 for one seed)."""
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def measured_test(results: list[dict[str, Any]]) -> bool:
+    """Whether the run measured test accuracies (its data set has a test split)."""
+    return any(
+        m.tests for r in results for m in r["timm"] + [x for b in r["budgets"] for x in b.models]
+    )
 
 
 @dataclass
@@ -596,7 +612,7 @@ def rows_of(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "latency_2t_ms": round(m.lat(2), 4),
                     "accuracy_sd": round(m.acc_sd, 4) if m.accs else "",
                     "accuracies": " ".join(f"{a:.4f}" for a in m.accs),
-                    "test_accuracy": round(statistics.mean(m.tests), 4) if m.tests else "",
+                    "test_accuracy": round(_mean(m.tests), 4) if m.tests else "",
                     "test_accuracy_sd": round(m.score_sd, 4) if m.tests else "",
                     "test_accuracies": " ".join(f"{a:.4f}" for a in m.tests),
                     "architecture": m.describe,
@@ -646,9 +662,7 @@ def accuracy_cells(m: Model, test: bool) -> str:
 
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    test = any(
-        m.tests for r in results for m in r["timm"] + [x for b in r["budgets"] for x in b.models]
-    )
+    test = measured_test(results)
     retrain = (
         f"; the best {args.retrain_top} of each search by the proxy retrained with the recipe "
         "(first seed), the best of them by validation accuracy is the one reported"
@@ -767,7 +781,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
         "family": dict(marker="D", s=60, c="tab:blue", zorder=3),
         "timm": dict(marker="s", s=60, c="black", zorder=3),
     }
-    split = "test" if any(m.tests for r in results for m in r["timm"]) else "validation"
+    split = "test" if measured_test(results) else "validation"
     for ax, (r, b) in zip(axes[0], panels, strict=True):
         shown = b.models + [t for t in r["timm"] if t not in b.models]
         for m in shown:
