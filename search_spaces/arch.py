@@ -26,12 +26,17 @@ Schema history:
        unchanged (every new field has a default that means "absent").
     3: distill_head (a second classifier trained on a teacher's predictions). Older configs read
        unchanged.
+    4: per stage shift_div (the `shift` mixer). Fields added from schema 4 on are written only
+       where they are set, and a config is written in the oldest schema that holds it: an
+       architecture that uses no new block keeps the JSON (hence the hashes and cache keys) it
+       had, and older versions of the tool still read it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from search_spaces.typed import TypeCheckError, from_dict, to_dict
@@ -58,8 +63,12 @@ __all__ = [
     "ARCH_LIMITS",
 ]
 
-SCHEMA_VERSION = 3
-READABLE_SCHEMAS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_SCHEMAS = (1, 2, 3, 4)
+# The oldest schema a config is written in, and the stage fields added since (the schema each
+# needs; written only where set, see the schema history above).
+_BASE_SCHEMA = 3
+_STAGE_FIELDS_SINCE = {"shift_div": 4}
 
 ArchConfigError = TypeCheckError
 
@@ -81,6 +90,7 @@ ARCH_LIMITS: dict[str, float] = {
     "window": 256,
     "kernel_size": 31,
     "merge_r": 4_096,
+    "shift_div": 4_096,
 }
 
 
@@ -91,17 +101,41 @@ class MixerSpec:
     (architecture lines, validity rules, lookup-table keys, pictures, dashboard notes).
 
     `option`: the `StageConfig` field the mixer takes (`sr_ratio`, `window`, `kernel_size`),
-    shown after the name (`sra/2`); `attention`: its `heads` field is meaningful;
-    `grid_free`: it needs no token grid, so tokens may be merged or pruned before it;
-    `pos_attention`: attention-site position encodings act inside it."""
+    shown after the name (`sra/2`); `choices`: the values the search spaces offer for it;
+    `fit`: the value a sampled option becomes on a stage's grid side, or None where the mixer
+    cannot run there (the spaces then use `mhsa`), so that every draw builds;
+    `attention`: its `heads` field is meaningful; `grid_free`: it needs no token grid, so
+    tokens may be merged or pruned before it; `pos_attention`: attention-site position
+    encodings act inside it; `residual`: the block computes `x + mixer(norm(x))` (False: the
+    mixer's output replaces the tokens, `x = mixer(x)`, as ShiftViT's shift does)."""
 
     words: str
     option: str | None = None
     option_words: str = ""
+    choices: tuple[int, ...] = ()
+    fit: Callable[[int, int], int | None] | None = None
     attention: bool = False
     grid_free: bool = False
     pos_attention: bool = False
+    residual: bool = True
     colour: str = "#999999"
+
+    def fit_option(self, value: int, grid: int) -> int | None:
+        """`value` as it runs on a `grid` x `grid` stage (None: this mixer cannot run there)."""
+        return self.fit(value, grid) if self.fit else value
+
+
+def _capped_at_grid(value: int, grid: int) -> int | None:
+    return min(value, grid) if grid >= 2 else None
+
+
+def _on_a_grid(value: int, grid: int) -> int | None:
+    return value if grid >= 2 else None
+
+
+def _divisor_of_grid(value: int, grid: int) -> int | None:
+    window = largest_divisor_below(grid, value)
+    return window if window >= 2 else None
 
 
 MIXER_SPECS: dict[str, MixerSpec] = {
@@ -113,19 +147,38 @@ MIXER_SPECS: dict[str, MixerSpec] = {
         colour="#4c72b0",
     ),
     "sra": MixerSpec(
-        "spatial-reduction attention", "sr_ratio", "reduction", attention=True, colour="#8172b2"
+        "spatial-reduction attention",
+        "sr_ratio",
+        "reduction",
+        choices=(2, 4),
+        fit=_capped_at_grid,
+        attention=True,
+        colour="#8172b2",
     ),
     "linear": MixerSpec("linear attention", attention=True, grid_free=True, colour="#64b5cd"),
     "window": MixerSpec(
         "window attention",
         "window",
         "window",
+        choices=(2, 4),
+        fit=_divisor_of_grid,
         attention=True,
         pos_attention=True,
         colour="#55a868",
     ),
     "pool": MixerSpec("pooling", colour="#dd8452"),
-    "dwconv": MixerSpec("depthwise convolution", "kernel_size", "kernel", colour="#c44e52"),
+    "dwconv": MixerSpec(
+        "depthwise convolution", "kernel_size", "kernel", choices=(3, 5, 7), colour="#c44e52"
+    ),
+    "shift": MixerSpec(
+        "partial shift",
+        "shift_div",
+        "1/n of the channels per direction",
+        choices=(6, 12, 24),
+        fit=_on_a_grid,
+        residual=False,
+        colour="#937860",
+    ),
 }
 # Mixers whose `heads` field is meaningful.
 ATTENTION_MIXERS = frozenset(n for n, m in MIXER_SPECS.items() if m.attention)
@@ -163,7 +216,8 @@ class StageConfig:
     `heads` is used by attention mixers only (1 for the others). `downsample` halves the token
     grid with a stride-2 convolution at the start of the stage (hierarchical models, PVT/Swin
     style); a change of width without downsampling uses a 1x1 projection. Mixer options:
-    `sr_ratio` (sra), `window` (window), `kernel_size` (dwconv). Token reduction: `merge_r`
+    `sr_ratio` (sra), `window` (window), `kernel_size` (dwconv), `shift_div` (shift: each of
+    the four directions moves `dim // shift_div` channels; schema 4). Token reduction: `merge_r`
     tokens merged per block (ToMe) or `keep_rate` of the tokens kept after the first block
     (EViT); 0 and 1.0 mean none.
     """
@@ -179,11 +233,12 @@ class StageConfig:
     kernel_size: int = 3
     merge_r: int = 0
     keep_rate: float = 1.0
+    shift_div: int = field(default=0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require_numbers(
             self,
-            ("depth", "dim", "heads", "sr_ratio", "window", "kernel_size", "merge_r"),
+            ("depth", "dim", "heads", "sr_ratio", "window", "kernel_size", "merge_r", "shift_div"),
             ("mlp_ratio", "keep_rate"),
         )
         if self.depth < 1:
@@ -204,8 +259,23 @@ class StageConfig:
             raise ValueError("a stage reduces tokens one way: merge_r or keep_rate, not both")
         _check_limits(
             self,
-            ("depth", "dim", "heads", "mlp_ratio", "sr_ratio", "window", "kernel_size", "merge_r"),
+            (
+                "depth",
+                "dim",
+                "heads",
+                "mlp_ratio",
+                "sr_ratio",
+                "window",
+                "kernel_size",
+                "merge_r",
+                "shift_div",
+            ),
         )
+        if self.mixer == "shift" and not 4 <= self.shift_div <= self.dim:
+            raise ValueError(
+                f"shift needs 4 <= shift_div <= dim (each of four directions moves "
+                f"dim // shift_div channels), got shift_div={self.shift_div} dim={self.dim}"
+            )
         if self.mixer == "sra" and self.sr_ratio < 2:
             raise ValueError(f"sra needs sr_ratio >= 2, got {self.sr_ratio}")
         if self.mixer == "window" and self.window < 2:
@@ -319,7 +389,11 @@ class ArchConfig:
         return sizes
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        """JSON values, in the oldest schema that holds this architecture (schema history)."""
+        data = to_dict(self)
+        used = [v for s in data["stages"] for f, v in _STAGE_FIELDS_SINCE.items() if f in s]
+        data["schema_version"] = max([_BASE_SCHEMA, *used])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:

@@ -24,7 +24,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from search_spaces.arch import ArchConfig, StageConfig, mixer_options
+from search_spaces.arch import MIXER_SPECS, ArchConfig, StageConfig, mixer_options
 from search_spaces.blocks import EXITS, MIXERS, POS_ENCODINGS, STEMS, TOKEN_REDUCERS, lookup
 from search_spaces.blocks.exits import pool_tokens
 
@@ -33,8 +33,9 @@ __all__ = ["LightViT", "Block", "Stage", "lightvit", "default_arch"]
 
 class Block(nn.Module):
     """Pre-norm transformer block with a pluggable token mixer (the MetaFormer view):
-    `x = x + mixer(norm(x))`, then optional token reduction (ToMe merging or EViT pruning, as
-    in both papers between the mixer and the MLP), then `x = x + mlp(norm(x))`."""
+    `x = x + mixer(norm(x))` (or `x = mixer(x)` for a mixer whose `MIXER_SPECS` row says
+    `residual=False`), then optional token reduction (ToMe merging or EViT pruning, as in both
+    papers between the mixer and the MLP), then `x = x + mlp(norm(x))`."""
 
     def __init__(
         self,
@@ -47,7 +48,9 @@ class Block(nn.Module):
         super().__init__()
         dim = cfg.dim
         options = mixer_options(cfg)  # the mixer's option, by MIXER_SPECS
-        self.norm1 = nn.LayerNorm(dim)
+        # a mixer whose output replaces the tokens (ShiftViT's shift) has no norm before it
+        self.residual = MIXER_SPECS[cfg.mixer].residual if cfg.mixer in MIXER_SPECS else True
+        self.norm1 = nn.LayerNorm(dim) if self.residual else nn.Identity()
         self.mixer = lookup(MIXERS, "mixer", cfg.mixer)(
             dim, cfg.heads, grid=grid, pos_layer=pos_layer, **options
         )
@@ -68,8 +71,10 @@ class Block(nn.Module):
             y, importance = self.mixer(self.norm1(x), hw, size, need_importance=True)
             x = x + self.drop_path1(y)
             x, size = self.prune(x, importance, _ones_like_tokens(x, size))
-        else:
+        elif self.residual:
             x = x + self.drop_path1(self.mixer(self.norm1(x), hw, size))
+        else:
+            x = self.mixer(x, hw, size)
         if self.merge is not None:
             x, size = self.merge(x, _ones_like_tokens(x, size))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))

@@ -156,9 +156,14 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
 
 
 def to_dict(obj: Any) -> Any:
-    """Dataclass → plain JSON values (tuples become lists, nested dataclasses dicts)."""
+    """Dataclass → plain JSON values (tuples become lists, nested dataclasses dicts). A field
+    whose metadata says `omit_default` is left out while it holds its default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)
+        }
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

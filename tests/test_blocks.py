@@ -48,6 +48,7 @@ def test_stem_forward_backward(name: str, img: int, patch: int) -> None:
 
 SITES = {name: cls.site for name, cls in POS_ENCODINGS.items()}
 MIXER_OPTIONS = {"sra": {"sr_ratio": 2}, "window": {"window": 2}, "dwconv": {"kernel_size": 5}}
+MIXER_OPTIONS["shift"] = {"shift_div": 8}
 
 
 def test_pos_enc_sites_match_the_arch_rules() -> None:
@@ -231,8 +232,8 @@ def test_one_table_describes_every_mixer() -> None:
     assert set(MIXER_SPECS) == set(MIXERS)
     assert ATTENTION_MIXERS == {m for m, s in MIXER_SPECS.items() if s.attention}
     assert POS_ATTENTION_MIXERS <= ATTENTION_MIXERS and GRID_FREE_MIXERS <= ATTENTION_MIXERS
-    assert set(MIXER_OPTIONS) == {"sr_ratio", "window", "kernel_size"}
-    values = {"sr_ratio": 2, "window": 2, "kernel_size": 5}
+    assert set(MIXER_OPTIONS) == {"sr_ratio", "window", "kernel_size", "shift_div"}
+    values = {"sr_ratio": 2, "window": 2, "kernel_size": 5, "shift_div": 8}
     for name, spec in MIXER_SPECS.items():
         stage = StageConfig(
             depth=1,
@@ -245,6 +246,59 @@ def test_one_table_describes_every_mixer() -> None:
         want = f"{name}/{values[spec.option]}" if spec.option else name
         assert mixer_label(stage) == want and f"[{want} 1x32" in arch.describe()
         assert LightViT(arch)(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+        if spec.option:  # the values spaces offer are valid, and fit the grids they can run on
+            assert spec.choices and all(spec.fit_option(v, 4) is not None for v in spec.choices)
+
+
+def test_shift_mixer_moves_four_channel_groups_by_one_token_and_nothing_else() -> None:
+    """ShiftViT's shift (arXiv 2201.10801): no parameters; with `shift_div` n, four groups of
+    dim // n channels move one token left, right, up and down (zeros fill the vacated edge,
+    values pushed off the grid are dropped), and every other channel passes unchanged."""
+    dim, n, h, w = 24, 12, 5, 6
+    mixer = MIXERS["shift"](dim, grid=(h, w), shift_div=n)
+    assert sum(p.numel() for p in mixer.parameters()) == 0
+    x = torch.randn(2, h * w, dim)
+    out = mixer(x, (h, w)).reshape(2, h, w, dim)
+    grid, g = x.reshape(2, h, w, dim), dim // n
+    assert torch.equal(out[:, :, :-1, :g], grid[:, :, 1:, :g])  # left
+    assert torch.equal(out[:, :, 1:, g : 2 * g], grid[:, :, :-1, g : 2 * g])  # right
+    assert torch.equal(out[:, :-1, :, 2 * g : 3 * g], grid[:, 1:, :, 2 * g : 3 * g])  # up
+    assert torch.equal(out[:, 1:, :, 3 * g : 4 * g], grid[:, :-1, :, 3 * g : 4 * g])  # down
+    assert not out[:, :, -1, :g].any() and not out[:, :, 0, g : 2 * g].any()
+    assert not out[:, -1, :, 2 * g : 3 * g].any() and not out[:, 0, :, 3 * g : 4 * g].any()
+    assert torch.equal(out[..., 4 * g :], grid[..., 4 * g :])
+    # the paper's default: a third of the channels move
+    assert 4 * MIXERS["shift"](96, grid=(4, 4)).group == 96 // 3
+
+
+def test_shift_block_is_the_papers_block_without_norm_or_residual_around_the_shift() -> None:
+    """ShiftViT's block: `z = shift(x)`, then `z + mlp(norm(z))`: the shift replaces the
+    attention branch (no LayerNorm before it, no identity added)."""
+    from search_spaces.model import Block
+
+    torch.manual_seed(0)
+    cfg = StageConfig(depth=1, dim=24, mixer="shift", shift_div=6)
+    block = Block(cfg, (4, 4), None).eval()
+    assert not any("norm1" in name for name, _ in block.named_parameters())
+    x = torch.randn(2, 16, 24)
+    z = block.mixer(x, (4, 4))
+    out, _ = block(x, (4, 4), None)
+    assert torch.allclose(out, z + block.mlp(block.norm2(z)), atol=1e-6)
+
+
+def test_configs_that_use_no_new_field_are_written_in_the_schema_they_had() -> None:
+    """Schema 4 added `shift_div`: it is written only where set, and a config is written in
+    the oldest schema that holds it, so existing architectures keep their JSON (and hashes)."""
+    plain = ArchConfig(stages=(StageConfig(depth=1, dim=32, mixer="pool"),), img_size=16)
+    data = plain.to_dict()
+    assert data["schema_version"] == 3 and "shift_div" not in data["stages"][0]
+    shifted = ArchConfig(stages=(StageConfig(depth=1, dim=32, mixer="shift", shift_div=8),))
+    data = shifted.to_dict()
+    assert data["schema_version"] == 4 and data["stages"][0]["shift_div"] == 8
+    for arch in (plain, shifted):
+        assert ArchConfig.from_json(arch.to_json()) == arch
+    with pytest.raises(ValueError, match="shift needs 4 <= shift_div <= dim"):
+        StageConfig(depth=1, dim=32, mixer="shift")
 
 
 @pytest.mark.parametrize("kernel", [3, 7])

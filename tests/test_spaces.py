@@ -79,6 +79,28 @@ def test_isotropic_size_matches_a_brute_force_count_of_a_smaller_copy() -> None:
     assert small.size(16) == brute
 
 
+def test_a_mixer_option_comes_from_the_table_where_a_space_lists_none() -> None:
+    """A supernet space offers a mixer's option from its `MIXER_SPECS` row when its stage has
+    no list of its own (the `shift` mixer's `shift_div`), draws it under `stage{i}.{option}`,
+    and a grid the mixer cannot run on makes the stage mhsa."""
+    from search_spaces.arch import MIXER_SPECS
+    from search_spaces.spaces.shared import SharedSpace, StageChoices
+
+    space = SharedSpace(
+        (StageChoices(mixers=("shift",)), StageChoices(mixers=("shift",), downsample=True))
+    )
+    labels = space.choices(8)
+    assert labels["stage1.shift_div"] == MIXER_SPECS["shift"].choices
+    seen = set()
+    for _, arch in enumerate_leaves(lambda t: space.sample(t, num_classes=3, img_size=8)):
+        first, second = arch.stages
+        assert first.mixer == "shift" and first.shift_div in MIXER_SPECS["shift"].choices
+        assert second.mixer == "mhsa"  # its grid is 1x1: nothing to shift
+        seen.add(first.shift_div)
+    assert seen == set(MIXER_SPECS["shift"].choices)
+    assert space.largest_params()["stage1.shift_div"] == max(MIXER_SPECS["shift"].choices)
+
+
 @pytest.mark.slow
 def test_choices_list_every_label_sample_uses() -> None:
     space = get_space("survey")

@@ -1,7 +1,8 @@
 """Token mixers: (B, N, C) tokens on an (H, W) grid -> (B, N, C).
 
 Every mixer is built as `cls(dim, heads, grid=(H, W), pos_layer=None, **options)` and called as
-`mixer(x, hw, size=None)`; the block around it adds the residual and the MLP. `size` (B, N, 1)
+`mixer(x, hw, size=None)`; the block around it adds the residual (unless the mixer's
+`MIXER_SPECS` row says `residual=False`) and the MLP. `size` (B, N, 1)
 counts the original tokens each token stands for after token merging (ToMe's proportional
 attention); mixers that need the grid are never given merged tokens (see the rules in
 `search_spaces.arch`). `pos_layer` is the class of an attention-site position encoding; mixers
@@ -27,6 +28,7 @@ __all__ = [
     "WindowAttention",
     "PoolingMixer",
     "DepthwiseConvMixer",
+    "ShiftMixer",
 ]
 
 MIXERS: dict[str, type[nn.Module]] = {}
@@ -317,3 +319,43 @@ class DepthwiseConvMixer(nn.Module):
         size: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return _to_tokens(self.norm(self.conv(_to_grid(x, hw))))
+
+
+@register(MIXERS, "shift")
+class ShiftMixer(nn.Module):
+    """Partial shift: four groups of `dim // shift_div` channels move one token left, right, up
+    and down, one direction each; the other channels stay. No parameters, no arithmetic.
+    Values shifted off the grid are dropped, vacated places are zero. In the paper's block the
+    shift replaces the attention branch, with no norm before it and no residual around it
+    (`x = shift(x); x = x + mlp(norm(x))`; its `MIXER_SPECS` row says `residual=False`), and
+    `shift_div` 12 (a third of the channels shifted, the paper's gamma = 1/3) is its default.
+
+    Paper: "When Shift Operation Meets Vision Transformer: An Extremely Simple Alternative to
+    Attention Mechanism" (ShiftViT), arXiv 2201.10801.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        shift_div: int = 12,
+    ) -> None:
+        super().__init__()
+        self.group = dim // shift_div  # channels per direction
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        feat, g = _to_grid(x, hw), self.group
+        # padding on one side and cutting the other moves the content by one token; slicing and
+        # padding export to ONNX and lower to mobile runtimes as plain copies
+        left = F.pad(feat[:, :g, :, 1:], (0, 1))
+        right = F.pad(feat[:, g : 2 * g, :, :-1], (1, 0))
+        up = F.pad(feat[:, 2 * g : 3 * g, 1:, :], (0, 0, 0, 1))
+        down = F.pad(feat[:, 3 * g : 4 * g, :-1, :], (0, 0, 1, 0))
+        return _to_tokens(torch.cat([left, right, up, down, feat[:, 4 * g :]], dim=1))

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.arch import ATTENTION_MIXERS, ArchConfig, StageConfig, largest_divisor_below
+from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS, ArchConfig, StageConfig
 from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike, usable_pos_enc
 from search_spaces.typed import to_dict
 
@@ -32,7 +32,7 @@ __all__ = ["StageChoices", "SharedSpace", "SHAREABLE_MIXERS", "SHAREABLE_STEMS"]
 
 # Blocks whose weights can be sliced to any width (every block of the registries can; the stem
 # and position encodings too). Token reducers and exits are not offered in a supernet.
-SHAREABLE_MIXERS = ("mhsa", "sra", "linear", "window", "pool", "dwconv")
+SHAREABLE_MIXERS = tuple(MIXER_SPECS)
 SHAREABLE_STEMS = ("patch", "conv", "overlap", "multiscale", "repconv", "mv2")
 
 
@@ -72,6 +72,12 @@ class StageChoices:
                 )
         if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes) or min(self.sr_ratios) < 2:
             raise ValueError("kernel_sizes must be odd and sr_ratios >= 2")
+
+    def option_choices(self, mixer: str) -> tuple[int, ...]:
+        """The values this stage offers for `mixer`'s option: its own list where it has one
+        (`kernel_sizes`, `sr_ratios`, `windows`), else the table's (`MIXER_SPECS`)."""
+        spec = MIXER_SPECS[mixer]
+        return getattr(self, f"{spec.option}s", None) or spec.choices
 
 
 class SharedSpace(StagedSpace):
@@ -138,23 +144,14 @@ class SharedSpace(StagedSpace):
         i, grid, c = ctx.index, ctx.grid, self.stages[ctx.index - 1]
         mixer = trial.suggest_categorical(f"stage{i}.mixer", c.mixers)
         options: dict[str, Any] = {}
-        if mixer == "sra":
-            sr = trial.suggest_categorical(f"stage{i}.sr_ratio", c.sr_ratios)
-            if grid >= 2:
-                options["sr_ratio"] = min(sr, grid)
-            else:
+        spec = MIXER_SPECS[mixer]
+        if spec.option:  # one that cannot run on this grid makes the stage mhsa
+            value = trial.suggest_categorical(f"stage{i}.{spec.option}", c.option_choices(mixer))
+            fitted = spec.fit_option(value, grid)
+            if fitted is None:
                 mixer = "mhsa"
-        elif mixer == "window":
-            w = trial.suggest_categorical(f"stage{i}.window", c.windows)
-            w = largest_divisor_below(grid, w)
-            if w >= 2:
-                options["window"] = w
             else:
-                mixer = "mhsa"
-        elif mixer == "dwconv":
-            options["kernel_size"] = trial.suggest_categorical(
-                f"stage{i}.kernel_size", c.kernel_sizes
-            )
+                options[spec.option] = fitted
         dim = trial.suggest_categorical(f"stage{i}.dim", c.dims)
         heads = (
             trial.suggest_categorical(f"stage{i}.heads", c.heads)
@@ -194,9 +191,11 @@ class SharedSpace(StagedSpace):
                     f"stage{i}.dim": max(c.dims),
                     f"stage{i}.heads": max(c.heads),
                     f"stage{i}.mlp_ratio": max(c.mlp_ratios),
-                    f"stage{i}.kernel_size": max(c.kernel_sizes),
-                    f"stage{i}.sr_ratio": max(c.sr_ratios),
-                    f"stage{i}.window": max(c.windows),
+                    **{
+                        f"stage{i}.{spec.option}": max(c.option_choices(m))
+                        for m, spec in MIXER_SPECS.items()
+                        if spec.option
+                    },
                 }
             )
         return params

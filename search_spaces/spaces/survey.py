@@ -5,9 +5,9 @@ resolution (3/4 or all of the data's), position encoding (none, learned, sincos,
 rope_axial, rope_mixed, rel_bias, fire), macro structure (isotropic: one stage; hierarchical:
 2-3 stages, each after the first halving the grid). Per stage: token mixer (mhsa, sra, linear,
 window, pool, dwconv), depth, width, heads (attention mixers), MLP ratio, the mixer's own option
-(sra ratio, window size, kernel size), and in the last stage a token reduction (none, ToMe
-merging, EViT pruning) where the rules allow it. Finally 0-2 early exits placed at a quarter,
-half or three quarters of the depth.
+(sra ratio, window size, kernel size: the values its `MIXER_SPECS` row lists), and in the last
+stage a token reduction (none, ToMe merging, EViT pruning) where the rules allow it. Finally
+0-2 early exits placed at a quarter, half or three quarters of the depth.
 
 Compatibility rules (`search_spaces.arch`) are kept inside `sample`, so every draw builds:
   - window sizes become the largest divisor of the stage's grid that is no larger than the
@@ -30,9 +30,9 @@ from search_spaces.arch import (
     ATTENTION_MIXERS,
     GRID_FREE_MIXERS,
     INPUT_POS_ENCS,
+    MIXER_SPECS,
     ArchConfig,
     StageConfig,
-    largest_divisor_below,
 )
 from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike, usable_pos_enc
 
@@ -50,9 +50,6 @@ class SurveySpace(StagedSpace):
     dims = (32, 48, 64, 96, 128, 160)
     heads = (1, 2, 4)
     mlp_ratios = (2.0, 3.0, 4.0)
-    sr_ratios = (2, 4)
-    windows = (2, 4)
-    kernel_sizes = (3, 5, 7)
     merge_rs = (1, 2, 4, 8)
     keep_rates = (0.5, 0.7)
     exit_positions = (0.25, 0.5, 0.75)
@@ -110,24 +107,14 @@ class SurveySpace(StagedSpace):
         )
         mlp_ratio = trial.suggest_categorical(f"stage{i}.mlp_ratio", self.mlp_ratios)
         options: dict[str, Any] = {}
-        if mixer == "sra":
-            sr = trial.suggest_categorical(f"stage{i}.sr_ratio", self.sr_ratios)
-            if grid >= 2:
-                options["sr_ratio"] = min(sr, grid)
-            else:
+        spec = MIXER_SPECS[mixer]
+        if spec.option:  # its values from the table; one that cannot run here makes it mhsa
+            value = trial.suggest_categorical(f"stage{i}.{spec.option}", spec.choices)
+            fitted = spec.fit_option(value, grid)
+            if fitted is None:
                 mixer = "mhsa"
-        elif mixer == "window":
-            w = largest_divisor_below(
-                grid, trial.suggest_categorical(f"stage{i}.window", self.windows)
-            )
-            if w >= 2:
-                options["window"] = w
             else:
-                mixer = "mhsa"
-        elif mixer == "dwconv":
-            options["kernel_size"] = trial.suggest_categorical(
-                f"stage{i}.kernel_size", self.kernel_sizes
-            )
+                options[spec.option] = fitted
         if ctx.is_last and mixer in GRID_FREE_MIXERS and ctx.pos_enc in INPUT_POS_ENCS:
             reduction = trial.suggest_categorical(f"stage{i}.reduction", ("none", "tome", "evit"))
             if reduction == "tome":
