@@ -8,7 +8,8 @@ rules between blocks (below), so that an invalid architecture fails here, with t
 whoever wrote it.
 
 Compatibility rules:
-  - `heads` divides `dim`; with RoPE the head width is a multiple of 4 (two axes, pairs).
+  - `heads` divides `dim`; with RoPE the head width is a multiple of 4 (two axes, pairs: its
+    `POS_ENC_SPECS` row's `head_multiple`).
   - `window` attention needs a window that divides the stage's token grid and is smaller than it.
   - `sra` needs 2 <= `sr_ratio` <= the stage's grid side.
   - attention-site position encodings (RoPE, relative bias, FIRE) act inside `mhsa` and `window`
@@ -54,6 +55,10 @@ __all__ = [
     "MixerSpec",
     "mixer_label",
     "mixer_options",
+    "POS_ENC_SPECS",
+    "PosEncSpec",
+    "STEM_SPECS",
+    "StemSpec",
     "INPUT_POS_ENCS",
     "STAGE_POS_ENCS",
     "ATTENTION_POS_ENCS",
@@ -203,10 +208,56 @@ def mixer_label(stage: StageConfig | dict[str, Any]) -> str:
     return "/".join([mixer, *map(str, mixer_options(stage).values())])
 
 
-# Where each position encoding acts (mirrors the `site` of the blocks in blocks/pos_enc.py).
-INPUT_POS_ENCS = frozenset({"none", "learned", "sincos"})
-STAGE_POS_ENCS = frozenset({"cpe"})
-ATTENTION_POS_ENCS = frozenset({"rope_axial", "rope_mixed", "rel_bias", "fire"})
+@dataclass(frozen=True)
+class StemSpec:
+    """A stem in words: one row per stem of `search_spaces.blocks.STEMS` (a test holds the keys
+    equal). A stem's one per-block property, the path of its first convolution that timm adapts
+    to other input channels (`first_conv`), belongs to its module and stays there."""
+
+    words: str
+
+
+STEM_SPECS: dict[str, StemSpec] = {
+    "patch": StemSpec("patch embedding"),
+    "conv": StemSpec("stack of stride-2 3x3 convolutions"),
+    "overlap": StemSpec("overlapping patch embedding"),
+    "multiscale": StemSpec("two-scale patch embedding"),
+    "repconv": StemSpec("re-parameterisable convolutions"),
+    "mv2": StemSpec("MobileNetV2 inverted bottlenecks"),
+}
+
+
+@dataclass(frozen=True)
+class PosEncSpec:
+    """What the tool knows of a position encoding beyond its module: one row per encoding of
+    `search_spaces.blocks.POS_ENCODINGS` (a test holds the keys equal), read by the model,
+    the validity rules, the spaces and the lookup tables.
+
+    `site`: where the model applies it: `input` (once, to the stem's tokens), `stage` (after
+    the first block of every stage, as CPVT places its PEG) or `attention` (inside the mixers
+    whose row says `pos_attention`, one instance per mixer); `head_multiple`: the head width of
+    every attention stage it acts in must be a multiple of it (RoPE rotates pairs on two axes:
+    4)."""
+
+    words: str
+    site: str
+    head_multiple: int = 1
+
+
+POS_ENC_SPECS: dict[str, PosEncSpec] = {
+    "none": PosEncSpec("no position encoding", "input"),
+    "learned": PosEncSpec("learned absolute embedding", "input"),
+    "sincos": PosEncSpec("fixed 2-D sin-cos embedding", "input"),
+    "cpe": PosEncSpec("conditional position encoding", "stage"),
+    "rope_axial": PosEncSpec("axial RoPE", "attention", head_multiple=4),
+    "rope_mixed": PosEncSpec("mixed-frequency RoPE", "attention", head_multiple=4),
+    "rel_bias": PosEncSpec("relative position bias", "attention"),
+    "fire": PosEncSpec("FIRE relative bias", "attention"),
+}
+# Where each position encoding acts.
+INPUT_POS_ENCS = frozenset(n for n, p in POS_ENC_SPECS.items() if p.site == "input")
+STAGE_POS_ENCS = frozenset(n for n, p in POS_ENC_SPECS.items() if p.site == "stage")
+ATTENTION_POS_ENCS = frozenset(n for n, p in POS_ENC_SPECS.items() if p.site == "attention")
 
 
 @dataclass(frozen=True)
@@ -319,6 +370,13 @@ class ArchConfig:
             object.__setattr__(self, "schema_version", SCHEMA_VERSION)
         if not self.stages:
             raise ValueError("an architecture needs at least one stage")
+        for kind, name, table in (
+            ("stem", self.stem, STEM_SPECS),
+            ("pos_enc", self.pos_enc, POS_ENC_SPECS),
+            *(("mixer", s.mixer, MIXER_SPECS) for s in self.stages),
+        ):
+            if name not in table:
+                raise ValueError(f"unknown {kind} '{name}'; use one of: {', '.join(table)}")
         if self.stages[0].downsample:
             raise ValueError("stage 1 cannot downsample: the stem sets the first grid")
         if self.patch_size < 1 or self.img_size % self.patch_size:
@@ -360,9 +418,12 @@ class ArchConfig:
             )
         if stage.mixer == "sra" and stage.sr_ratio > grid:
             raise ValueError(f"{where}: sr_ratio {stage.sr_ratio} exceeds the {grid}x{grid} grid")
-        if self.pos_enc in ("rope_axial", "rope_mixed") and stage.mixer in POS_ATTENTION_MIXERS:
-            if (stage.dim // stage.heads) % 4:
-                raise ValueError(f"{where}: RoPE needs a head width divisible by 4")
+        pos = POS_ENC_SPECS.get(self.pos_enc)
+        if pos and pos.head_multiple > 1 and stage.mixer in POS_ATTENTION_MIXERS:
+            if (stage.dim // stage.heads) % pos.head_multiple:
+                raise ValueError(
+                    f"{where}: {pos.words} needs a head width divisible by {pos.head_multiple}"
+                )
         if stage.reduces_tokens:
             if i != len(self.stages) - 1:
                 raise ValueError(f"{where}: token reduction is allowed in the last stage only")

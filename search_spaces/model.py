@@ -24,7 +24,13 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from search_spaces.arch import MIXER_SPECS, ArchConfig, StageConfig, mixer_options
+from search_spaces.arch import (
+    MIXER_SPECS,
+    POS_ENC_SPECS,
+    ArchConfig,
+    StageConfig,
+    mixer_options,
+)
 from search_spaces.blocks import EXITS, MIXERS, POS_ENCODINGS, STEMS, TOKEN_REDUCERS, lookup
 from search_spaces.blocks.exits import pool_tokens
 
@@ -117,12 +123,13 @@ class Stage(nn.Module):
         needs_transition = cfg.downsample or in_dim != cfg.dim
         self.transition = Transition(in_dim, cfg.dim, cfg.downsample) if needs_transition else None
         pos_cls = lookup(POS_ENCODINGS, "pos_enc", pos_enc)
-        attn_pos = pos_cls if pos_cls.site == "attention" else None
+        site = POS_ENC_SPECS[pos_enc].site
+        attn_pos = pos_cls if site == "attention" else None
         self.blocks = nn.ModuleList(
             Block(cfg, (grid, grid), attn_pos, dp, prune=(i == 0 and cfg.keep_rate < 1))
             for i, dp in enumerate(drop_path)
         )
-        self.pos = pos_cls(cfg.dim, (grid, grid), cfg.heads) if pos_cls.site == "stage" else None
+        self.pos = pos_cls(cfg.dim, (grid, grid), cfg.heads) if site == "stage" else None
 
     def iter_blocks(
         self, x: torch.Tensor, hw: tuple[int, int], size: torch.Tensor | None = None
@@ -180,7 +187,7 @@ class LightViT(nn.Module):
         pos_cls = lookup(POS_ENCODINGS, "pos_enc", cfg.pos_enc)
         self.pos_enc = (
             pos_cls(stem_dim, (stem_grid, stem_grid), cfg.stages[0].heads)
-            if pos_cls.site == "input"
+            if POS_ENC_SPECS[cfg.pos_enc].site == "input"
             else None
         )
 

@@ -14,7 +14,9 @@ from search_spaces.arch import (
     ATTENTION_POS_ENCS,
     INPUT_POS_ENCS,
     POS_ATTENTION_MIXERS,
+    POS_ENC_SPECS,
     STAGE_POS_ENCS,
+    STEM_SPECS,
     ArchConfig,
     StageConfig,
 )
@@ -46,12 +48,24 @@ def test_stem_forward_backward(name: str, img: int, patch: int) -> None:
     assert torch.isfinite(y).all() and x.grad is not None
 
 
-SITES = {name: cls.site for name, cls in POS_ENCODINGS.items()}
+SITES = {name: spec.site for name, spec in POS_ENC_SPECS.items()}
 MIXER_OPTIONS = {"sra": {"sr_ratio": 2}, "window": {"window": 2}, "dwconv": {"kernel_size": 5}}
 MIXER_OPTIONS["shift"] = {"shift_div": 8}
 
 
 def test_pos_enc_sites_match_the_arch_rules() -> None:
+    """`POS_ENC_SPECS` has one row per registered encoding; those it puts inside attention are
+    attention-site modules (rotation and bias), the others map tokens to tokens."""
+    from search_spaces.blocks.pos_enc import AttentionPosEnc
+
+    assert set(POS_ENC_SPECS) == set(POS_ENCODINGS)
+    assert set(STEM_SPECS) == set(STEMS)
+    for name, cls in POS_ENCODINGS.items():
+        assert issubclass(cls, AttentionPosEnc) == (SITES[name] == "attention"), name
+    assert {n for n, s in POS_ENC_SPECS.items() if s.head_multiple > 1} == {
+        "rope_axial",
+        "rope_mixed",
+    }
     assert {n for n, s in SITES.items() if s == "input"} == set(INPUT_POS_ENCS)
     assert {n for n, s in SITES.items() if s == "stage"} == set(STAGE_POS_ENCS)
     assert {n for n, s in SITES.items() if s == "attention"} == set(ATTENTION_POS_ENCS)

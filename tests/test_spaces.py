@@ -151,6 +151,11 @@ def test_choices_list_every_label_sample_uses() -> None:
         ),
         (dict(stages=[{"depth": 2, "dim": 16}], exits=[2]), "exits [2] must be increasing"),
         (
+            dict(stages=[{"depth": 1, "dim": 16, "mixer": "atention"}]),
+            "unknown mixer 'atention'; use one of: mhsa, sra",
+        ),
+        (dict(stages=[{"depth": 1, "dim": 16}], stem="vit"), "unknown stem 'vit'"),
+        (
             dict(stages=[{"depth": 1, "dim": 16, "merge_r": 1, "keep_rate": 0.5}]),
             "merge_r or keep_rate, not both",
         ),

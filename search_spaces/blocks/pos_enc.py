@@ -1,6 +1,7 @@
 """Position encodings, on token sequences (B, N, C) laid out on an (H, W) grid.
 
-Each encoding takes `(dim, grid, heads)` and says where the model applies it in `site`:
+Each encoding takes `(dim, grid, heads)`; its `POS_ENC_SPECS` row (search_spaces/arch.py) says
+where the model applies it, its `site`:
     "input": once, to the stem's tokens (absolute encodings: `forward(x, hw) -> x`);
     "stage": after the first block of every stage (conditional encodings, as CPVT places its PEG);
     "attention": inside every attention mixer that supports it (`POS_ATTENTION_MIXERS`), one
@@ -49,8 +50,6 @@ def grid_coords(hw: tuple[int, int], device: torch.device | None = None) -> torc
 class AttentionPosEnc(nn.Module):
     """Base of attention-site encodings: identity rotation, no bias."""
 
-    site: ClassVar[str] = "attention"
-
     def rotate(
         self,
         q: torch.Tensor,
@@ -69,8 +68,6 @@ class NoPosEnc(nn.Module):
     """No position information beyond what the stem and mixers carry (pooling and conv mixers
     are position-aware by construction)."""
 
-    site: ClassVar[str] = "input"
-
     def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
         super().__init__()
 
@@ -87,7 +84,6 @@ class LearnedPosEnc(nn.Module):
     arXiv 2010.11929.
     """
 
-    site: ClassVar[str] = "input"
     no_weight_decay_params: ClassVar[tuple[str, ...]] = ("pos_embed",)
 
     def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
@@ -114,8 +110,6 @@ class SinCosPosEnc(nn.Module):
     arXiv 2104.02057.
     """
 
-    site: ClassVar[str] = "input"
-
     def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1) -> None:
         super().__init__()
         if dim % 4:
@@ -135,8 +129,6 @@ class ConditionalPosEnc(nn.Module):
     Works at any resolution and is translation-equivariant away from the borders.
     Paper: "Conditional Positional Encodings for Vision Transformers" (CPVT), arXiv 2102.10882.
     """
-
-    site: ClassVar[str] = "stage"
 
     def __init__(
         self, dim: int, grid: tuple[int, int], heads: int = 1, kernel_size: int = 3

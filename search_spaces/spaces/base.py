@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from search_spaces.arch import (
     ATTENTION_POS_ENCS,
+    POS_ENC_SPECS,
     POS_ATTENTION_MIXERS,
     ArchConfig,
     StageConfig,
@@ -42,7 +43,8 @@ def usable_pos_enc(pos_enc: str, stages: tuple[StageConfig, ...]) -> str:
     attending = [s for s in stages if s.mixer in POS_ATTENTION_MIXERS]
     if not attending:
         return "none"
-    if pos_enc.startswith("rope") and any((s.dim // s.heads) % 4 for s in attending):
+    multiple = POS_ENC_SPECS[pos_enc].head_multiple
+    if any((s.dim // s.heads) % multiple for s in attending):
         return "none"
     return pos_enc
 

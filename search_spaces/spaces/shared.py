@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS, ArchConfig, StageConfig
+from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS, STEM_SPECS, ArchConfig, StageConfig
 from search_spaces.spaces.base import StageContext, StagedSpace, TrialLike, usable_pos_enc
 from search_spaces.typed import to_dict
 
@@ -33,7 +33,7 @@ __all__ = ["StageChoices", "SharedSpace", "SHAREABLE_MIXERS", "SHAREABLE_STEMS"]
 # Blocks whose weights can be sliced to any width (every block of the registries can; the stem
 # and position encodings too). Token reducers and exits are not offered in a supernet.
 SHAREABLE_MIXERS = tuple(MIXER_SPECS)
-SHAREABLE_STEMS = ("patch", "conv", "overlap", "multiscale", "repconv", "mv2")
+SHAREABLE_STEMS = tuple(STEM_SPECS)
 
 
 @dataclass(frozen=True)
