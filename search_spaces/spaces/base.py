@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from search_spaces.arch import (
     ATTENTION_POS_ENCS,
-    POS_ENC_SPECS,
     POS_ATTENTION_MIXERS,
+    POS_ENC_SPECS,
     ArchConfig,
     StageConfig,
 )
