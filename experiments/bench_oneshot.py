@@ -43,15 +43,12 @@ from scipy.stats import kendalltau, spearmanr
 from tqdm import tqdm
 
 from nas.bench import run_until, set_mode_defaults, trained_count, wall_seconds
+from nas.callbacks import dashboard_hooks
 from nas.config import SearchConfig, load_config
 from nas.cost import count_params, cpu_name, measure_latency
 from nas.data import Dataset
-from nas.study import (
-    create_or_resume_study,
-    prepare_inputs,
-    retrain_best,
-    run_search,
-)
+from nas.oneshot_retrain import retrain_best
+from nas.study import create_or_resume_study, prepare_inputs, run_search
 from nas.supernet import SUPERNET_META, SharedWeights
 from nas.train import train_model
 from search_spaces.arch import ArchConfig
@@ -293,11 +290,16 @@ def main(argv: list[str] | None = None) -> int:
             one,
             study=study,
             inputs=one_inputs,
-            on_event=lambda kind, _: bar.update(kind in ("scored", "rejected")),
+            on_event=lambda kind, _: bar.update(kind in ("scored", "infeasible")),
+            hooks=dashboard_hooks(),
         )
     with tqdm(total=k, desc="retrain best (one-shot)", unit="trial", disable=None) as bar:
         retrained = retrain_best(
-            one, study, one_inputs, on_event=lambda kind, _: bar.update(kind == "trained")
+            one,
+            study,
+            one_inputs,
+            on_event=lambda kind, _: bar.update(kind == "trained"),
+            hooks=dashboard_hooks(),
         )
     one_search_s = wall_seconds(study)
     one_retrain_s = wall_seconds(retrained.study)

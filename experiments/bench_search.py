@@ -29,6 +29,7 @@ import optuna
 from tqdm import tqdm
 
 from nas.bench import run_until, trained_count, wall_seconds
+from nas.callbacks import dashboard_hooks
 from nas.config import (
     BudgetConfig,
     DataConfig,
@@ -78,7 +79,8 @@ def make_config(args: argparse.Namespace, name: str, sampler: str, seed: int, **
 
 def run_for(config: SearchConfig, inputs: Any, candidates: int) -> optuna.Study:
     config = config.replace_study(n_trials=candidates)
-    return run_search(config, study=create_or_resume_study(config), inputs=inputs).study
+    study = create_or_resume_study(config)
+    return run_search(config, study=study, inputs=inputs, hooks=dashboard_hooks()).study
 
 
 def hv_curve(study: optuna.Study, max_latency: float) -> list[float]:

@@ -25,6 +25,7 @@ import uuid
 import optuna
 from tqdm import tqdm
 
+from nas.callbacks import dashboard_hooks
 from nas.config import load_config
 from nas.cost import cpu_name
 from nas.storage import open_storage
@@ -43,7 +44,7 @@ def throughput(args: argparse.Namespace, workers: int) -> dict:
     config = config.replace_study(artifacts=os.path.join(folder, "artifacts"))
     start = time.perf_counter()
     if workers == 1:
-        study = run_search(config).study
+        study = run_search(config, hooks=dashboard_hooks()).study
     else:
         study = run_workers(config, workers).study
     seconds = time.perf_counter() - start

@@ -9,7 +9,9 @@ from typing import Any
 
 import optuna
 
+from nas.callbacks import dashboard_hooks
 from nas.config import SearchConfig
+from nas.records import Status, TrialRecord
 from nas.study import create_or_resume_study, finished_count, run_search
 
 __all__ = ["run_until", "set_mode_defaults", "trained_count", "wall_seconds"]
@@ -28,7 +30,8 @@ def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tup
 
 
 def trained_count(study: optuna.Study) -> int:
-    return sum(t.user_attrs.get("status") == "trained" for t in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    return sum(TrialRecord.of(t).status is Status.TRAINED for t in trials)
 
 
 def run_until(
@@ -39,7 +42,9 @@ def run_until(
     study = create_or_resume_study(config)
     while (have := trained_count(study)) < trained and finished_count(study) < max_candidates:
         n = min(finished_count(study) + trained - have, max_candidates)
-        run_search(config.replace_study(n_trials=n), study=study, inputs=inputs)
+        run_search(
+            config.replace_study(n_trials=n), study=study, inputs=inputs, hooks=dashboard_hooks()
+        )
         bar.update(trained_count(study) - have)
     return study
 

@@ -222,37 +222,40 @@ def _grace_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _trial_line(n: int, kind: str, info: dict[str, Any]) -> str:
-    """One line per finished candidate, as `lvit search` prints them."""
-    if kind == "trained":
-        c = info["costs"]
-        return (
-            f"  #{n:<3} trained   acc {info['val_acc']:.4f}  "
-            f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
-            f"{info['arch_line']}  ({_duration(info['seconds'])})"
+def _trial_line(r: Any, accuracy: float | None = None) -> str:
+    """One line per finished candidate (a `nas.records.TrialRecord`), as `lvit search`
+    prints them, in one process or with workers; `accuracy` for a trial not yet told."""
+    from nas.records import Status
+
+    n, status = r.number, r.status
+    acc = accuracy if accuracy is not None else r.accuracy
+    if status in (Status.TRAINED, Status.SCORED) and acc is not None:
+        how = (
+            f"inherited weights, {r.seconds:.1f}s"
+            if status is Status.SCORED
+            else _duration(r.seconds)
         )
-    if kind == "scored":
-        c = info["costs"]
         return (
-            f"  #{n:<3} scored    acc {info['val_acc']:.4f}  "
-            f"{c['latency_ms']:6.3f} ms  {c['params'] / 1e3:7.1f}k params  "
-            f"{info['arch_line']}  (inherited weights, {info['seconds']:.1f}s)"
+            f"  #{n:<3} {status.value:<9} acc {acc:.4f}  "
+            f"{r.latency_ms:6.3f} ms  {r.params / 1e3:7.1f}k params  {r.arch_line}  ({how})"
         )
-    if kind == "rejected":
-        return f"  #{n:<3} rejected  {info['reason']}  {info['arch_line']}"
-    if kind == "stopped":
-        return f"  #{n:<3} stopped   {info['reason']}"
-    if kind == "screened":
-        value = info["value"]
+    if status is Status.INFEASIBLE:
+        return f"  #{n:<3} infeasible {r.reason}  {r.arch_line}"
+    if status is Status.STOPPED:
+        return f"  #{n:<3} stopped   {r.reason}"
+    if status is Status.SCREENED:
+        proxy = r.attrs.get("prescreen", {}).get("proxy")
+        value = r.attrs.get("proxies", {}).get(proxy)
         shown = f"{value:.4g}" if value is not None else "none"
-        return f"  #{n:<3} screened  {info['proxy']} {shown}: not in the best share"
-    return f"  #{n:<3} failed    {info['reason']} (recorded; the search goes on)"
+        return f"  #{n:<3} screened  {proxy} {shown}: not in the best share"
+    return f"  #{n:<3} failed    {r.reason or '?'} (recorded; the search goes on)"
 
 
 def _search_here(config: Any, prog: str) -> int:
     """Run the search in this process with a progress bar and a line per candidate."""
     from tqdm import tqdm
 
+    from nas.callbacks import dashboard_hooks
     from nas.study import create_or_resume_study, finished_count, prepare_inputs, run_search
 
     target = config.study.n_trials
@@ -276,10 +279,8 @@ def _search_here(config: Any, prog: str) -> int:
                 f"latency: drift-corrected to the reference model's {ref.ms:.4f} ms on "
                 f"{ref.device}, {ref.threads} thread(s), calibrated {ref.measured_at}"
             )
-        elif kind in ("trained", "scored", "rejected", "stopped", "screened", "failed"):
-            if "arch" in info:
-                info = {**info, "arch_line": info["arch"].describe()}
-            bar.write(_trial_line(n, kind, info))
+        elif "record" in info:  # a trial ended: trained, scored, infeasible, stopped, ...
+            bar.write(_trial_line(info["record"], info.get("val_acc")))
             if kind != "failed":
                 bar.update(1)
 
@@ -302,7 +303,9 @@ def _search_here(config: Any, prog: str) -> int:
         dynamic_ncols=True,
     )
     try:
-        run = run_search(config, on_event=on_event, study=study, inputs=inputs)
+        run = run_search(
+            config, on_event=on_event, study=study, inputs=inputs, hooks=dashboard_hooks()
+        )
     except KeyboardInterrupt:
         bar.close()
         _interrupted(prog, study, config)
@@ -326,7 +329,7 @@ def _search_here(config: Any, prog: str) -> int:
     if bad:
         extra += f", {len(bad)} unreadable image(s) skipped (data.strict: true refuses them)"
     line = (
-        f"This run: {done_what}, {run.rejected} rejected by the budgets{extra}, "
+        f"This run: {done_what}, {run.infeasible} infeasible (over a budget){extra}, "
         f"{run.failed} failed, in {_duration(run.seconds)}."
     )
     if config.evaluation == "supernet" and config.supernet.retrain_top_k:
@@ -354,7 +357,8 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
     table of inherited against stand-alone accuracy."""
     from tqdm import tqdm
 
-    from nas.study import best_scored, retrain_best, retrain_config
+    from nas.callbacks import dashboard_hooks
+    from nas.oneshot_retrain import best_scored, retrain_best, retrain_config
 
     k = len(best_scored(study, config.supernet.retrain_top_k))
     bar = tqdm(total=k, unit="trial", desc="retrain best", disable=None, dynamic_ncols=True)
@@ -364,11 +368,11 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
             bar.set_postfix_str(
                 f"epoch {info['epoch']}/{info['epochs']} acc {info['val_acc']:.3f}"
             )
-        elif kind in ("trained", "failed", "rejected"):
+        elif kind in ("trained", "failed", "infeasible"):
             bar.update(1)
 
     try:
-        result = retrain_best(config, study, inputs, on_event=on_event)
+        result = retrain_best(config, study, inputs, on_event=on_event, hooks=dashboard_hooks())
     except KeyboardInterrupt:
         bar.close()
         _interrupted("lvit search", study, retrain_config(config, k))
@@ -395,6 +399,7 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
 def _search_with_workers(config: Any, n_workers: int) -> int:
     from tqdm import tqdm
 
+    from nas.records import TrialRecord
     from nas.study import (
         create_or_resume_study,
         finished_count,
@@ -422,23 +427,12 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
     )
     done = finished_count(study)
     bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search", disable=None)
-    outcomes: dict[str, int] = {}
+    outcomes: dict[Any, int] = {}
 
     def on_finished(trial: Any) -> None:
-        attrs = trial.user_attrs
-        status = attrs.get("status", "?")
-        outcomes[status] = outcomes.get(status, 0) + 1
-        kind = {"infeasible": "rejected"}.get(status, status)
-        info = {
-            "arch_line": attrs.get("arch_line", "?"),
-            "costs": attrs.get("costs", {}),
-            "reason": attrs.get("reject_reason") or attrs.get("stop_reason", ""),
-            "val_acc": trial.values[0] if trial.values else 0.0,
-            "seconds": attrs.get("train", attrs.get("inherited", {})).get("seconds", 0.0),
-            "proxy": attrs.get("prescreen", {}).get("proxy"),
-            "value": None,
-        }
-        bar.write(_trial_line(trial.number, kind, info))
+        record = TrialRecord.of(trial)
+        outcomes[record.status] = outcomes.get(record.status, 0) + 1
+        bar.write(_trial_line(record))
         bar.update(1)
 
     try:
@@ -449,13 +443,9 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         return 130
     finally:
         bar.close()
-    labels = {
-        "infeasible": "rejected by the budgets",
-        "screened": "screened out by the proxy",
-        "scored": "scored with inherited weights",
-    }
     counts = (
-        ", ".join(f"{n} {labels.get(s, s)}" for s, n in sorted(outcomes.items())) or "nothing new"
+        ", ".join(f"{n} {s.words}" for s, n in sorted(outcomes.items(), key=lambda o: o[0].value))
+        or "nothing new"
     )
     recovered = (
         f"; {len(run.recovered)} trials of dead workers failed and retried, "
@@ -1388,9 +1378,9 @@ class Supernet(Command):
 
     def _export(self, config: Any, args: argparse.Namespace) -> int:
         from nas.data import load_dataset
-        from nas.export import read_arch
+        from nas.export import export_subnet, read_arch
         from nas.storage import owned_paths
-        from nas.supernet import SharedWeights, SupernetError, export_subnet
+        from nas.supernet import SharedWeights, SupernetError
 
         arch = read_arch(args.arch)
         folder = config.supernet.folder(config.study.name)

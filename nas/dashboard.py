@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from nas.export import latency_line
 from nas.optuna_api import live_trial, storage_of
-from nas.storage import fail_reason
+from nas.records import Status, TrialRecord, fail_reason
 from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -43,15 +43,12 @@ def _stage_words(i: int, s: dict[str, Any]) -> str:
     )
 
 
-def trial_note(
-    number: int, attrs: dict[str, Any], values: list[float] | None, failed: str | None = None
-) -> str:
-    """The Markdown note for a trial, from its user attributes and values (and, for a FAIL
-    trial, why it failed: `nas.storage.fail_reason`)."""
-    arch = attrs.get("arch")
-    status = attrs.get("status", "failed" if failed else "?")
-    failed = failed or attrs.get("fail_reason")
-    lines = [f"## Trial {number}: {status}", "", f"`{attrs.get('arch_line', '?')}`", ""]
+def trial_note(r: TrialRecord, values: list[float] | None, failed: str | None = None) -> str:
+    """The Markdown note for a trial, from its record and values (and, for a FAIL trial, why it
+    failed: `nas.storage.fail_reason`)."""
+    arch = r.arch
+    status = Status.FAILED if failed else r.status
+    lines = [f"## Trial {r.number}: {status}", "", f"`{r.arch_line}`", ""]
     if arch:
         lines += [
             f"- input {arch['in_chans']}x{arch['img_size']}x{arch['img_size']}, "
@@ -64,33 +61,33 @@ def trial_note(
             lines.append(f"- early exits after blocks {', '.join(map(str, arch['exits']))}")
         if arch.get("distill_head"):
             lines.append("- a distillation head beside the classifier")
-    costs = attrs.get("costs")
+    costs = r.costs
     if costs:
         lines += ["", "### Costs"]
         lines.append(f"- {costs['params']:,} parameters, {costs['flops']:,} FLOPs")
         lines.append(f"- latency: {latency_line(costs)}")
-    reason = attrs.get("reject_reason") or attrs.get("stop_reason") or failed
+    reason = failed or r.reason
     if reason:
         lines += ["", f"**Why:** {reason}"]
-    if status == "trained" and values:
-        train = attrs.get("train", {})
+    if status is Status.TRAINED and values:
+        train = r.train
         lines += [
             "",
             f"**Validation accuracy {values[0]:.4f}** after {train.get('epochs')} epochs "
             f"({train.get('seconds')} s on {train.get('device')}).",
         ]
-    if status == "scored" and values:
-        inherited = attrs.get("inherited", {})
+    if status is Status.SCORED and values:
+        inherited = r.inherited
         lines += [
             "",
             f"**Validation accuracy {values[0]:.4f} with weights inherited** from the supernet "
             f"in {inherited.get('supernet')} ({inherited.get('seconds')} s; batch norms "
             f"recalibrated on {inherited.get('calib_batches')} batches); not trained on its own.",
         ]
-    if attrs.get("from_trial") is not None:
+    if r.from_trial is not None:
         lines.append(
-            f"Retrained from scratch: candidate #{attrs['from_trial']} of the supernet search "
-            f"scored {attrs.get('inherited_accuracy', 0):.4f} with inherited weights."
+            f"Retrained from scratch: candidate #{r.from_trial} of the supernet search "
+            f"scored {r.attrs.get('inherited_accuracy', 0):.4f} with inherited weights."
         )
     return "\n".join(lines) + "\n"
 
@@ -105,7 +102,7 @@ def annotate(study: optuna.Study) -> int:
         if get_note(trial):
             continue
         failed = fail_reason(frozen) if frozen.state == TrialState.FAIL else None
-        save_note(trial, trial_note(frozen.number, frozen.user_attrs, frozen.values, failed))
+        save_note(trial, trial_note(TrialRecord.of(frozen), frozen.values, failed))
         added += 1
     return added
 
@@ -131,13 +128,14 @@ def attach_pictures(study: optuna.Study, store: Any) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for t in finished:
             name = f"arch-{t.number}.png"
-            if t.state != optuna.trial.TrialState.COMPLETE or "arch" not in t.user_attrs:
+            record = TrialRecord.of(t)
+            if t.state != optuna.trial.TrialState.COMPLETE or record.arch is None:
                 continue
             if name in have or "architecture.png" in {
                 m.filename for m in get_all_artifact_meta(t, storage=storage)
             }:
                 continue
-            arch = ArchConfig.from_dict(t.user_attrs["arch"])
+            arch = ArchConfig.from_dict(dict(record.arch))
             path = arch_plot(arch, os.path.join(tmp, name), f"trial {t.number}: {arch.describe()}")
             upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
             added += 1

@@ -30,8 +30,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
-from nas.data import test_split_note
+from nas.data import Dataset, test_split_note
 from nas.errors import UserError
+from nas.records import TrialRecord
 from search_spaces import register_with_timm
 from search_spaces.arch import ATTENTION_MIXERS, ArchConfig, ArchConfigError
 
@@ -52,6 +53,7 @@ __all__ = [
     "ExportFolder",
     "EXPORT_FILES",
     "save_timm_folder",
+    "export_subnet",
 ]
 
 LOGIT_TOLERANCE = 1e-5
@@ -70,7 +72,7 @@ class ExportResult:
 
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     trials = study.get_trials(deepcopy=False)
-    trained = [t.number for t in trials if t.user_attrs.get("weights_artifact_id")]
+    trained = [t.number for t in trials if TrialRecord.of(t).weights_artifact_id]
     match = [t for t in trials if t.number == number]
     hint = (
         f"trained trials: {', '.join(map(str, trained))}" if trained else "no trial is trained yet"
@@ -78,11 +80,10 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     if not match:
         raise UserError(f"study '{study.study_name}' has no trial {number}; {hint}")
     trial = match[0]
-    if trial.state != TrialState.COMPLETE or "weights_artifact_id" not in trial.user_attrs:
-        why = trial.user_attrs.get("reject_reason") or trial.user_attrs.get("fail_reason")
-        state = trial.user_attrs.get("status", trial.state.name.lower())
+    r = TrialRecord.of(trial)
+    if trial.state != TrialState.COMPLETE or r.weights_artifact_id is None:
         raise UserError(
-            f"trial {number} is {state}{f' ({why})' if why else ''} and has no "
+            f"trial {number} is {r.status}{f' ({r.reason})' if r.reason else ''} and has no "
             f"trained weights; {hint}"
         )
     return trial
@@ -101,13 +102,14 @@ def load_trial_model(
             f"artifact folder {artifact_dir!r} of study '{study.study_name}' is "
             "missing; pass the folder holding the trial weights with --artifacts"
         )
-    arch = ArchConfig.from_dict(trial.user_attrs["arch"])
+    record = TrialRecord.of(trial)
+    arch = ArchConfig.from_dict(dict(record.arch))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         try:
             download_artifact(
                 artifact_store=FileSystemArtifactStore(artifact_dir),
-                artifact_id=trial.user_attrs["weights_artifact_id"],
+                artifact_id=record.weights_artifact_id,
                 file_path=path,
             )
         except Exception as e:  # noqa: BLE001 - the store raises several kinds for a lost file
@@ -139,7 +141,8 @@ def load_trial_model(
 
 
 def _model_card(trial: optuna.trial.FrozenTrial, study_name: str, arch: ArchConfig) -> str:
-    costs, data, train = (trial.user_attrs.get(k, {}) for k in ("costs", "data", "train"))
+    r = TrialRecord.of(trial)
+    costs, data, train = r.costs, r.attrs.get("data", {}), r.train
     rows = "\n".join(
         f"| {i + 1} | {s.mixer} | {s.depth} | {s.dim} | "
         f"{s.heads if s.mixer in ATTENTION_MIXERS else '-'} | {s.mlp_ratio:g} | "
@@ -150,7 +153,7 @@ def _model_card(trial: optuna.trial.FrozenTrial, study_name: str, arch: ArchConf
         f"proxy training, {train.get('epochs')} epochs, AdamW, warm-up and cosine decay"
     )
     val_split = data.get("val_split", "carved from the training data")
-    distilled = _distill_line(trial.user_attrs.get("distill"))
+    distilled = _distill_line(r.attrs.get("distill"))
     return f"""---
 library_name: timm
 tags: [image-classification, timm, lightweight-vit]
@@ -183,7 +186,7 @@ Stem `{arch.stem}` (stride {arch.patch_size}), position encoding `{arch.pos_enc}
 - data: {data.get("name")} ({data.get("train_size")} train / {data.get("val_size")} val images,
   input {data.get("input_size")}, mean {data.get("mean")}, std {data.get("std")},
   augmentation: {data.get("augment")})
-- recipe: {recipe}; seed {trial.user_attrs.get("seed")}
+- recipe: {recipe}; seed {r.seed}
 - validation accuracy: {trial.values[0]:.4f} (the {data.get("val_size")}-image validation split,
   {val_split}; {test_split_note(data)}){distilled}
 
@@ -698,13 +701,13 @@ def export_trial(
     protect = [*protect, artifact_dir, study.user_attrs.get("artifact_dir")]
     check_out_dir(out_dir, force, protect=protect)
     model, trial = load_trial_model(study, number, artifact_dir)
-    arch = model.arch
+    arch, r = model.arch, TrialRecord.of(trial)
     fused = fuse(model) if reparameterize else None
     provenance = {
         "study": study.study_name,
         "trial": trial.number,
-        "val_acc": trial.values[0],
-        "costs": trial.user_attrs["costs"],
+        "val_acc": r.accuracy,
+        "costs": dict(r.costs),
         "reparameterized": None if fused is None else {"max_abs_logit_change": fused},
     }
     written: dict[str, Any] = {}
@@ -720,7 +723,7 @@ def export_trial(
         protect=protect,
         provenance=provenance,
         data_config=data_config_of(
-            (arch.in_chans, arch.img_size, arch.img_size), trial.user_attrs.get("data", {})
+            (arch.in_chans, arch.img_size, arch.img_size), r.attrs.get("data", {})
         ),
         card=lambda record: _model_card(trial, study.study_name, arch) + _export_lines(record),
         extra=write_and_keep if onnx else None,
@@ -750,3 +753,64 @@ def _verify(model: torch.nn.Module, folder: str, input_size: tuple[int, ...]) ->
             f"exported model does not reproduce the logits (max abs diff {diff:.2e})"
         )
     return diff
+
+
+def export_subnet(
+    shared: Any,
+    arch: ArchConfig,
+    data: Dataset,
+    out: str,
+    *,
+    folder: str,
+    calib_batches: int = 20,
+    force: bool = False,
+    protect: Sequence[str | None] = (),
+) -> tuple[float, dict[str, Any]]:
+    """Write the subnet `arch` of a one-shot supernet (`nas.supernet.SharedWeights`) with the
+    weights it inherits (batch norms recalibrated) as a
+    timm folder, verified by reloading it through timm; never over the supernet or `protect`
+    (`check_out_dir`). Returns its validation accuracy and what the folder's config records."""
+    from nas.train import evaluate
+
+    protect = [*protect, folder]
+    check_out_dir(out, force, protect=protect)
+    model = shared.subnet(arch, data, calib_batches=calib_batches)
+    acc = evaluate(model, data, "val", img_size=arch.img_size)
+    info = data.info()
+    record = {
+        "role": "supernet subnet",
+        "supernet": os.path.abspath(folder),
+        "space": shared.space.fingerprint(),
+        "val_acc": acc,
+        "calib_batches": calib_batches,
+        "data": info,
+    }
+    card = f"""---
+library_name: timm
+tags: [image-classification, timm, lightweight-vit, one-shot]
+---
+# LightViT `{arch.describe()}`
+
+A subnet of the one-shot supernet in `{record["supernet"]}` (space {record["space"]}), with the
+weights it inherits from it (batch norms recalibrated on {calib_batches} training batches); not
+trained on its own. Retrain it with `lvit train arch.json --config CONFIG` for its stand-alone
+accuracy.
+
+Validation accuracy with inherited weights on {info["name"]} ({info["val_size"]} images at
+{info["input_size"]}): {acc:.4f}
+
+```python
+import search_spaces, timm  # importing search_spaces registers `lightvit` with timm
+model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval()
+```
+"""
+    save_timm_folder(
+        model,
+        out,
+        force=force,
+        protect=protect,
+        provenance=record,
+        card=card,
+        data_config=data_config_of((arch.in_chans, arch.img_size, arch.img_size), info),
+    )
+    return acc, record

@@ -134,7 +134,7 @@ def train_supernet(
     after each epoch in `keep_epochs` are also saved, to `<folder>/epoch-N`."""
     import dataclasses
 
-    from nas.study import library_versions
+    from nas.lifecycle import library_versions
     from nas.train import train_model
 
     sn = config.supernet

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from nas.records import TrialRecord
 from nas.report import hypervolume, nondominated, records
 from search_spaces.arch import ATTENTION_MIXERS, MIXER_SPECS, ArchConfig, mixer_label
 
@@ -209,10 +210,10 @@ def write_report(
     chosen = trial if trial is not None else (front[0].number if front else None)
     arch_line = ""
     if chosen is not None:
-        frozen = study.trials[chosen]
-        if "arch" not in frozen.user_attrs:
+        record = TrialRecord.of(study.trials[chosen])
+        if record.arch is None:
             raise ValueError(f"trial {chosen} has no architecture recorded")
-        arch = ArchConfig.from_dict(frozen.user_attrs["arch"])
+        arch = ArchConfig.from_dict(dict(record.arch))
         paths["arch"] = arch_plot(
             arch, os.path.join(out, f"arch-{chosen}.png"), f"trial {chosen}: {arch.describe()}"
         )

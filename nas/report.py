@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from nas.storage import fail_reason
+from nas.records import Status, TrialRecord, fail_reason
 
 __all__ = [
     "drift_line",
@@ -23,34 +22,6 @@ __all__ = [
     "front_table",
     "pareto_plot",
 ]
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One finished trial as the tool recorded it."""
-
-    number: int
-    status: str  # trained | infeasible | stopped | screened
-    arch_line: str
-    params: int
-    flops: int
-    latency_ms: float
-    accuracy: float | None
-    reason: str
-
-    @classmethod
-    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
-        costs = trial.user_attrs.get("costs", {})
-        return cls(
-            number=trial.number,
-            status=trial.user_attrs.get("status", "infeasible"),
-            arch_line=trial.user_attrs.get("arch_line", "?"),
-            params=int(costs.get("params", 0)),
-            flops=int(costs.get("flops", 0)),
-            latency_ms=float(costs.get("latency_ms", float("nan"))),
-            accuracy=trial.values[0] if trial.state == TrialState.COMPLETE else None,
-            reason=trial.user_attrs.get("reject_reason", ""),
-        )
 
 
 def write_results(out: str, payload: dict[str, Any], markdown: str) -> None:
@@ -68,11 +39,8 @@ def write_results(out: str, payload: dict[str, Any], markdown: str) -> None:
 def records(study: optuna.Study) -> list[TrialRecord]:
     """Every finished trial that got as far as a cost measurement."""
     states = (TrialState.COMPLETE, TrialState.PRUNED)
-    return [
-        TrialRecord.from_trial(t)
-        for t in study.get_trials(deepcopy=False, states=states)
-        if "costs" in t.user_attrs
-    ]
+    recs = map(TrialRecord.of, study.get_trials(deepcopy=False, states=states))
+    return [r for r in recs if r.costs]
 
 
 def pareto_front(study: optuna.Study) -> list[TrialRecord]:
@@ -139,12 +107,13 @@ def front_table(study: optuna.Study) -> str:
     recs = records(study)
     front = pareto_front(study)
     trained = sum(r.accuracy is not None for r in recs)
-    counts = {s: sum(r.status == s for r in recs) for s in ("stopped", "screened")}
+    counts = {s: sum(r.status is s for r in recs) for s in (Status.STOPPED, Status.SCREENED)}
     others = "".join(f", {n} {s}" for s, n in counts.items() if n)
-    rejected = sum(r.status == "infeasible" for r in recs)
+    infeasible = sum(r.status is Status.INFEASIBLE for r in recs)
     lines = [
         f"Pareto front of study '{study.study_name}' (accuracy up, latency down): "
-        f"{len(front)} of {trained} trained trials; {rejected} rejected by the budgets{others}",
+        f"{len(front)} of {trained} trained trials; {infeasible} {Status.INFEASIBLE.words}"
+        f"{others}",
         f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  "
         "architecture",
     ]
@@ -179,7 +148,7 @@ def pareto_plot(
 ) -> str:
     """Accuracy against latency for trained trials (params as colour, the front joined, the
     budgets drawn, exported trials starred with their folder's name, `baselines` (dicts with
-    name, latency_ms, accuracy) as labelled diamonds); rejected candidates shown apart in a
+    name, latency_ms, accuracy) as labelled diamonds); infeasible candidates shown apart in a
     strip below, at their latency."""
     import matplotlib
 
@@ -189,7 +158,7 @@ def pareto_plot(
 
     recs = records(study)
     trained = [r for r in recs if r.accuracy is not None]
-    rejected = [r for r in recs if r.status == "infeasible"]
+    rejected = [r for r in recs if r.status is Status.INFEASIBLE]
     front = sorted(pareto_front(study), key=lambda r: r.latency_ms)
     budget = _budgets(study)
     params = [r.params for r in recs] or [1]
@@ -231,10 +200,10 @@ def pareto_plot(
         norm=norm,
         marker="x",
         s=40,
-        label="rejected by budgets (not trained)",
+        label="infeasible: over a budget (not trained)",
     )
     ax_rej.set_yticks([])
-    ax_rej.set_ylabel("rejected", rotation=0, ha="right", va="center")
+    ax_rej.set_ylabel("infeasible", rotation=0, ha="right", va="center")
     for axis in (ax, ax_rej):
         if budget.get("max_latency_ms") is not None:
             axis.axvline(
@@ -246,7 +215,7 @@ def pareto_plot(
             )
     ax.set_ylabel("validation accuracy")
     ax_rej.set_xlabel(latency_label(study))
-    ax.set_title(f"{study.study_name}: {len(trained)} trained, {len(rejected)} rejected")
+    ax.set_title(f"{study.study_name}: {len(trained)} trained, {len(rejected)} infeasible")
     exported = {int(k): v for k, v in study.user_attrs.get("exports", {}).items()}
     marked = [r for r in trained if r.number in exported]
     if marked:
@@ -319,7 +288,7 @@ def drift_line(study: optuna.Study) -> str | None:
     import statistics
 
     reference = study.user_attrs.get("latency_reference")
-    costs = [t.user_attrs.get("costs", {}) for t in study.get_trials(deepcopy=False)]
+    costs = [TrialRecord.of(t).costs for t in study.get_trials(deepcopy=False)]
     drifts = [c["latency"]["drift"] for c in costs if c.get("latency", {}).get("drift")]
     if reference is None or not drifts:
         return None
@@ -398,9 +367,7 @@ def study_summary(study: optuna.Study) -> str:
     if spans:
         busy = sum((end - start).total_seconds() for start, end in spans)
         first, last = min(s for s, _ in spans), max(e for _, e in spans)
-        training = sum(
-            t.user_attrs.get("train", {}).get("seconds", 0.0) for t in trials if t.user_attrs
-        )
+        training = sum(TrialRecord.of(t).train.get("seconds", 0.0) for t in trials)
         lines.append(
             f"time: {busy / 60:.1f} min in trials ({training / 60:.1f} min training), "
             f"from {first:%Y-%m-%d %H:%M} to {last:%H:%M}"

@@ -45,7 +45,6 @@ __all__ = [
     "journal_path",
     "removed_on_failure",
     "RetryStaleTrial",
-    "fail_reason",
     "MAX_RETRY",
 ]
 
@@ -163,20 +162,6 @@ def removed_on_failure(*paths: str | None) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     os.remove(top)
         raise
-
-
-def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
-    """Why a FAIL trial failed: its `fail_reason`, recorded by every path that ends a trial
-    as failed while its process lives (a training failure, Ctrl-C, a surplus trial, a dead
-    local worker). A trial without one lost its process first and was failed by another
-    process, through the heartbeat (a finished trial takes no more attributes)."""
-    recorded = trial.user_attrs.get("fail_reason")
-    if recorded:
-        return recorded
-    return (
-        "its process stopped without saying why (killed, out of memory, or its storage "
-        "connection lost); another process failed it after the heartbeat's grace period"
-    )
 
 
 class RetryStaleTrial:

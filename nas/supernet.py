@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,7 +49,6 @@ from search_spaces.spaces.shared import SharedSpace, StageChoices
 
 __all__ = [
     "SharedWeights",
-    "export_subnet",
     "fine_tune",
     "SupernetError",
     "recalibrate_bn",
@@ -384,66 +383,6 @@ class SharedWeights(nn.Module):
                     )
                 shared._full(key).copy_(tensor)
         return shared, meta
-
-
-def export_subnet(
-    shared: SharedWeights,
-    arch: ArchConfig,
-    data: Dataset,
-    out: str,
-    *,
-    folder: str,
-    calib_batches: int = 20,
-    force: bool = False,
-    protect: Sequence[str | None] = (),
-) -> tuple[float, dict[str, Any]]:
-    """Write the subnet `arch` with the weights it inherits (batch norms recalibrated) as a
-    timm folder, verified by reloading it through timm; never over the supernet or `protect`
-    (`check_out_dir`). Returns its validation accuracy and what the folder's config records."""
-    from nas.export import check_out_dir, data_config_of, save_timm_folder
-
-    protect = [*protect, folder]
-    check_out_dir(out, force, protect=protect)
-    model = shared.subnet(arch, data, calib_batches=calib_batches)
-    acc = evaluate(model, data, "val", img_size=arch.img_size)
-    info = data.info()
-    record = {
-        "role": "supernet subnet",
-        "supernet": os.path.abspath(folder),
-        "space": shared.space.fingerprint(),
-        "val_acc": acc,
-        "calib_batches": calib_batches,
-        "data": info,
-    }
-    card = f"""---
-library_name: timm
-tags: [image-classification, timm, lightweight-vit, one-shot]
----
-# LightViT `{arch.describe()}`
-
-A subnet of the one-shot supernet in `{record["supernet"]}` (space {record["space"]}), with the
-weights it inherits from it (batch norms recalibrated on {calib_batches} training batches); not
-trained on its own. Retrain it with `lvit train arch.json --config CONFIG` for its stand-alone
-accuracy.
-
-Validation accuracy with inherited weights on {info["name"]} ({info["val_size"]} images at
-{info["input_size"]}): {acc:.4f}
-
-```python
-import search_spaces, timm  # importing search_spaces registers `lightvit` with timm
-model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval()
-```
-"""
-    save_timm_folder(
-        model,
-        out,
-        force=force,
-        protect=protect,
-        provenance=record,
-        card=card,
-        data_config=data_config_of((arch.in_chans, arch.img_size, arch.img_size), info),
-    )
-    return acc, record
 
 
 def _region(small: torch.Size, big: torch.Size) -> list[slice]:

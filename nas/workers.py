@@ -2,7 +2,7 @@
 
 The parent creates (or resumes) the study, then starts N processes (spawned, so each has its own
 torch), each pinned to its share of the CPU cores with as many torch threads, and each running
-`run_search` on the same study: the study-wide count holds across them (`nas.study._claim`).
+`run_search` on the same study: the study-wide count holds across them (`nas.objective._claim`).
 The storage must take parallel writers: Optuna's journal file (`journal:///runs/NAME.journal`)
 on one machine, or an RDB server such as PostgreSQL; SQLite is refused.
 
@@ -31,9 +31,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.callbacks import dashboard_hooks
 from nas.config import ConfigError, SearchConfig
 from nas.errors import UserError
 from nas.optuna_api import storage_of, trial_id
+from nas.records import Status, TrialRecord, set_stored_status
 from nas.storage import RetryStaleTrial
 from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
 
@@ -107,7 +109,7 @@ def worker_main(
         config, train=dataclasses.replace(config.train, threads=len(cores))
     )
     try:
-        run_search(config, poll_seconds=1.0)
+        run_search(config, poll_seconds=1.0, hooks=dashboard_hooks())
     except KeyboardInterrupt:  # the parent was interrupted too; Optuna ended our trial
         raise SystemExit(130) from None
 
@@ -219,15 +221,13 @@ def recover_dead_worker(study: optuna.Study, pid: int | None, retry: bool = True
     recovered = []
     callback = RetryStaleTrial()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", {})
+        worker = TrialRecord.of(t).attrs.get("worker", {})
         if worker.get("pid") != pid or worker.get("host") != host:
             continue
         try:  # its attributes first: a finished trial takes no more writes
             storage, tid = storage_of(study), trial_id(t)
-            storage.set_trial_user_attr(tid, "status", "failed")
-            storage.set_trial_user_attr(
-                tid, "fail_reason", f"worker process {pid} died during this trial"
-            )
+            reason = f"worker process {pid} died during this trial"
+            set_stored_status(storage, tid, Status.FAILED, reason)
             storage.set_trial_state_values(tid, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished after all

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nas.callbacks import dashboard_hooks
 from nas.cli import main
 from nas.config import SearchConfig, load_config
 from nas.lut import LatencyTable
@@ -48,7 +49,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchConf
     folder = tmp_path_factory.mktemp("study")
     config = load_config(write_config(folder, "shared"))
     config = config.replace_study(n_trials=6)
-    run = run_search(config)
+    run = run_search(config, hooks=dashboard_hooks())  # as `lvit search` runs it
     return config, run.study
 
 

@@ -563,7 +563,7 @@ def test_a_streamed_folder_stays_within_a_bounded_memory(tmp_path: Path) -> None
 def test_an_old_stored_config_resumes_with_the_recipe_it_ran(tmp_path: Path) -> None:
     """A study written before recipes existed (no train.recipe, no augmentation keys) reads
     as the proxy recipe, which is what it ran, so it resumes instead of being refused."""
-    from nas.study import _comparable, _with_defaults
+    from nas.lifecycle import _comparable, _with_defaults
 
     config = load_config(write_config(tmp_path))
     current = config.to_dict()

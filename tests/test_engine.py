@@ -18,9 +18,10 @@ from optuna.trial import TrialState
 
 from nas.cli import main
 from nas.config import ConfigError, EarlyStopConfig, SearchConfig, StudyConfig, load_config
+from nas.early_stop import dominated_reason
 from nas.proxies import compute_proxies
 from nas.report import hypervolume, nondominated, pareto_front, records
-from nas.study import dominated_reason, run_search
+from nas.study import run_search
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT
 from tests.conftest import write_config

@@ -14,7 +14,7 @@ import torch
 
 from nas.cli import main
 from nas.config import ConfigError, load_config
-from nas.study import best_scored
+from nas.oneshot_retrain import best_scored
 from nas.supernet import SharedWeights, SupernetError, recalibrate_bn
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT

@@ -26,7 +26,8 @@ from nas.config import ConfigError, DataConfig, SearchConfig, load_config, machi
 from nas.data import DataError, load_dataset
 from nas.errors import UserError
 from nas.export import load_export, read_export, save_timm_folder
-from nas.storage import RetryStaleTrial, fail_reason, public_url, redact
+from nas.records import fail_reason
+from nas.storage import RetryStaleTrial, public_url, redact
 from nas.study import create_or_resume_study
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT

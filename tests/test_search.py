@@ -14,8 +14,8 @@ import timm
 import torch
 from optuna.trial import TrialState
 
+import nas.objective
 import nas.report
-import nas.study
 from nas.cli import main
 from nas.config import load_config
 from nas.data import load_dataset
@@ -55,13 +55,13 @@ def test_completed_trials_keep_their_weights(finished_study) -> None:
 @pytest.mark.slow
 def test_over_budget_candidates_are_never_trained(tmp_path: Path, monkeypatch) -> None:
     trained_params: list[int] = []
-    real_train = nas.study.train_model
+    real_train = nas.objective.train_model
 
     def spy(model, *args, **kwargs):
         trained_params.append(sum(p.numel() for p in model.parameters()))
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(nas.study, "train_model", spy)
+    monkeypatch.setattr(nas.objective, "train_model", spy)
     budget = "budget: {max_params: 12000, max_latency_ms: 50.0}"
     config = load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=8)
     run = run_search(config)
@@ -228,7 +228,7 @@ def test_pareto_plot_handles_a_study_with_only_rejections(tmp_path) -> None:
     budget = "budget: {max_params: 10, max_latency_ms: 50.0}"
     config = load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=2)
     run = run_search(config)
-    assert run.trained == 0 and run.rejected == 2
+    assert run.trained == 0 and run.infeasible == 2
     assert os.path.getsize(pareto_plot(run.study, str(tmp_path / "p.png"))) > 0
 
 

@@ -113,13 +113,13 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     still reaches its count of finished candidates."""
     import optuna
 
-    import nas.study
+    import nas.objective
     from nas.config import load_config
     from nas.study import run_search
     from nas.train import TrainingFailed
     from tests.conftest import write_config
 
-    real, calls = nas.study.train_model, []
+    real, calls = nas.objective.train_model, []
 
     def flaky(model, *args, **kwargs):
         calls.append(1)
@@ -127,7 +127,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
             raise TrainingFailed("out of memory in epoch 1 on cpu: simulated")
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(nas.study, "train_model", flaky)
+    monkeypatch.setattr(nas.objective, "train_model", flaky)
     budget = "budget: {max_params: 1000000, max_latency_ms: 100.0}"
     config = load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=2)
     run = run_search(config)
