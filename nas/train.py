@@ -183,6 +183,136 @@ def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
     )
 
 
+@dataclass
+class _BatchLoss:
+    """The loss of one training batch: cross-entropy on the labels (soft targets under mixup),
+    plus the teacher's term, the exit heads' losses and the feature hint where they apply."""
+
+    model: nn.Module
+    criterion: nn.Module
+    exit_weight: float
+    img_size: int | None
+    autocast: Any
+    memory_format: torch.memory_format
+    mixup: Any = None
+    teacher: nn.Module | None = None
+    distill: DistillConfig | None = None
+    hint: Any = None  # FeatureHint
+    exits: bool = False  # train the exit heads jointly
+    dist_head: bool = False  # a distillation head learns the teacher's term
+
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, int, float] | None:
+        """(loss, images, hint loss x images) of a batch; None for a batch mixup cannot use."""
+        if self.memory_format is torch.channels_last:
+            xb = xb.contiguous(memory_format=self.memory_format)
+        target = yb
+        if self.mixup is not None:
+            if len(yb) % 2:  # mixup pairs images: a batch short of an unreadable one
+                xb, yb = xb[:-1], yb[:-1]
+            if not len(yb):
+                return None
+            xb, target = self.mixup(xb, yb)
+        hint_sum = 0.0
+        with self.autocast:
+            if self.exits:
+                *early, final = self.model.forward_exits(resize(xb, self.img_size))
+            else:
+                early, final = [], self.model(resize(xb, self.img_size))
+            final, student = final if self.dist_head else (final, final)
+            loss = self.criterion(final, target)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    taught = self.teacher(xb)
+                alpha = self.distill.alpha
+                loss = (1 - alpha) * loss + alpha * distillation_loss(
+                    student, taught, self.distill
+                )
+            loss = loss + self.exit_weight * sum(self.criterion(o, target) for o in early)
+            if self.hint is not None:
+                hint_loss = self.hint.loss()
+                hint_sum = hint_loss.item() * len(yb)
+                loss = loss + self.distill.hint_weight * hint_loss
+        return loss, len(yb), hint_sum
+
+
+def _train_epoch(
+    batches: Batches,
+    batch_loss: _BatchLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema: Any,
+    clip_grad: float,
+    epoch: int,
+    step: int,
+    on_step: Callable[[int, int], None] | None,
+) -> tuple[float, int, float, int]:
+    """One pass over the training batches: (loss x images, images, hint loss x images, the
+    optimizer steps taken so far)."""
+    model = batch_loss.model
+    loss_sum, seen, hint_sum = 0.0, 0, 0.0
+    for i, (xb, yb) in enumerate(batches, 1):
+        out = batch_loss(xb, yb)
+        if out is None:
+            continue
+        loss, n, hint_part = out
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if ema is not None:
+            ema.update(model, step=step)
+        loss_sum += loss.item() * n
+        seen += n
+        hint_sum += hint_part
+        if on_step is not None:
+            on_step(i, len(batches))
+    return loss_sum, seen, hint_sum, step
+
+
+def _prepare_model(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, teacher: nn.Module | None
+) -> tuple[torch.memory_format, bool, bool, float]:
+    """Move the model (and teacher) to `device` and set its training-only switches; returns the
+    memory format, whether exit heads and a distillation head train, and the drop-path rate."""
+    model.to(device)
+    memory_format = (
+        torch.channels_last
+        if device.type == "cuda" and _has_conv(model)
+        else torch.contiguous_format
+    )
+    if memory_format is torch.channels_last:
+        model.to(memory_format=memory_format)
+    if teacher is not None:
+        teacher.to(device).eval()
+    exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
+    dist_head = getattr(model, "head_dist", None) is not None
+    if dist_head and teacher is None:
+        if getattr(getattr(model, "arch", None), "distill_head", False):
+            raise ValueError("the model has a distillation head: train it with a teacher")
+        dist_head = False  # a timm model's (LeViT's): both heads learn the labels, averaged
+    if dist_head:
+        model.set_distilled_training(True)
+    drop_path = cfg.drop_path if hasattr(model, "set_drop_path_rate") else 0.0
+    if drop_path:
+        model.set_drop_path_rate(drop_path)
+    return memory_format, exits, dist_head, drop_path
+
+
+def _criterion(cfg: TrainConfig, mixup: Any) -> nn.Module:
+    if mixup is not None:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
 def train_model(
     model: nn.Module,
     data: Dataset,
@@ -213,28 +343,9 @@ def train_model(
     raise to stop early.
     """
     device = resolve_device(cfg.device)
-    model.to(device)
-    memory_format = (
-        torch.channels_last
-        if device.type == "cuda" and _has_conv(model)
-        else torch.contiguous_format
-    )
-    if memory_format is torch.channels_last:
-        model.to(memory_format=memory_format)
     if teacher is not None:
         distill = distill or DistillConfig(teacher="given")
-        teacher.to(device).eval()
-    exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
-    dist_head = getattr(model, "head_dist", None) is not None
-    if dist_head and teacher is None:
-        if getattr(getattr(model, "arch", None), "distill_head", False):
-            raise ValueError("the model has a distillation head: train it with a teacher")
-        dist_head = False  # a timm model's (LeViT's): both heads learn the labels, averaged
-    if dist_head:
-        model.set_distilled_training(True)
-    drop_path = cfg.drop_path if hasattr(model, "set_drop_path_rate") else 0.0
-    if drop_path:
-        model.set_drop_path_rate(drop_path)
+    memory_format, exits, dist_head, drop_path = _prepare_model(model, cfg, device, teacher)
     autocast = torch.autocast(
         "cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
     )
@@ -256,19 +367,27 @@ def train_model(
         torch.set_num_threads(cfg.threads)
     batches = train_batches(data, cfg, device, seed)
     val_batches = eval_batches(data, "val", device)
-    steps_per_epoch = len(batches)
+    steps_per_epoch = len(batches)  # each epoch's on_step counts to it
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps)
     )
     mixup = _mixup(cfg, data.num_classes)
-    if mixup is not None:
-        from timm.loss import SoftTargetCrossEntropy
-
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    batch_loss = _BatchLoss(
+        model,
+        _criterion(cfg, mixup),
+        cfg.exit_weight,
+        img_size,
+        autocast,
+        memory_format,
+        mixup=mixup,
+        teacher=teacher,
+        distill=distill,
+        hint=hint,
+        exits=exits,
+        dist_head=dist_head,
+    )
     ema = None
     if cfg.ema_decay:
         from timm.utils import ModelEmaV3
@@ -280,51 +399,10 @@ def train_model(
     try:
         model.train()
         for epoch in range(1, cfg.epochs + 1):
-            epoch_start, loss_sum, seen, hint_sum = time.perf_counter(), 0.0, 0, 0.0
-            waited = batches.data_seconds
-            for i, (xb, yb) in enumerate(batches, 1):
-                if memory_format is torch.channels_last:
-                    xb = xb.contiguous(memory_format=memory_format)
-                target = yb
-                if mixup is not None:
-                    if len(yb) % 2:  # mixup pairs images: a batch short of an unreadable one
-                        xb, yb = xb[:-1], yb[:-1]
-                    if not len(yb):
-                        continue
-                    xb, target = mixup(xb, yb)
-                with autocast:
-                    if exits:
-                        *early, final = model.forward_exits(resize(xb, img_size))
-                    else:
-                        early, final = [], model(resize(xb, img_size))
-                    final, student = final if dist_head else (final, final)
-                    loss = criterion(final, target)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            taught = teacher(xb)
-                        loss = (1 - distill.alpha) * loss + distill.alpha * distillation_loss(
-                            student, taught, distill
-                        )
-                    loss = loss + cfg.exit_weight * sum(criterion(o, target) for o in early)
-                    if hint is not None:
-                        hint_loss = hint.loss()
-                        hint_sum += hint_loss.item() * len(yb)
-                        loss = loss + distill.hint_weight * hint_loss
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                if ema is not None:
-                    ema.update(model, step=step)
-                loss_sum += loss.item() * len(yb)
-                seen += len(yb)
-                if on_step is not None:
-                    on_step(i, steps_per_epoch)
+            epoch_start, waited = time.perf_counter(), batches.data_seconds
+            loss_sum, seen, hint_sum, step = _train_epoch(
+                batches, batch_loss, optimizer, scheduler, ema, cfg.clip_grad, epoch, step, on_step
+            )
             train_seconds = time.perf_counter() - epoch_start
             scored = ema.module if ema is not None else model
             if evaluate_fn is not None:
