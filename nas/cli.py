@@ -256,6 +256,7 @@ def _search_here(config: Any, prog: str) -> int:
     from tqdm import tqdm
 
     from nas.callbacks import dashboard_hooks
+    from nas.oneshot_retrain import retrains
     from nas.study import create_or_resume_study, finished_count, prepare_inputs, run_search
 
     target = config.study.n_trials
@@ -332,7 +333,7 @@ def _search_here(config: Any, prog: str) -> int:
         f"This run: {done_what}, {run.infeasible} infeasible (over a budget){extra}, "
         f"{run.failed} failed, in {_duration(run.seconds)}."
     )
-    if config.evaluation == "supernet" and config.supernet.retrain_top_k:
+    if retrains(config):
         return _retrain_best(config, run.study, inputs, line)
     _summary(run.study, config, line)
     return 0
@@ -399,6 +400,7 @@ def _retrain_best(config: Any, study: Any, inputs: Any, line: str) -> int:
 def _search_with_workers(config: Any, n_workers: int) -> int:
     from tqdm import tqdm
 
+    from nas.oneshot_retrain import retrains
     from nas.records import TrialRecord
     from nas.study import (
         create_or_resume_study,
@@ -454,7 +456,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         else ""
     )
     line = f"This run: {counts} with {n_workers} workers in {_duration(run.seconds)}{recovered}."
-    if config.evaluation == "supernet" and config.supernet.retrain_top_k:
+    if retrains(config):
         return _retrain_best(config, run.study, prepare_inputs(config), line)
     _summary(run.study, config, line)
     return 0

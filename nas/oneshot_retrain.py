@@ -22,7 +22,13 @@ from nas.records import Status, TrialRecord
 from nas.storage import open_storage
 from nas.study import SearchRun, run_search
 
-__all__ = ["Retrained", "best_scored", "retrain_best", "retrain_config"]
+__all__ = ["Retrained", "best_scored", "retrain_best", "retrain_config", "retrains"]
+
+
+def retrains(config: SearchConfig) -> bool:
+    """Whether a search with this config ends by retraining its best from scratch: a supernet
+    search (`evaluation: supernet`) with `supernet.retrain_top_k` > 0."""
+    return config.evaluation == "supernet" and bool(config.supernet.retrain_top_k)
 
 
 def retrain_config(config: SearchConfig, n_trials: int) -> SearchConfig:
