@@ -107,8 +107,8 @@ class MixerSpec:
 
     `option`: the `StageConfig` field the mixer takes (`sr_ratio`, `window`, `kernel_size`),
     shown after the name (`sra/2`); `choices`: the values the search spaces offer for it;
-    `fit`: the value a sampled option becomes on a stage's grid side, or None where the mixer
-    cannot run there (the spaces then use `mhsa`), so that every draw builds;
+    `fit`: the value a sampled option becomes on a stage of that grid side and width, or None
+    where the mixer cannot run there (the spaces then use `mhsa`), so that every draw builds;
     `attention`: its `heads` field is meaningful; `grid_free`: it needs no token grid, so
     tokens may be merged or pruned before it; `pos_attention`: attention-site position
     encodings act inside it; `residual`: the block computes `x + mixer(norm(x))` (False: the
@@ -118,27 +118,28 @@ class MixerSpec:
     option: str | None = None
     option_words: str = ""
     choices: tuple[int, ...] = ()
-    fit: Callable[[int, int], int | None] | None = None
+    fit: Callable[[int, int, int], int | None] | None = None
     attention: bool = False
     grid_free: bool = False
     pos_attention: bool = False
     residual: bool = True
     colour: str = "#999999"
 
-    def fit_option(self, value: int, grid: int) -> int | None:
-        """`value` as it runs on a `grid` x `grid` stage (None: this mixer cannot run there)."""
-        return self.fit(value, grid) if self.fit else value
+    def fit_option(self, value: int, grid: int, dim: int) -> int | None:
+        """`value` as it runs on a `grid` x `grid` stage of width `dim` (None: this mixer
+        cannot run there)."""
+        return self.fit(value, grid, dim) if self.fit else value
 
 
-def _capped_at_grid(value: int, grid: int) -> int | None:
+def _capped_at_grid(value: int, grid: int, dim: int) -> int | None:
     return min(value, grid) if grid >= 2 else None
 
 
-def _on_a_grid(value: int, grid: int) -> int | None:
-    return value if grid >= 2 else None
+def _shift_groups(value: int, grid: int, dim: int) -> int | None:
+    return min(value, dim) if grid >= 2 else None  # at least one channel per direction
 
 
-def _divisor_of_grid(value: int, grid: int) -> int | None:
+def _divisor_of_grid(value: int, grid: int, dim: int) -> int | None:
     window = largest_divisor_below(grid, value)
     return window if window >= 2 else None
 
@@ -180,7 +181,7 @@ MIXER_SPECS: dict[str, MixerSpec] = {
         "shift_div",
         "1/n of the channels per direction",
         choices=(6, 12, 24),
-        fit=_on_a_grid,
+        fit=_shift_groups,
         residual=False,
         colour="#937860",
     ),
@@ -251,6 +252,7 @@ POS_ENC_SPECS: dict[str, PosEncSpec] = {
     "cpe": PosEncSpec("conditional position encoding", "stage"),
     "rope_axial": PosEncSpec("axial RoPE", "attention", head_multiple=4),
     "rope_mixed": PosEncSpec("mixed-frequency RoPE", "attention", head_multiple=4),
+    "unitary": PosEncSpec("unitary (LRPE) encoding", "attention", head_multiple=4),
     "rel_bias": PosEncSpec("relative position bias", "attention"),
     "fire": PosEncSpec("FIRE relative bias", "attention"),
 }

@@ -62,10 +62,10 @@ def test_pos_enc_sites_match_the_arch_rules() -> None:
     assert set(STEM_SPECS) == set(STEMS)
     for name, cls in POS_ENCODINGS.items():
         assert issubclass(cls, AttentionPosEnc) == (SITES[name] == "attention"), name
-    assert {n for n, s in POS_ENC_SPECS.items() if s.head_multiple > 1} == {
-        "rope_axial",
-        "rope_mixed",
-    }
+    for name, spec in POS_ENC_SPECS.items():  # the head-width rule is what the block needs
+        if spec.head_multiple > 1:
+            with pytest.raises(ValueError, match="head width divisible by"):
+                POS_ENCODINGS[name](24, (4, 4), 4)  # head width 6
     assert {n for n, s in SITES.items() if s == "input"} == set(INPUT_POS_ENCS)
     assert {n for n, s in SITES.items() if s == "stage"} == set(STAGE_POS_ENCS)
     assert {n for n, s in SITES.items() if s == "attention"} == set(ATTENTION_POS_ENCS)
@@ -99,7 +99,7 @@ def test_attention_pos_enc_inside_attention(name: str, hw: tuple[int, int]) -> N
     assert all(p.grad is not None for p in mixer.pos.parameters())
 
 
-@pytest.mark.parametrize("name", ["rope_axial", "rope_mixed"])
+@pytest.mark.parametrize("name", ["rope_axial", "rope_mixed", "unitary"])
 def test_rope_logits_depend_only_on_the_offset(name: str) -> None:
     rope = POS_ENCODINGS[name](16, (5, 5), 2)
     hw = (5, 5)
@@ -118,6 +118,25 @@ def test_rope_logits_depend_only_on_the_offset(name: str) -> None:
             else:
                 by_offset[offset] = logits[:, i, j]
     assert len({tuple(v.tolist()) for v in by_offset.values()}) > 1  # it does depend on offset
+
+
+def test_unitary_encoding_keeps_norms_and_is_rope_axial_when_its_basis_is_the_identity() -> None:
+    """LRPE's unitary family (arXiv 2307.09270): M_s = P Lambda_s P^T preserves every query's
+    and key's norm, and with P = I (two equal Householder reflections cancel) it is RoPE-Axial;
+    with a learned P it is not."""
+    torch.manual_seed(0)
+    unitary = POS_ENCODINGS["unitary"](16, (5, 5), 2)
+    rope = POS_ENCODINGS["rope_axial"](16, (5, 5), 2)
+    q, k = torch.randn(2, 2, 25, 8), torch.randn(2, 2, 25, 8)
+    uq, uk = unitary.rotate(q, k, (5, 5))
+    assert torch.allclose(uq.norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+    assert torch.allclose(uk.norm(dim=-1), k.norm(dim=-1), atol=1e-5)
+    rq, rk = rope.rotate(q, k, (5, 5))
+    assert not torch.allclose(uq, rq, atol=1e-3)
+    with torch.no_grad():
+        unitary.householder[:, 1] = unitary.householder[:, 0]  # H H = I
+    uq, uk = unitary.rotate(q, k, (5, 5))
+    assert torch.allclose(uq, rq, atol=1e-5) and torch.allclose(uk, rk, atol=1e-5)
 
 
 def test_cpe_is_translation_equivariant_away_from_the_borders() -> None:
@@ -261,7 +280,7 @@ def test_one_table_describes_every_mixer() -> None:
         assert mixer_label(stage) == want and f"[{want} 1x32" in arch.describe()
         assert LightViT(arch)(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
         if spec.option:  # the values spaces offer are valid, and fit the grids they can run on
-            assert spec.choices and all(spec.fit_option(v, 4) is not None for v in spec.choices)
+            assert spec.choices and all(spec.fit_option(v, 8, 32) == v for v in spec.choices)
 
 
 def test_shift_mixer_moves_four_channel_groups_by_one_token_and_nothing_else() -> None:

@@ -30,7 +30,7 @@ SPACE = SharedSpace(
             dims=(16, 32),
             heads=(1, 2),
             mlp_ratios=(2.0, 3.0),
-            mixers=("mhsa", "pool", "dwconv", "sra", "window", "linear"),
+            mixers=("mhsa", "pool", "dwconv", "sra", "window", "linear", "shift"),
             kernel_sizes=(3, 5),
         ),
         StageChoices(
@@ -38,7 +38,7 @@ SPACE = SharedSpace(
         ),
     ),
     stems=("patch", "conv", "repconv", "multiscale"),
-    pos_encs=("learned", "cpe", "rel_bias", "rope_axial", "none"),
+    pos_encs=("learned", "cpe", "rel_bias", "rope_axial", "unitary", "none"),
     patch_size=2,
 )
 

@@ -31,6 +31,7 @@ __all__ = [
     "RoPE",
     "RoPEAxial",
     "RoPEMixed",
+    "UnitaryRPE",
     "RelPosBias",
     "FIRE",
     "grid_coords",
@@ -207,6 +208,54 @@ class RoPEMixed(RoPE):
         super().__init__(
             torch.stack([mag * angle.sin(), mag * angle.cos()], dim=-1), learnable=True
         )
+
+
+@register(POS_ENCODINGS, "unitary")
+class UnitaryRPE(RoPEAxial):
+    """Unitary relative position encoding: queries and keys at position s are transformed by a
+    unitary M_s = P Lambda_s P^H, so that a logit q_s^H M_s^H M_t k_t = (P^H q_s)^H
+    Lambda_(t-s) (P^H k_t) depends only on the offset t - s, and no vector changes its norm.
+    Lambda_s is a diagonal of phases exp(i s alpha): its real form is the block-diagonal
+    rotation of RoPE, here RoPE-Axial's 2-D one (half of the channel pairs turn with the row,
+    half with the column). P is a learned orthogonal basis per head, the product of
+    `reflections` Householder reflections (I - 2 u u^T / |u|^2); P = I is RoPE-Axial itself.
+    Since P is orthogonal and acts on queries and keys alike, the outer P drops out of every
+    logit, so the block applies P^T, then the rotation.
+
+    Paper: "Linearized Relative Positional Encoding" (LRPE), arXiv 2307.09270, earlier
+    "Relative Positional Encoding Family via Unitary Transformation" (OpenReview xMWFqb5Uyk).
+    The paper leaves P free (any unitary matrix; identity, a permutation and learned forms are
+    its examples) and states it for sequences; the Householder parametrisation and the 2-D
+    phases of RoPE-Axial are the readings chosen here for a learned P on image grids.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int],
+        heads: int = 1,
+        theta: float = 100.0,
+        reflections: int = 2,
+    ) -> None:
+        super().__init__(dim, grid, heads, theta)
+        self.householder = nn.Parameter(torch.randn(heads, reflections, dim // heads))
+
+    def basis(self, x: torch.Tensor) -> torch.Tensor:
+        """P^T x for x (B, heads, N, head_dim): the reflections in reverse order (each is its
+        own transpose)."""
+        for r in reversed(range(self.householder.shape[1])):
+            u = self.householder[:, r]
+            u = (u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12))[None, :, None, :]
+            x = x - 2 * (x * u).sum(dim=-1, keepdim=True) * u
+        return x
+
+    def rotate(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        hw: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().rotate(self.basis(q), self.basis(k), hw)
 
 
 def _rope_magnitudes(dim: int, heads: int, theta: float) -> tuple[int, torch.Tensor]:

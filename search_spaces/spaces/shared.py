@@ -145,14 +145,18 @@ class SharedSpace(StagedSpace):
         mixer = trial.suggest_categorical(f"stage{i}.mixer", c.mixers)
         options: dict[str, Any] = {}
         spec = MIXER_SPECS[mixer]
-        if spec.option:  # one that cannot run on this grid makes the stage mhsa
-            value = trial.suggest_categorical(f"stage{i}.{spec.option}", c.option_choices(mixer))
-            fitted = spec.fit_option(value, grid)
+        value = (
+            trial.suggest_categorical(f"stage{i}.{spec.option}", c.option_choices(mixer))
+            if spec.option
+            else None
+        )
+        dim = trial.suggest_categorical(f"stage{i}.dim", c.dims)
+        if spec.option:  # one that cannot run on this stage makes it mhsa
+            fitted = spec.fit_option(value, grid, dim)
             if fitted is None:
                 mixer = "mhsa"
             else:
                 options[spec.option] = fitted
-        dim = trial.suggest_categorical(f"stage{i}.dim", c.dims)
         heads = (
             trial.suggest_categorical(f"stage{i}.heads", c.heads)
             if mixer in ATTENTION_MIXERS

@@ -110,7 +110,7 @@ class SurveySpace(StagedSpace):
         spec = MIXER_SPECS[mixer]
         if spec.option:  # its values from the table; one that cannot run here makes it mhsa
             value = trial.suggest_categorical(f"stage{i}.{spec.option}", spec.choices)
-            fitted = spec.fit_option(value, grid)
+            fitted = spec.fit_option(value, grid, dim)
             if fitted is None:
                 mixer = "mhsa"
             else:
