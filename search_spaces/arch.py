@@ -250,6 +250,7 @@ POS_ENC_SPECS: dict[str, PosEncSpec] = {
     "learned": PosEncSpec("learned absolute embedding", "input"),
     "sincos": PosEncSpec("fixed 2-D sin-cos embedding", "input"),
     "cpe": PosEncSpec("conditional position encoding", "stage"),
+    "posmlp": PosEncSpec("positional gating unit (PosMLP)", "stage"),
     "rope_axial": PosEncSpec("axial RoPE", "attention", head_multiple=4),
     "rope_mixed": PosEncSpec("mixed-frequency RoPE", "attention", head_multiple=4),
     "unitary": PosEncSpec("unitary (LRPE) encoding", "attention", head_multiple=4),

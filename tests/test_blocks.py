@@ -139,6 +139,37 @@ def test_unitary_encoding_keeps_norms_and_is_rope_axial_when_its_basis_is_the_id
     assert torch.allclose(uq, rq, atol=1e-5) and torch.allclose(uk, rk, atol=1e-5)
 
 
+def test_posmlp_mixing_depends_on_relative_offsets_only() -> None:
+    """PosMLP's positional gating unit (arXiv 2207.07284): the logits of its token-mixing
+    weights are a function of pos_n - pos_m alone, and with a local kernel the whole unit is
+    translation-equivariant away from the borders."""
+    torch.manual_seed(0)
+    unit = POS_ENCODINGS["posmlp"](8, (10, 10), groups=2)
+    scores = unit.scores((10, 10))  # (groups, N, N)
+    coords = [(i // 10, i % 10) for i in range(100)]
+    by_offset: dict[tuple[int, int], torch.Tensor] = {}
+    for m, (ym, xm) in enumerate(coords):
+        for n, (yn, xn) in enumerate(coords):
+            offset = (yn - ym, xn - xm)
+            if offset in by_offset:
+                assert torch.allclose(scores[:, m, n], by_offset[offset], atol=1e-5)
+            else:
+                by_offset[offset] = scores[:, m, n]
+    assert len({tuple(v.tolist()) for v in by_offset.values()}) > 1
+    with torch.no_grad():
+        unit.spreads.copy_(2 * torch.eye(2).repeat(2, 1, 1))  # a narrow kernel: weight e^-2|d|^2
+        unit.centres.zero_()
+    grid = torch.randn(1, 10, 10, 8)
+    shifted = grid.roll(shifts=1, dims=2)  # one token to the right
+
+    def run(g: torch.Tensor) -> torch.Tensor:
+        return unit(g.reshape(1, 100, 8), (10, 10)).reshape(1, 10, 10, 8)
+
+    with torch.no_grad():
+        expected, got = run(grid).roll(shifts=1, dims=2), run(shifted)
+    assert torch.allclose(got[:, 3:-3, 4:-3], expected[:, 3:-3, 4:-3], atol=1e-4)
+
+
 def test_cpe_is_translation_equivariant_away_from_the_borders() -> None:
     cpe = POS_ENCODINGS["cpe"](8, (8, 8))
     grid = torch.randn(1, 8, 8, 8)  # (B, C, H, W)

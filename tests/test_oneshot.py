@@ -38,7 +38,7 @@ SPACE = SharedSpace(
         ),
     ),
     stems=("patch", "conv", "repconv", "multiscale"),
-    pos_encs=("learned", "cpe", "rel_bias", "rope_axial", "unitary", "none"),
+    pos_encs=("learned", "cpe", "posmlp", "rel_bias", "rope_axial", "unitary", "none"),
     patch_size=2,
 )
 

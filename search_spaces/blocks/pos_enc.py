@@ -15,6 +15,7 @@ import math
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed, trunc_normal_
 from timm.layers.pos_embed_sincos import apply_rot_embed
 from torch import nn
@@ -28,6 +29,7 @@ __all__ = [
     "LearnedPosEnc",
     "SinCosPosEnc",
     "ConditionalPosEnc",
+    "PositionalGatingUnit",
     "RoPE",
     "RoPEAxial",
     "RoPEMixed",
@@ -141,6 +143,53 @@ class ConditionalPosEnc(nn.Module):
         b, n, c = x.shape
         feat = x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
         return x + self.proj(feat).flatten(2).transpose(1, 2)
+
+
+@register(POS_ENCODINGS, "posmlp")
+class PositionalGatingUnit(nn.Module):
+    """PosMLP's positional spatial gating unit (PoSGU) with its generalised quadratic position
+    encoding (GQPE), as a residual position encoding: `x + W_out((M u) * v)` with
+    `[u, v] = GELU(W_in(LN(x)))`. Token mixing `M` is parameterised by relative position
+    only: for each of `groups` channel groups, a token m takes from token n the weight
+    softmax_n(-(d - c)^T S S^T (d - c) / 2), d = pos_n - pos_m, a Gaussian-shaped kernel with a
+    learned centre c and spread S (O(1) parameters per group, at any resolution).
+
+    Paper: "Parameterization of Cross-Token Relations with Relative Positional Encoding for
+    Vision MLP" (PosMLP), arXiv 2207.07284. PosMLP uses the unit as the token mixer of its own
+    blocks, over windows; here it is a position encoding placed where conditional encodings go
+    (after each stage's first block, as CPVT places its PEG), over the whole stage grid (small
+    here), and without the paper's per-token absolute bias, so that its mixing depends on
+    relative offsets only. The learnable-table (LRPE) and FFT forms of the paper are not built.
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int], heads: int = 1, groups: int = 4) -> None:
+        super().__init__()
+        groups = math.gcd(groups, dim)
+        self.groups = groups
+        self.norm = nn.LayerNorm(dim)
+        self.proj_in = nn.Linear(dim, 2 * dim)
+        self.proj_out = nn.Linear(dim, dim)
+        self.centres = nn.Parameter(torch.randn(groups, 2) * 0.01)
+        self.spreads = nn.Parameter(
+            torch.eye(2).repeat(groups, 1, 1) + 0.01 * torch.randn(groups, 2, 2)
+        )
+
+    def scores(self, hw: tuple[int, int]) -> torch.Tensor:
+        """(groups, N, N) logits of the token-mixing weights: entry (m, n) is a quadratic
+        function of pos_n - pos_m alone."""
+        coords = grid_coords(hw, self.centres.device)
+        offset = coords[None, :, :] - coords[:, None, :]  # (N, N, 2): pos_n - pos_m
+        d = offset[None] - self.centres[:, None, None, :]  # (groups, N, N, 2)
+        precision = self.spreads @ self.spreads.transpose(-2, -1)  # S S^T, positive semi-definite
+        return -0.5 * torch.einsum("gmni,gij,gmnj->gmn", d, precision, d)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        u, v = F.gelu(self.proj_in(self.norm(x))).chunk(2, dim=-1)
+        mixing = self.scores(hw).softmax(dim=-1)  # (groups, N, N)
+        u = u.reshape(b, n, self.groups, c // self.groups)
+        mixed = torch.einsum("gmn,bngc->bmgc", mixing, u).reshape(b, n, c)
+        return x + self.proj_out(mixed * v)
 
 
 class RoPE(AttentionPosEnc):
