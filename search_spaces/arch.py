@@ -172,6 +172,7 @@ MIXER_SPECS: dict[str, MixerSpec] = {
         pos_attention=True,
         colour="#55a868",
     ),
+    "lisa": MixerSpec("structure-aware attention (LiSA)", attention=True, colour="#8c8c3c"),
     "pool": MixerSpec("pooling", colour="#dd8452"),
     "dwconv": MixerSpec(
         "depthwise convolution", "kernel_size", "kernel", choices=(3, 5, 7), colour="#c44e52"

@@ -30,7 +30,7 @@ SPACE = SharedSpace(
             dims=(16, 32),
             heads=(1, 2),
             mlp_ratios=(2.0, 3.0),
-            mixers=("mhsa", "pool", "dwconv", "sra", "window", "linear", "shift"),
+            mixers=("mhsa", "pool", "dwconv", "sra", "window", "linear", "shift", "lisa"),
             kernel_sizes=(3, 5),
         ),
         StageChoices(

@@ -14,6 +14,8 @@ received per token together, so the attention mixers here share one small SDPA c
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,7 @@ __all__ = [
     "PoolingMixer",
     "DepthwiseConvMixer",
     "ShiftMixer",
+    "StructureAwareAttention",
 ]
 
 MIXERS: dict[str, type[nn.Module]] = {}
@@ -359,3 +362,99 @@ class ShiftMixer(nn.Module):
         up = F.pad(feat[:, 2 * g : 3 * g, 1:, :], (0, 0, 0, 1))
         down = F.pad(feat[:, 3 * g : 4 * g, :-1, :], (0, 0, 1, 0))
         return _to_tokens(torch.cat([left, right, up, down, feat[:, 4 * g :]], dim=1))
+
+
+@register(MIXERS, "lisa")
+class StructureAwareAttention(nn.Module):
+    """Lightweight structure-aware attention: each head holds `patterns` learned relative
+    position embeddings E_k (one weight per 2-D offset, a (2H-1) x (2W-1) table, resized
+    bicubically to other grids), and a token mixes the values by the kernel these patterns make,
+    weighted by coefficients its own content chooses:
+    y_i = sum_k a_k(x_i) sum_j E_k(p_j - p_i) v_j, with a(x_i) a softmax over the patterns.
+    Each inner sum is a 2-D convolution of the values with a full-size kernel, computed with
+    FFTs (O(N log N), the paper's form for long sequences) or directly as an N x N Toeplitz
+    product; `fft=None` takes the FFT above `FFT_ABOVE` tokens (on the small grids of
+    lightweight models the direct product is faster, and it exports to ONNX).
+
+    Paper: "Lightweight Structure-Aware Attention for Visual Understanding" (LiSA),
+    arXiv 2211.16289. How the paper's queries weight its patterns could not be recovered from
+    the text available here; this reading takes a softmax over the patterns from a linear map of
+    each token, with the patterns as multiplicative weights of the values.
+    """
+
+    FFT_ABOVE = 1024
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        patterns: int = 4,
+        fft: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.heads, self.patterns, self.fft = heads, patterns, fft
+        self.grid = tuple(grid)
+        self.coef = nn.Linear(dim, heads * patterns)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.table = nn.Parameter(
+            torch.randn(heads, patterns, 2 * grid[0] - 1, 2 * grid[1] - 1) * 0.02
+        )
+
+    def kernels(self, hw: tuple[int, int]) -> torch.Tensor:
+        """(heads, patterns, 2H-1, 2W-1): entry (dy + H - 1, dx + W - 1) weighs the value at
+        offset (dy, dx) from the query."""
+        table = self.table
+        if tuple(hw) != self.grid:
+            size = (2 * hw[0] - 1, 2 * hw[1] - 1)
+            table = F.interpolate(
+                table.flatten(0, 1)[:, None], size=size, mode="bicubic", align_corners=True
+            )[:, 0].unflatten(0, table.shape[:2])
+        return table
+
+    def _mix(self, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """(B, heads, patterns, N, hd): each pattern's kernel applied to the values."""
+        b, h, n, d = v.shape
+        kernel = self.kernels(hw)
+        if not (self.fft if self.fft is not None else n > self.FFT_ABOVE):
+            coords = grid_offsets(hw, v.device)  # (N, N, 2): p_j - p_i, shifted to >= 0
+            toeplitz = kernel[:, :, coords[..., 0], coords[..., 1]]  # (h, K, N, N)
+            return torch.einsum("hkij,bhjd->bhkid", toeplitz, v)
+        (gh, gw), size = hw, (2 * hw[0] - 1 + hw[0] - 1, 2 * hw[1] - 1 + hw[1] - 1)
+        grid = v.transpose(-2, -1).reshape(b, h, 1, d, gh, gw)
+        # y_i = sum_j E(p_j - p_i) v_j is a correlation: flip the kernel to convolve
+        flipped = kernel.flip(-2, -1)[None, :, :, None]  # (1, h, K, 1, 2H-1, 2W-1)
+        spectrum = torch.fft.rfft2(grid, s=size) * torch.fft.rfft2(flipped, s=size)
+        full = torch.fft.irfft2(spectrum, s=size)  # linear convolution, no wrap-around
+        out = full[..., gh - 1 : 2 * gh - 1, gw - 1 : 2 * gw - 1]  # (B, h, K, hd, H, W)
+        return out.flatten(-2).transpose(-2, -1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, n, _ = x.shape
+        coef = self.coef(x).reshape(b, n, self.heads, self.patterns).softmax(dim=-1)
+        v = _split_heads(self.v(x), self.heads)  # (B, heads, N, hd)
+        mixed = self._mix(v, hw)  # (B, heads, K, N, hd)
+        out = torch.einsum("bnhk,bhknd->bhnd", coef, mixed)
+        return self.proj(_merge_heads(out))
+
+
+def grid_offsets(hw: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(N, N, 2) long: p_j - p_i + (H - 1, W - 1) for tokens i, j of a row-major grid."""
+    return _grid_offsets(tuple(hw)).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_offsets(hw: tuple[int, int]) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(hw[0]), torch.arange(hw[1]), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()], dim=-1)
+    offset = coords[None, :, :] - coords[:, None, :]
+    offset[..., 0] += hw[0] - 1
+    offset[..., 1] += hw[1] - 1
+    return offset
