@@ -30,6 +30,7 @@ from search_spaces.arch import (
     ATTENTION_POS_ENCS,
     INPUT_POS_ENCS,
     MIXER_OPTIONS,
+    MIXER_SPECS,
     POS_ATTENTION_MIXERS,
     STAGE_POS_ENCS,
     ArchConfig,
@@ -620,6 +621,8 @@ def _unit_call(
         module = Block(stage, (grid, grid), pos, prune=cfg["keep_rate"] < 1)
         size = torch.ones(batch_size, n, 1, device=device) if cfg["sized"] else None
         args = (tokens(n, cfg["dim"]), (grid, grid), size)
+        if MIXER_SPECS[stage.mixer].carries:  # Mobile-Former's global tokens, as its stage's
+            args = (*args, tokens(stage.global_tokens, cfg["dim"]))
     elif kind == "head":
         module = _HeadUnit(cfg["dim"], cfg["num_classes"], cfg.get("distill", False))
         n = cfg["tokens"]

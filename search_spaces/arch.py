@@ -27,10 +27,10 @@ Schema history:
        unchanged (every new field has a default that means "absent").
     3: distill_head (a second classifier trained on a teacher's predictions). Older configs read
        unchanged.
-    4: per stage shift_div (the `shift` mixer). Fields added from schema 4 on are written only
-       where they are set, and a config is written in the oldest schema that holds it: an
-       architecture that uses no new block keeps the JSON (hence the hashes and cache keys) it
-       had, and older versions of the tool still read it.
+    4: per stage shift_div (the `shift` mixer) and global_tokens (`mobileformer`). Fields
+       added from schema 4 on are written only where they are set, and a config is written in
+       the oldest schema that holds it: an architecture that uses no new block keeps the JSON
+       (hence the hashes and cache keys) it had, and older versions of the tool still read it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ READABLE_SCHEMAS = (1, 2, 3, 4)
 # The oldest schema a config is written in, and the stage fields added since (the schema each
 # needs; written only where set, see the schema history above).
 _BASE_SCHEMA = 3
-_STAGE_FIELDS_SINCE = {"shift_div": 4}
+_STAGE_FIELDS_SINCE = {"shift_div": 4, "global_tokens": 4}
 
 ArchConfigError = TypeCheckError
 
@@ -96,6 +96,7 @@ ARCH_LIMITS: dict[str, float] = {
     "kernel_size": 31,
     "merge_r": 4_096,
     "shift_div": 4_096,
+    "global_tokens": 256,
 }
 
 
@@ -112,7 +113,9 @@ class MixerSpec:
     `attention`: its `heads` field is meaningful; `grid_free`: it needs no token grid, so
     tokens may be merged or pruned before it; `pos_attention`: attention-site position
     encodings act inside it; `residual`: the block computes `x + mixer(norm(x))` (False: the
-    mixer's output replaces the tokens, `x = mixer(x)`, as ShiftViT's shift does)."""
+    mixer's output replaces the tokens, `x = mixer(x)`, as ShiftViT's shift does); `carries`:
+    the mixer takes and returns a state carried through its stage's blocks (Mobile-Former's
+    global tokens, as many as its option says), whose start the stage holds."""
 
     words: str
     option: str | None = None
@@ -123,6 +126,7 @@ class MixerSpec:
     grid_free: bool = False
     pos_attention: bool = False
     residual: bool = True
+    carries: bool = False
     colour: str = "#999999"
 
     def fit_option(self, value: int, grid: int, dim: int) -> int | None:
@@ -173,6 +177,15 @@ MIXER_SPECS: dict[str, MixerSpec] = {
         colour="#55a868",
     ),
     "lisa": MixerSpec("structure-aware attention (LiSA)", attention=True, colour="#8c8c3c"),
+    "mobileformer": MixerSpec(
+        "Mobile-Former (bottleneck and global tokens)",
+        "global_tokens",
+        "global tokens",
+        choices=(3, 6),
+        attention=True,
+        carries=True,
+        colour="#b07aa1",
+    ),
     "pool": MixerSpec("pooling", colour="#dd8452"),
     "dwconv": MixerSpec(
         "depthwise convolution", "kernel_size", "kernel", choices=(3, 5, 7), colour="#c44e52"
@@ -272,7 +285,8 @@ class StageConfig:
     grid with a stride-2 convolution at the start of the stage (hierarchical models, PVT/Swin
     style); a change of width without downsampling uses a 1x1 projection. Mixer options:
     `sr_ratio` (sra), `window` (window), `kernel_size` (dwconv), `shift_div` (shift: each of
-    the four directions moves `dim // shift_div` channels; schema 4). Token reduction: `merge_r`
+    the four directions moves `dim // shift_div` channels; schema 4), `global_tokens`
+    (mobileformer; schema 4). Token reduction: `merge_r`
     tokens merged per block (ToMe) or `keep_rate` of the tokens kept after the first block
     (EViT); 0 and 1.0 mean none.
     """
@@ -289,11 +303,22 @@ class StageConfig:
     merge_r: int = 0
     keep_rate: float = 1.0
     shift_div: int = field(default=0, metadata={"omit_default": True})
+    global_tokens: int = field(default=0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require_numbers(
             self,
-            ("depth", "dim", "heads", "sr_ratio", "window", "kernel_size", "merge_r", "shift_div"),
+            (
+                "depth",
+                "dim",
+                "heads",
+                "sr_ratio",
+                "window",
+                "kernel_size",
+                "merge_r",
+                "shift_div",
+                "global_tokens",
+            ),
             ("mlp_ratio", "keep_rate"),
         )
         if self.depth < 1:
@@ -324,8 +349,11 @@ class StageConfig:
                 "kernel_size",
                 "merge_r",
                 "shift_div",
+                "global_tokens",
             ),
         )
+        if self.mixer == "mobileformer" and self.global_tokens < 1:
+            raise ValueError(f"mobileformer needs global_tokens >= 1, got {self.global_tokens}")
         if self.mixer == "shift" and not 4 <= self.shift_div <= self.dim:
             raise ValueError(
                 f"shift needs 4 <= shift_div <= dim (each of four directions moves "

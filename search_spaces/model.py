@@ -72,7 +72,15 @@ class Block(nn.Module):
         x: torch.Tensor,
         hw: tuple[int, int],
         size: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        carry: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """(tokens, sizes), and the carried state after it for a mixer that carries one
+        (`MIXER_SPECS`: Mobile-Former's global tokens): `(tokens, sizes, carry)`."""
+        if carry is not None:
+            y, carry = self.mixer(self.norm1(x), hw, size, carry)
+            x = x + self.drop_path1(y)
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
+            return x, size, carry
         if self.prune is not None:
             y, importance = self.mixer(self.norm1(x), hw, size, need_importance=True)
             x = x + self.drop_path1(y)
@@ -130,6 +138,15 @@ class Stage(nn.Module):
             for i, dp in enumerate(drop_path)
         )
         self.pos = pos_cls(cfg.dim, (grid, grid), cfg.heads) if site == "stage" else None
+        # the start of a state the stage's mixers carry from block to block (Mobile-Former's
+        # global tokens)
+        self.carry = (
+            nn.Parameter(torch.zeros(1, cfg.global_tokens, cfg.dim))
+            if MIXER_SPECS[cfg.mixer].carries
+            else None
+        )
+        if self.carry is not None:
+            trunc_normal_(self.carry, std=0.02)
 
     def iter_blocks(
         self, x: torch.Tensor, hw: tuple[int, int], size: torch.Tensor | None = None
@@ -137,8 +154,12 @@ class Stage(nn.Module):
         """Run the stage, yielding (tokens, grid, sizes) after every block."""
         if self.transition is not None:
             x, hw = self.transition(x, hw)
+        carry = self.carry.expand(x.shape[0], -1, -1) if self.carry is not None else None
         for i, block in enumerate(self.blocks):
-            x, size = block(x, hw, size)
+            if carry is not None:
+                x, size, carry = block(x, hw, size, carry)
+            else:
+                x, size = block(x, hw, size)
             if i == 0 and self.pos is not None:
                 x = self.pos(x, hw)
             yield x, hw, size

@@ -51,6 +51,7 @@ def test_stem_forward_backward(name: str, img: int, patch: int) -> None:
 SITES = {name: spec.site for name, spec in POS_ENC_SPECS.items()}
 MIXER_OPTIONS = {"sra": {"sr_ratio": 2}, "window": {"window": 2}, "dwconv": {"kernel_size": 5}}
 MIXER_OPTIONS["shift"] = {"shift_div": 8}
+MIXER_OPTIONS["mobileformer"] = {"global_tokens": 3}
 
 
 def test_pos_enc_sites_match_the_arch_rules() -> None:
@@ -207,6 +208,40 @@ def test_lisa_is_translation_equivariant_away_from_the_borders() -> None:
     assert not torch.allclose(got, expected, atol=1e-5)  # the borders do differ
 
 
+def test_mobile_former_local_path_is_the_inverted_bottleneck_without_its_bridges() -> None:
+    """Mobile-Former (arXiv 2108.05895): with the Former->Mobile bridge's output zeroed, the
+    grid's update is the plain inverted bottleneck (expand, depthwise 3x3, project), whatever
+    the global tokens; with it, the global tokens reach the grid; and the tokens the stage
+    starts with are carried through its blocks."""
+    torch.manual_seed(0)
+    mixer = MIXERS["mobileformer"](16, 2, grid=(4, 4), global_tokens=3).eval()
+    x, z = torch.randn(2, 16, 16), torch.randn(2, 3, 16)
+    bottleneck = mixer.bottleneck
+    with torch.no_grad():
+        plain = bottleneck(x.transpose(1, 2).reshape(2, 16, 4, 4)).flatten(2).transpose(1, 2)
+        joined, z_out = mixer(x, (4, 4), None, z)
+        assert not torch.allclose(joined, plain, atol=1e-4)  # the global tokens do reach it
+        assert z_out.shape == z.shape and not torch.allclose(z_out, z)
+        mixer.to_mobile_kv.weight.zero_()
+        mixer.to_mobile_kv.bias.zero_()
+        for other in (z, torch.randn(2, 3, 16)):
+            alone, _ = mixer(x, (4, 4), None, other)
+            assert torch.allclose(alone, plain, atol=1e-6)
+    with pytest.raises(ValueError, match="global tokens"):
+        mixer(x, (4, 4))
+    arch = ArchConfig(
+        stages=(StageConfig(depth=2, dim=16, heads=2, mixer="mobileformer", global_tokens=3),),
+        img_size=16,
+        num_classes=3,
+    )
+    model = LightViT(arch).eval()
+    images = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        before = model(images)
+        model.stages[0].carry.add_(1.0)  # the stage's learned start of the global tokens
+        assert not torch.allclose(model(images), before)
+
+
 def test_cpe_is_translation_equivariant_away_from_the_borders() -> None:
     cpe = POS_ENCODINGS["cpe"](8, (8, 8))
     grid = torch.randn(1, 8, 8, 8)  # (B, C, H, W)
@@ -227,9 +262,14 @@ def test_cpe_is_translation_equivariant_away_from_the_borders() -> None:
 @pytest.mark.parametrize("name", sorted(MIXERS))
 @pytest.mark.parametrize("hw", [(4, 4), (6, 6)])
 def test_mixer_forward_backward(name: str, hw: tuple[int, int]) -> None:
+    from search_spaces.arch import MIXER_SPECS
+
     block = MIXERS[name](16, 2, grid=(4, 4), **MIXER_OPTIONS.get(name, {}))
     x = torch.randn(2, hw[0] * hw[1], 16, requires_grad=True)
-    y = block(x, hw)
+    if MIXER_SPECS[name].carries:  # Mobile-Former: the global tokens come and go with it
+        y, _ = block(x, hw, None, torch.randn(2, 3, 16))
+    else:
+        y = block(x, hw)
     assert y.shape == x.shape
     y.sum().backward()
     assert torch.isfinite(y).all() and x.grad is not None
@@ -333,8 +373,14 @@ def test_one_table_describes_every_mixer() -> None:
     assert set(MIXER_SPECS) == set(MIXERS)
     assert ATTENTION_MIXERS == {m for m, s in MIXER_SPECS.items() if s.attention}
     assert POS_ATTENTION_MIXERS <= ATTENTION_MIXERS and GRID_FREE_MIXERS <= ATTENTION_MIXERS
-    assert set(MIXER_OPTIONS) == {"sr_ratio", "window", "kernel_size", "shift_div"}
-    values = {"sr_ratio": 2, "window": 2, "kernel_size": 5, "shift_div": 8}
+    assert set(MIXER_OPTIONS) == {
+        "sr_ratio",
+        "window",
+        "kernel_size",
+        "shift_div",
+        "global_tokens",
+    }
+    values = {"sr_ratio": 2, "window": 2, "kernel_size": 5, "shift_div": 8, "global_tokens": 3}
     for name, spec in MIXER_SPECS.items():
         stage = StageConfig(
             depth=1,

@@ -30,7 +30,17 @@ SPACE = SharedSpace(
             dims=(16, 32),
             heads=(1, 2),
             mlp_ratios=(2.0, 3.0),
-            mixers=("mhsa", "pool", "dwconv", "sra", "window", "linear", "shift", "lisa"),
+            mixers=(
+                "mhsa",
+                "pool",
+                "dwconv",
+                "sra",
+                "window",
+                "linear",
+                "shift",
+                "lisa",
+                "mobileformer",
+            ),
             kernel_sizes=(3, 5),
         ),
         StageChoices(

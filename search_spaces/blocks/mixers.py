@@ -32,6 +32,7 @@ __all__ = [
     "DepthwiseConvMixer",
     "ShiftMixer",
     "StructureAwareAttention",
+    "MobileFormerMixer",
 ]
 
 MIXERS: dict[str, type[nn.Module]] = {}
@@ -458,3 +459,87 @@ def _grid_offsets(hw: tuple[int, int]) -> torch.Tensor:
     offset[..., 0] += hw[0] - 1
     offset[..., 1] += hw[1] - 1
     return offset
+
+
+@register(MIXERS, "mobileformer")
+class MobileFormerMixer(nn.Module):
+    """A Mobile-Former block: a MobileNet-style inverted bottleneck on the token grid (Mobile)
+    in parallel with `global_tokens` global tokens (Former), joined by two lightweight
+    cross-attention bridges. In order: Mobile->Former (the global tokens attend to the grid,
+    queries projected, keys and values the local features unprojected, split into heads);
+    Former (self-attention and an MLP on the global tokens); Mobile (expand 1x1, depthwise 3x3,
+    project 1x1, with BatchNorm and GELU); Former->Mobile (the grid attends to the global
+    tokens, queries the local features unprojected, keys and values projected). The global
+    tokens are carried from block to block through the stage (`MIXER_SPECS` row:
+    `carries=True`; the stage holds their learned start), so the mixer is called with them and
+    returns them updated: `mixer(x, hw, size, carry) -> (update, carry)`.
+
+    Paper: "Mobile-Former: Bridging MobileNet and Transformer", arXiv 2108.05895. Differences:
+    the global tokens have the stage's width (the paper gives them their own, 192), start
+    afresh in each stage, and do not reach the classifier (the paper concatenates the first
+    one with the pooled features); the bottleneck uses GELU where the paper has dynamic ReLU
+    (whose coefficients come from the global tokens). Without the bridges (their outputs zero),
+    the local path is the plain inverted bottleneck.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        grid: tuple[int, int] = (1, 1),
+        pos_layer: type | None = None,
+        global_tokens: int = 6,
+        expansion: int = 2,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        hidden = dim * expansion
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, dim, 1, bias=False),
+            nn.BatchNorm2d(dim),
+        )
+        self.to_former_q = nn.Linear(dim, dim)  # Mobile->Former
+        self.to_former_out = nn.Linear(dim, dim)
+        self.former_norm1 = nn.LayerNorm(dim)  # Former
+        self.former_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.former_norm2 = nn.LayerNorm(dim)
+        self.former_mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
+        self.to_mobile_kv = nn.Linear(dim, 2 * dim)  # Former->Mobile
+
+    def local(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The Mobile path alone: the inverted bottleneck on the grid."""
+        return _to_tokens(self.bottleneck(_to_grid(x, hw)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        size: torch.Tensor | None = None,
+        carry: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if carry is None:
+            raise ValueError("a Mobile-Former block needs its stage's global tokens (carry)")
+        z = carry
+        # Mobile->Former: global tokens gather from the grid (no projection on its side)
+        q = _split_heads(self.to_former_q(z), self.heads)
+        local = _split_heads(x, self.heads)
+        gathered = F.scaled_dot_product_attention(q, local, local)
+        z = z + self.to_former_out(_merge_heads(gathered))
+        # Former: a transformer block on the global tokens
+        zn = self.former_norm1(z)
+        z = z + self.former_attn(zn, zn, zn, need_weights=False)[0]
+        z = z + self.former_mlp(self.former_norm2(z))
+        # Mobile, then Former->Mobile: the grid reads the global tokens (no projection on its
+        # side)
+        y = self.local(x, hw)
+        k, v = (_split_heads(t, self.heads) for t in self.to_mobile_kv(z).chunk(2, dim=-1))
+        y = y + _merge_heads(F.scaled_dot_product_attention(_split_heads(y, self.heads), k, v))
+        return y, z
