@@ -52,6 +52,43 @@ assert (m(x) - before).abs().max().item() < 1e-4
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize(
+    ("mixer", "pos_enc", "options"),
+    [
+        ("shift", "learned", {"shift_div": 8}),
+        ("lisa", "cpe", {}),
+        ("mobileformer", "posmlp", {"global_tokens": 3}),
+        ("mhsa", "unitary", {}),
+    ],
+)
+def test_the_survey_blocks_added_last_export_reload_through_timm_and_run_in_onnx(
+    tmp_path, mixer: str, pos_enc: str, options: dict
+) -> None:
+    """Each block of issue 21 (and ShiftViT's shift) in a small model: written as a timm folder
+    (reloaded and compared by `save_timm_folder`), its schema-4 fields kept in arch.json, and
+    its ONNX export within 1e-4 of torch (`write_onnx`)."""
+    from nas.export import read_arch, write_onnx
+
+    arch = ArchConfig(
+        stages=(StageConfig(2, 16, 2, 2.0, mixer, **options),),
+        pos_enc=pos_enc,
+        img_size=16,
+        num_classes=4,
+    )
+    model = _trained_like(LightViT(arch))
+    out = tmp_path / mixer
+    diff = save_timm_folder(
+        model,
+        str(out),
+        data_config=data_config_of((3, 16, 16), {}),
+        card="#",
+        provenance={},
+        extra=lambda folder: write_onnx(model, folder),
+    )
+    assert diff < 1e-5 and read_arch(str(out)) == arch
+    assert (out / "model.onnx").is_file()
+
+
 def test_an_unfused_export_keeps_the_branches(tmp_path) -> None:
     model = _trained_like(LightViT(REP))
     out = tmp_path / "unfused"
