@@ -154,7 +154,9 @@ class Stage(nn.Module):
         """Run the stage, yielding (tokens, grid, sizes) after every block."""
         if self.transition is not None:
             x, hw = self.transition(x, hw)
-        carry = self.carry.expand(x.shape[0], -1, -1) if self.carry is not None else None
+        # repeat, not expand: under no_grad an expanded view of a parameter still claims to
+        # require grad, without a graph, which module hooks (FLOP counting) cannot take
+        carry = self.carry.repeat(x.shape[0], 1, 1) if self.carry is not None else None
         for i, block in enumerate(self.blocks):
             if carry is not None:
                 x, size, carry = block(x, hw, size, carry)
