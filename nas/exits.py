@@ -6,7 +6,9 @@ An image leaves at the first exit whose softmax confidence reaches that exit's t
 on a grid that keeps the validation accuracy of the dynamic model within `max_drop` of the
 full-depth accuracy. The expected latency is the sum over exits of the share of images leaving
 there times the measured latency of the path that stops there; it is checked against measuring
-the dynamic path on the validation images one by one.
+the dynamic path on the validation images one by one. A dynamic-resolution model's first pass
+is calibrated the same way (`calibrate_resolution`): the cheap low-resolution answer is taken
+when its confidence reaches a threshold, chosen on validation for the same accuracy drop.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nas.data import Dataset
 from nas.loader import eval_batches
 from nas.train import resize
 
-__all__ = ["ExitReport", "calibrate_exits"]
+__all__ = ["ExitReport", "ResolutionReport", "calibrate_exits", "calibrate_resolution"]
 
 GRID = [round(0.30 + 0.01 * i, 2) for i in range(71)]  # 0.30 ... 1.00
 NEVER = 2.0  # a threshold no softmax confidence reaches
@@ -148,5 +150,114 @@ def calibrate_exits(
         dynamic_accuracy=accuracy,
         path_latency_ms=paths,
         expected_latency_ms=expected,
+        measured_dynamic_ms=statistics.mean(times),
+    )
+
+
+@dataclass
+class ResolutionReport:
+    """What a dynamic-resolution model's first pass buys, calibrated on the validation split."""
+
+    side: int  # the first pass's input side
+    threshold: float | None  # None: the first pass never answers within the accuracy drop
+    low_accuracy: float  # the first pass alone, on the whole validation split
+    full_accuracy: float  # both passes (the final head, reusing the first pass's features)
+    dynamic_accuracy: float
+    second_pass_share: float  # share of validation images that needed the full resolution
+    low_latency_ms: float  # the first pass alone
+    both_latency_ms: float  # both passes (an image that needs the second)
+    full_only_latency_ms: float  # the full-resolution pass alone, for comparison
+    expected_latency_ms: float
+    measured_dynamic_ms: float  # mean of the dynamic path measured image by image
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class _Pass(torch.nn.Module):
+    """One way through a dynamic-resolution model: the first pass alone (`low`), both
+    (`both`, what `forward` runs), or the full resolution alone (`full`)."""
+
+    def __init__(self, model: torch.nn.Module, which: str) -> None:
+        super().__init__()
+        self.model, self.which = model, which
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if self.which == "low":
+            return m.head(m.low_resolution_features(x))
+        if self.which == "both":
+            return m(x)
+        for _, tokens, size in m.iter_blocks(x):  # noqa: B007 - the last block counts
+            pass
+        return m._final(tokens, size, None)
+
+
+@torch.no_grad()
+def calibrate_resolution(
+    model: torch.nn.Module,
+    data: Dataset,
+    *,
+    max_drop: float = 0.01,
+    img_size: int | None = None,
+    threads: int = 1,
+    measure_images: int = 100,
+    reference: Any = None,
+) -> ResolutionReport:
+    """Calibrate the confidence threshold at which a dynamic-resolution model's first pass
+    answers (the lowest on the grid that keeps the validation accuracy within `max_drop` of
+    both passes'), and measure what it buys: the expected latency (share answered at low
+    resolution x the first pass's latency + the rest x both passes'), checked against the
+    dynamic path measured image by image (CPU, `threads` threads, batch 1, drift-corrected
+    against `reference` when given). Exits do not fire here (`calibrate_exits` sets theirs)."""
+    model.eval()
+    confidence, correct = [], []
+    for xb, yb in eval_batches(data, "val"):
+        outputs = model.forward_passes(resize(xb, img_size))
+        probs = torch.stack([outputs[0].softmax(dim=-1), outputs[-1].softmax(dim=-1)])
+        confidence.append(probs.amax(dim=-1))
+        correct.append(probs.argmax(dim=-1) == yb[None])
+    conf, corr = torch.cat(confidence, dim=1), torch.cat(correct, dim=1)
+    full = corr[1].float().mean().item()
+    threshold = NEVER
+    for value in GRID:
+        if _dynamic(conf, corr, [value])[0] >= full - max_drop - 1e-9:
+            threshold = value
+            break
+    accuracy, share = _dynamic(conf, corr, [threshold])
+    size = img_size or data.img_size
+    input_size = (data.in_chans, size, size)
+    lat = {
+        which: measure_latency(
+            _Pass(model, which), input_size, threads=threads, reference=reference
+        ).median_ms
+        for which in ("low", "both", "full")
+    }
+    never_exit = [NEVER] * len(model.arch.exits)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    images, _ = data.tensors("val", n=measure_images)
+    try:
+        times = []
+        for i in range(len(images)):
+            image = resize(images[i : i + 1], img_size)
+            model.forward_dynamic(image, never_exit, threshold)  # warm
+            start = time.perf_counter()
+            model.forward_dynamic(image, never_exit, threshold)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    return ResolutionReport(
+        side=model.arch.dynamic_resolution,
+        threshold=min(threshold, 1.0) if threshold != NEVER else None,
+        low_accuracy=corr[0].float().mean().item(),
+        full_accuracy=full,
+        dynamic_accuracy=accuracy,
+        second_pass_share=share[1],
+        low_latency_ms=lat["low"],
+        both_latency_ms=lat["both"],
+        full_only_latency_ms=lat["full"],
+        expected_latency_ms=share[0] * lat["low"] + share[1] * lat["both"],
         measured_dynamic_ms=statistics.mean(times),
     )

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from nas import cost
 from nas.config import SearchConfig
 from nas.early_stop import dominated_reason
-from nas.exits import calibrate_exits
+from nas.exits import calibrate_exits, calibrate_resolution
 from nas.inputs import Inputs
 from nas.lifecycle import library_versions, trial_seed
 from nas.records import Status, TrialRecord, record_failure, set_status, write
@@ -431,4 +431,14 @@ class Objective:
                 reference=self.reference if cfg.latency.device == "cpu" else None,
             )
             write(trial, exits=report.to_dict())
+        if arch.dynamic_resolution:
+            report = calibrate_resolution(
+                model,
+                data,
+                max_drop=cfg.train.exit_max_drop,
+                img_size=arch.img_size,
+                threads=cfg.latency.threads,
+                reference=self.reference if cfg.latency.device == "cpu" else None,
+            )
+            write(trial, resolution=report.to_dict())
         return self._finish(trial, Status.TRAINED, candidate, result.val_acc, result.seconds)

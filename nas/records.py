@@ -92,6 +92,7 @@ KEYS = frozenset(
         "prescreen",
         "proxies",
         "reject_reason",
+        "resolution",
         "retry_of",
         "seed",
         "status",

@@ -80,6 +80,12 @@ def retrain(
         record["exits"] = calibrate_exits(
             model, data, max_drop=recipe.exit_max_drop, img_size=arch.img_size
         ).to_dict()
+    if arch.dynamic_resolution:
+        from nas.exits import calibrate_resolution
+
+        record["resolution"] = calibrate_resolution(
+            model, data, max_drop=recipe.exit_max_drop, img_size=arch.img_size
+        ).to_dict()
     save_timm_folder(
         model,
         out,

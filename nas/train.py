@@ -198,7 +198,7 @@ class _BatchLoss:
     teacher: nn.Module | None = None
     distill: DistillConfig | None = None
     hint: Any = None  # FeatureHint
-    exits: bool = False  # train the exit heads jointly
+    exits: bool = False  # train the exit heads (and a low-resolution pass) jointly
     dist_head: bool = False  # a distillation head learns the teacher's term
 
     def __call__(
@@ -216,8 +216,8 @@ class _BatchLoss:
             xb, target = self.mixup(xb, yb)
         hint_sum = 0.0
         with self.autocast:
-            if self.exits:
-                *early, final = self.model.forward_exits(resize(xb, self.img_size))
+            if self.exits:  # exit heads and a low-resolution pass learn beside the final head
+                *early, final = self.model.forward_passes(resize(xb, self.img_size))
             else:
                 early, final = [], self.model(resize(xb, self.img_size))
             final, student = final if self.dist_head else (final, final)
@@ -291,7 +291,9 @@ def _prepare_model(
         model.to(memory_format=memory_format)
     if teacher is not None:
         teacher.to(device).eval()
-    exits = bool(getattr(getattr(model, "arch", None), "exits", ()))  # train exit heads jointly
+    arch = getattr(model, "arch", None)
+    # exit heads and a dynamic-resolution first pass train jointly with the final head
+    exits = bool(getattr(arch, "exits", ())) or bool(getattr(arch, "dynamic_resolution", 0))
     dist_head = getattr(model, "head_dist", None) is not None
     if dist_head and teacher is None:
         if getattr(getattr(model, "arch", None), "distill_head", False):

@@ -27,7 +27,8 @@ Schema history:
        unchanged (every new field has a default that means "absent").
     3: distill_head (a second classifier trained on a teacher's predictions). Older configs read
        unchanged.
-    4: per stage shift_div (the `shift` mixer) and global_tokens (`mobileformer`). Fields
+    4: per stage shift_div (the `shift` mixer) and global_tokens (`mobileformer`);
+       dynamic_resolution (a low-resolution first pass). Fields
        added from schema 4 on are written only where they are set, and a config is written in
        the oldest schema that holds it: an architecture that uses no new block keeps the JSON
        (hence the hashes and cache keys) it had, and older versions of the tool still read it.
@@ -74,6 +75,7 @@ READABLE_SCHEMAS = (1, 2, 3, 4)
 # needs; written only where set, see the schema history above).
 _BASE_SCHEMA = 3
 _STAGE_FIELDS_SINCE = {"shift_div": 4, "global_tokens": 4}
+_ARCH_FIELDS_SINCE = {"dynamic_resolution": 4}
 
 ArchConfigError = TypeCheckError
 
@@ -377,7 +379,10 @@ class ArchConfig:
     `patch_size`; each downsampling stage halves that grid. `distill_head` adds a second
     classifier on the pooled features that learns from a teacher while the first learns the
     labels; at inference the two are averaged (DeiT's distillation token in the form LeViT gives
-    it for models without a class token).
+    it for models without a class token). `dynamic_resolution` (a multiple of `patch_size` below
+    `img_size`; 0: off) is the input side of a cheap first pass: `LightViT.forward_dynamic`
+    answers from it when it is confident enough and runs the full resolution only for the rest
+    (every block therefore has to run on both grids).
     """
 
     stages: tuple[StageConfig, ...]
@@ -389,10 +394,13 @@ class ArchConfig:
     num_classes: int = 10
     exits: tuple[int, ...] = ()
     distill_head: bool = False
+    dynamic_resolution: int = field(default=0, metadata={"omit_default": True})
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        _require_numbers(self, ("patch_size", "img_size", "in_chans", "num_classes"), ())
+        _require_numbers(
+            self, ("patch_size", "img_size", "in_chans", "num_classes", "dynamic_resolution"), ()
+        )
         if self.schema_version not in READABLE_SCHEMAS:
             raise ValueError(
                 f"schema_version {self.schema_version} is not supported (this version reads "
@@ -423,13 +431,25 @@ class ArchConfig:
                 f"{len(self.stages)} stages, above the limit of {ARCH_LIMITS['stages']} "
                 "(docs/limits.md)"
             )
-        grid = self.img_size // self.patch_size
-        for i, stage in enumerate(self.stages):
-            if stage.downsample:
-                if grid < 2:
-                    raise ValueError(f"stage {i + 1} downsamples a {grid}x{grid} grid")
-                grid = (grid + 1) // 2
-            self._check_stage(i, stage, grid)
+        if self.dynamic_resolution:
+            low = self.dynamic_resolution
+            if not self.patch_size <= low < self.img_size or low % self.patch_size:
+                raise ValueError(
+                    f"dynamic_resolution {low} must be a multiple of patch_size "
+                    f"{self.patch_size} below img_size {self.img_size}"
+                )
+        for size in (self.img_size, self.dynamic_resolution):  # every block runs at both
+            if not size:
+                continue
+            grid = size // self.patch_size
+            for i, stage in enumerate(self.stages):
+                if stage.downsample:
+                    if grid < 2:
+                        raise ValueError(
+                            f"stage {i + 1} downsamples a {grid}x{grid} grid (at {size}px)"
+                        )
+                    grid = (grid + 1) // 2
+                self._check_stage(i, stage, grid)
         if self.pos_enc in ATTENTION_POS_ENCS:
             if not any(s.mixer in POS_ATTENTION_MIXERS for s in self.stages):
                 raise ValueError(
@@ -485,6 +505,7 @@ class ArchConfig:
         """JSON values, in the oldest schema that holds this architecture (schema history)."""
         data = to_dict(self)
         used = [v for s in data["stages"] for f, v in _STAGE_FIELDS_SINCE.items() if f in s]
+        used += [v for f, v in _ARCH_FIELDS_SINCE.items() if f in data]
         data["schema_version"] = max([_BASE_SCHEMA, *used])
         return data
 
@@ -525,6 +546,8 @@ class ArchConfig:
             line += f" · exits@{','.join(map(str, self.exits))}"
         if self.distill_head:
             line += " · +dist"
+        if self.dynamic_resolution:
+            return f"{line} · {self.dynamic_resolution}→{self.img_size}px"
         return f"{line} · {self.img_size}px"
 
     def exit_stage_dims(self) -> list[int]:

@@ -230,9 +230,14 @@ class LightViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(in_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.head_dist = self._dist_head(cfg.num_classes)
+        # dynamic resolution: the low-resolution pass's pooled features, projected, join the
+        # full pass's before the classifier (feature reuse; zero at the start)
+        self.reuse = nn.Linear(in_dim, in_dim) if cfg.dynamic_resolution else None
         self.distilled_training = False
         self.pretrained_cfg = self.default_cfg = _cfg(cfg)
         self.apply(_init_weights)
+        if self.reuse is not None:
+            nn.init.zeros_(self.reuse.weight)
         self.reparameterized = False
         if reparameterized:
             self.reparameterize()
@@ -340,35 +345,86 @@ class LightViT(nn.Module):
         x = self.head_drop(pool_tokens(x, size))
         if pre_logits:
             return x
+        return self._logits(x)
+
+    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.head_dist is None:
-            return self.head(x)
-        logits, dist = self.head(x), self.head_dist(x)
+            return self.head(pooled)
+        logits, dist = self.head(pooled), self.head_dist(pooled)
         if self.distilled_training and self.training and not torch.jit.is_scripting():
             return logits, dist  # type: ignore[return-value] - the training loop takes both
         return (logits + dist) / 2
 
+    def _final(
+        self, tokens: torch.Tensor, size: torch.Tensor | None, low: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The final head on the last block's tokens, with the low-resolution pass's features
+        joined in (dynamic resolution)."""
+        pooled = pool_tokens(self.norm(tokens), size)
+        if low is not None:
+            pooled = pooled + self.reuse(low)
+        return self._logits(self.head_drop(pooled))
+
+    def low_resolution_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features of the whole model run on `x` resized to
+        `arch.dynamic_resolution` (the first, cheap pass)."""
+        side = self.arch.dynamic_resolution
+        small = torch.nn.functional.interpolate(
+            x, size=(side, side), mode="bilinear", align_corners=False
+        )
+        feats, size = self._run(small)
+        return pool_tokens(feats, size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reuse is not None:  # both passes: the low one, then the full one reusing it
+            low = self.low_resolution_features(x)
+            for _, tokens, size in self.iter_blocks(x):  # noqa: B007 - the last block counts
+                pass
+            return self._final(tokens, size, low)
         feats, size = self._run(x)
         return self.forward_head(feats, size=size)
+
+    def forward_passes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every prediction a training step learns from: the low-resolution pass's logits
+        (dynamic resolution), each exit's, then the final head's; in distilled training the
+        last is the (class, distillation) pair `forward` returns."""
+        outputs: list[torch.Tensor] = []
+        low = None
+        if self.reuse is not None:
+            low = self.low_resolution_features(x)
+            outputs.append(self.head(self.head_drop(low)))
+        exit_at = dict(zip(self.arch.exits, self.exits, strict=True))
+        for count, tokens, size in self.iter_blocks(x):
+            if count in exit_at:
+                outputs.append(exit_at[count](tokens, size))
+        outputs.append(self._final(tokens, size, low))
+        return outputs
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every exit head, in order, then of the final head (dynamic depth); in
         distilled training the last is the (class, distillation) pair `forward` returns."""
-        exit_at = dict(zip(self.arch.exits, self.exits, strict=True))
-        outputs: list[torch.Tensor] = []
-        for count, tokens, size in self.iter_blocks(x):
-            if count in exit_at:
-                outputs.append(exit_at[count](tokens, size))
-        outputs.append(self.forward_head(self.norm(tokens), size=size))
-        return outputs
+        outputs = self.forward_passes(x)
+        return outputs[1:] if self.reuse is not None else outputs
 
     def forward_dynamic(
-        self, x: torch.Tensor, thresholds: list[float]
+        self,
+        x: torch.Tensor,
+        thresholds: list[float],
+        resolution_threshold: float | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Early-exit inference: stop at the first exit whose softmax confidence reaches its
-        threshold (for a batch: when every image does), else run to the final head. Returns the
-        logits and the exit taken (`len(exits)` for the final head). Only the blocks up to that
-        exit run."""
+        """Dynamic inference. With dynamic resolution and a `resolution_threshold`, the
+        low-resolution pass answers first when its softmax confidence reaches it (for a batch:
+        when every image's does): exit -1. Otherwise early exits: stop at the first exit whose
+        confidence reaches its threshold, else run to the final head (which reuses the low
+        pass's features). Returns the logits and the exit taken (`len(exits)` for the final
+        head). Only what that answer needs runs."""
+        low = None
+        if self.reuse is not None:
+            low = self.low_resolution_features(x)
+            if resolution_threshold is not None:
+                logits = self.head(low)
+                if logits.softmax(dim=-1).amax(dim=-1).min() >= resolution_threshold:
+                    return logits, -1
         exit_at = {block: i for i, block in enumerate(self.arch.exits)}
         for count, tokens, size in self.iter_blocks(x):
             k = exit_at.get(count)
@@ -376,7 +432,7 @@ class LightViT(nn.Module):
                 logits = self.exits[k](tokens, size)
                 if logits.softmax(dim=-1).amax(dim=-1).min() >= thresholds[k]:
                     return logits, k
-        return self.forward_head(self.norm(tokens), size=size), len(self.arch.exits)
+        return self._final(tokens, size, low), len(self.arch.exits)
 
 
 def _init_weights(module: nn.Module) -> None:

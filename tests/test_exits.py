@@ -129,3 +129,70 @@ def test_a_search_records_the_exits_of_a_trial(tmp_path) -> None:
     report = done.user_attrs["exits"]
     assert len(report["share"]) == len(arch.exits) + 1
     assert report["expected_latency_ms"] <= max(report["path_latency_ms"]) + 1e-9
+
+
+DYNAMIC = ArchConfig(
+    stages=(StageConfig(1, 32, 2, 2.0, "mhsa"), StageConfig(1, 32, 2, 2.0, "dwconv")),
+    img_size=16,
+    patch_size=2,
+    pos_enc="learned",
+    dynamic_resolution=8,
+    num_classes=4,
+)
+
+
+def test_dynamic_resolution_answers_from_the_low_pass_only_when_it_is_confident() -> None:
+    """The first pass runs the whole model on the image resized to `dynamic_resolution`; a
+    confident one answers alone (exit -1, half the side: a quarter of the tokens), the others
+    run the full resolution too, whose head reuses the first pass's features; at the start the
+    reuse is zero, so the final head equals the full-resolution pass alone."""
+    model = LightViT(DYNAMIC).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        low = model.low_resolution_features(x)
+        logits, k = model.forward_dynamic(x, [], -1.0)
+        assert k == -1 and torch.allclose(logits, model.head(low))
+        assert _blocks_run(model, lambda: model.forward_dynamic(x, [], -1.0)) == 2
+        logits, k = model.forward_dynamic(x, [], 2.0)
+        assert k == 0 and torch.allclose(logits, model(x))
+        assert _blocks_run(model, lambda: model.forward_dynamic(x, [], 2.0)) == 4
+        first, final = model.forward_passes(x)
+        assert torch.allclose(first, model.head(low)) and torch.allclose(final, model(x))
+        from nas.exits import _Pass
+
+        alone = _Pass(model, "full")(x)  # the full resolution without the first pass
+        assert torch.allclose(alone, final)  # the reuse starts at zero
+    with pytest.raises(ValueError, match="dynamic_resolution 6 must be a multiple of patch_size"):
+        ArchConfig(stages=DYNAMIC.stages, img_size=16, patch_size=4, dynamic_resolution=6)
+    with pytest.raises(ValueError, match="window 4 must divide the 4x4 grid"):
+        ArchConfig(
+            stages=(StageConfig(1, 32, 2, 2.0, "window", window=4),),
+            img_size=32,
+            patch_size=4,
+            dynamic_resolution=16,
+        )
+
+
+def test_dynamic_resolution_trains_both_passes_and_is_calibrated_for_the_accuracy_drop(
+    data,
+) -> None:
+    """Training learns the first pass beside the final head (and the reuse), and the
+    calibration keeps the validation accuracy within the drop, with an expected latency
+    between the first pass's and both passes'."""
+    from nas.exits import calibrate_resolution
+
+    torch.manual_seed(0)
+    model = LightViT(DYNAMIC)
+    recipe = TrainConfig(epochs=3, batch_size=32, lr=3e-3, threads=1, device="cpu")
+    train_model(model, data, recipe, seed=0)
+    assert model.reuse.weight.abs().sum() > 0
+    report = calibrate_resolution(model, data, max_drop=0.05, measure_images=20)
+    assert report.side == 8 and 0 <= report.second_pass_share <= 1
+    assert report.low_accuracy > 0.4 and report.full_accuracy > 0.4  # 4 classes: chance 0.25
+    assert report.dynamic_accuracy >= report.full_accuracy - 0.05 - 1e-9
+    assert report.threshold is None or 0.3 <= report.threshold <= 1.0
+    lo, hi = sorted((report.low_latency_ms, report.both_latency_ms))
+    assert (
+        lo <= report.expected_latency_ms <= hi and report.low_latency_ms < report.both_latency_ms
+    )
+    assert report.measured_dynamic_ms > 0
