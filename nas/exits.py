@@ -92,6 +92,25 @@ def _dynamic(
     return acc, share
 
 
+def _one_by_one(call: Any, data: Dataset, img_size: int | None, threads: int, n: int) -> float:
+    """Mean latency in ms of `call` on the first `n` validation images one by one, each after
+    one warm-up call, on `threads` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    images, _ = data.tensors("val", n=n)
+    try:
+        times = []
+        for i in range(len(images)):
+            image = resize(images[i : i + 1], img_size)
+            call(image)  # warm
+            start = time.perf_counter()
+            call(image)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.mean(times)
+
+
 @torch.no_grad()
 def calibrate_exits(
     model: torch.nn.Module,
@@ -128,20 +147,10 @@ def calibrate_exits(
         for k in range(n_exits + 1)
     ]
     expected = sum(s * ms for s, ms in zip(share, paths, strict=True))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    images, _ = data.tensors("val", n=measure_images)
-    model.eval()  # batch norms must not learn from the images timed one by one
-    try:
-        times = []
-        for i in range(len(images)):
-            image = resize(images[i : i + 1], img_size)
-            model.forward_dynamic(image, thresholds)  # warm
-            start = time.perf_counter()
-            model.forward_dynamic(image, thresholds)
-            times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        torch.set_num_threads(previous)
+    measured = _one_by_one(
+        lambda image: model.forward_dynamic(image, thresholds), data, img_size, threads,
+        measure_images,
+    )  # fmt: skip
     return ExitReport(
         thresholds=[min(t, 1.0) if t != NEVER else None for t in thresholds],
         exit_accuracy=correct.float().mean(dim=1).tolist(),
@@ -150,7 +159,7 @@ def calibrate_exits(
         dynamic_accuracy=accuracy,
         path_latency_ms=paths,
         expected_latency_ms=expected,
-        measured_dynamic_ms=statistics.mean(times),
+        measured_dynamic_ms=measured,
     )
 
 
@@ -235,19 +244,10 @@ def calibrate_resolution(
         for which in ("low", "both", "full")
     }
     never_exit = [NEVER] * len(model.arch.exits)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    images, _ = data.tensors("val", n=measure_images)
-    try:
-        times = []
-        for i in range(len(images)):
-            image = resize(images[i : i + 1], img_size)
-            model.forward_dynamic(image, never_exit, threshold)  # warm
-            start = time.perf_counter()
-            model.forward_dynamic(image, never_exit, threshold)
-            times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        torch.set_num_threads(previous)
+    measured = _one_by_one(
+        lambda image: model.forward_dynamic(image, never_exit, threshold), data, img_size,
+        threads, measure_images,
+    )  # fmt: skip
     return ResolutionReport(
         side=model.arch.dynamic_resolution,
         threshold=min(threshold, 1.0) if threshold != NEVER else None,
@@ -259,5 +259,5 @@ def calibrate_resolution(
         both_latency_ms=lat["both"],
         full_only_latency_ms=lat["full"],
         expected_latency_ms=share[0] * lat["low"] + share[1] * lat["both"],
-        measured_dynamic_ms=statistics.mean(times),
+        measured_dynamic_ms=measured,
     )

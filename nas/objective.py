@@ -421,24 +421,18 @@ class Objective:
         )
         if self.teacher is not None:
             write(trial, distill={**self.teacher.info, **dataclasses.asdict(cfg.distill)})
-        if arch.exits:
-            report = calibrate_exits(
-                model,
-                data,
-                max_drop=cfg.train.exit_max_drop,
-                img_size=arch.img_size,
-                threads=cfg.latency.threads,
-                reference=self.reference if cfg.latency.device == "cpu" else None,
-            )
-            write(trial, exits=report.to_dict())
-        if arch.dynamic_resolution:
-            report = calibrate_resolution(
-                model,
-                data,
-                max_drop=cfg.train.exit_max_drop,
-                img_size=arch.img_size,
-                threads=cfg.latency.threads,
-                reference=self.reference if cfg.latency.device == "cpu" else None,
-            )
-            write(trial, resolution=report.to_dict())
+        for key, wanted, calibrate in (
+            ("exits", bool(arch.exits), calibrate_exits),
+            ("resolution", bool(arch.dynamic_resolution), calibrate_resolution),
+        ):
+            if wanted:  # thresholds for the accuracy drop, and the latency they buy
+                report = calibrate(
+                    model,
+                    data,
+                    max_drop=cfg.train.exit_max_drop,
+                    img_size=arch.img_size,
+                    threads=cfg.latency.threads,
+                    reference=self.reference if cfg.latency.device == "cpu" else None,
+                )
+                write(trial, **{key: report.to_dict()})
         return self._finish(trial, Status.TRAINED, candidate, result.val_acc, result.seconds)
