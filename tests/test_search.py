@@ -72,7 +72,7 @@ def test_over_budget_candidates_are_never_trained(tmp_path: Path, monkeypatch) -
         assert t.user_attrs["costs"]["params"] > 12000
         assert "train" not in t.user_attrs and "weights_artifact_id" not in t.user_attrs
         assert t.constraints["params"] > 0  # what the sampler learns from
-        assert t.user_attrs["budget_check_seconds"] < 1.0
+        assert t.user_attrs["budget_check_seconds"] > 0  # recorded; how long: benchmarks
     assert all(p <= 12000 for p in trained_params)
     assert len(trained_params) == run.trained == 8 - len(pruned)
 
