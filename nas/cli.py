@@ -70,6 +70,13 @@ class Search(Command):
             default=None,
             help="study-wide number of candidates (overrides study.n_trials)",
         )
+        parser.add_argument(
+            "--n-trained",
+            type=int,
+            default=None,
+            help="end once that many candidates are trained, however many the budgets "
+            "reject (overrides study.n_trained; study.n_trials caps all candidates)",
+        )
         parser.add_argument("--study", default=None, help="study name (overrides study.name)")
         parser.add_argument(
             "--workers",
@@ -83,8 +90,9 @@ class Search(Command):
 
     def take_action(self, args: argparse.Namespace) -> int:
         config = _load_config(args.config)
-        if args.n_trials is not None and args.n_trials < 1:
-            raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
+        for flag, value in (("--n-trials", args.n_trials), ("--n-trained", args.n_trained)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
         if args.workers is None:
             from nas.workers import default_workers
 
@@ -93,6 +101,7 @@ class Search(Command):
             raise ConfigError(f"--workers must be 1 to {MAX_WORKERS}, got {args.workers}")
         config = config.replace_study(
             n_trials=args.n_trials,
+            n_trained=args.n_trained,
             storage=args.storage,
             name=args.study,
             grace_period=args.grace_period,
@@ -257,9 +266,22 @@ def _search_here(config: Any, prog: str) -> int:
 
     from nas.callbacks import dashboard_hooks
     from nas.oneshot_retrain import retrains
-    from nas.study import create_or_resume_study, finished_count, prepare_inputs, run_search
+    from nas.study import (
+        create_or_resume_study,
+        finished_count,
+        prepare_inputs,
+        run_search,
+        trained_count,
+    )
 
-    target = config.study.n_trials
+    # the bar counts what ends the search: candidates, or trained ones with study.n_trained
+    by_trained = config.study.n_trained is not None
+    target = config.study.n_trained if by_trained else config.study.n_trials
+    counted = (
+        ("trained", "scored")
+        if by_trained
+        else ("trained", "scored", "infeasible", "stopped", "screened")
+    )
     bar: Any = None
     epoch_bar = _EpochBar()
 
@@ -282,19 +304,25 @@ def _search_here(config: Any, prog: str) -> int:
             )
         elif "record" in info:  # a trial ended: trained, scored, infeasible, stopped, ...
             bar.write(_trial_line(info["record"], info.get("val_acc")))
-            if kind != "failed":
+            if kind in counted:
                 bar.update(1)
 
     inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
     print(
         f"{prog}: study '{config.study.name}' in {_redact(config.study.storage_url)}, space "
-        f"'{config.space}', {_data_line(inputs.data, config)}, {target} candidates",
+        f"'{config.space}', {_data_line(inputs.data, config)}, "
+        + (
+            f"until {target} are trained (at most {config.study.n_trials} candidates)"
+            if by_trained
+            else f"{target} candidates"
+        ),
         file=sys.stderr,
     )
     study = create_or_resume_study(config)
-    done = finished_count(study)
+    done = trained_count(study) if by_trained else finished_count(study)
     if done:
-        print(f"resuming: {done} of {target} candidates already finished", file=sys.stderr)
+        what = "trained" if by_trained else "finished"
+        print(f"resuming: {done} of {target} candidates already {what}", file=sys.stderr)
     bar = tqdm(
         total=target,
         initial=min(done, target),
@@ -401,12 +429,13 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
     from tqdm import tqdm
 
     from nas.oneshot_retrain import retrains
-    from nas.records import TrialRecord
+    from nas.records import Status, TrialRecord
     from nas.study import (
         create_or_resume_study,
         finished_count,
         latency_reference,
         prepare_inputs,
+        trained_count,
     )
     from nas.workers import check_parallel_storage, core_shares, gpu_assignment, run_workers
 
@@ -414,7 +443,8 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
     inputs = prepare_inputs(config)  # bad data, tables or teachers fail here, not in N workers
     study = create_or_resume_study(config)
     latency_reference(study, config, inputs.table)  # calibrated once, before the workers start
-    target = config.study.n_trials
+    by_trained = config.study.n_trained is not None
+    target = config.study.n_trained if by_trained else config.study.n_trials
     shares = core_shares(n_workers)
     gpus = gpu_assignment(n_workers, config.train.device)
     on_gpus = (
@@ -424,10 +454,11 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         f"lvit search: study '{config.study.name}' in {_redact(config.study.storage_url)}, "
         f"{n_workers} worker processes on cores "
         + " | ".join(",".join(map(str, s)) for s in shares)
-        + f"{on_gpus}, {_data_line(inputs.data, config)}, {target} candidates",
+        + f"{on_gpus}, {_data_line(inputs.data, config)}, "
+        + (f"until {target} are trained" if by_trained else f"{target} candidates"),
         file=sys.stderr,
     )
-    done = finished_count(study)
+    done = trained_count(study) if by_trained else finished_count(study)
     bar = tqdm(total=target, initial=min(done, target), unit="trial", desc="search", disable=None)
     outcomes: dict[Any, int] = {}
 
@@ -435,7 +466,8 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         record = TrialRecord.of(trial)
         outcomes[record.status] = outcomes.get(record.status, 0) + 1
         bar.write(_trial_line(record))
-        bar.update(1)
+        if not by_trained or record.status in (Status.TRAINED, Status.SCORED):
+            bar.update(1)
 
     try:
         run = run_workers(config, n_workers, on_finished=on_finished, study=study, gpus=gpus)

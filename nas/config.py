@@ -170,6 +170,10 @@ def machine_cores() -> int:
 class StudyConfig:
     """The Optuna study. `n_trials` is the study-wide number of candidates (trained or rejected
     by the budgets); re-running the command resumes the study until it has that many.
+    `n_trained`: end the search once that many candidates are trained (or scored with a
+    supernet's weights) instead, however many the budgets rejected on the way (rejections cost
+    well under a second); `n_trials` then caps all candidates. With workers, each may finish
+    the trial it has started, so the count can pass `n_trained` by up to one per worker.
 
     `mode`: `multi` (the default) optimises `objectives`, accuracy against latency and optionally
     params, for a Pareto front; `single` maximises accuracy alone under the budgets, and then
@@ -184,6 +188,7 @@ class StudyConfig:
     storage: str | None = None  # default: sqlite:///runs/<name>.db
     artifacts: str | None = None  # default: runs/<name>-artifacts
     n_trials: int = 20
+    n_trained: int | None = None
     seed: int = 0
     mode: str = "multi"
     objectives: tuple[str, ...] | None = None  # multi mode; default [accuracy, latency_ms]
@@ -199,6 +204,13 @@ class StudyConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
         _positive("study", n_trials=self.n_trials, grace_period=self.grace_period)
+        if self.n_trained is not None:
+            _positive("study", n_trained=self.n_trained)
+            if self.n_trained > self.n_trials:
+                raise ValueError(
+                    f"study.n_trained {self.n_trained} needs study.n_trials >= it (the cap on "
+                    f"all candidates, trained or rejected; now {self.n_trials}): raise n_trials"
+                )
         _seed("study", self.seed)
         if self.pruner_args and self.pruner is None:
             raise ValueError("study.pruner_args need a study.pruner (single mode)")

@@ -31,6 +31,7 @@ __all__ = [
     "set_status",
     "set_stored_status",
     "trial_counts",
+    "trained_count",
     "write",
 ]
 
@@ -230,6 +231,14 @@ def curve_of(trial: FrozenTrial | optuna.Trial) -> list[float]:
     if history:
         return [h["val_acc"] for h in history]
     return list(trial.user_attrs.get("curve", []))
+
+
+def trained_count(study: optuna.Study) -> int:
+    """Candidates trained, or scored with a supernet's weights (what `study.n_trained`
+    counts)."""
+    done = (Status.TRAINED, Status.SCORED)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(TrialRecord.of(t).status in done for t in trials)
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -64,7 +64,7 @@ from nas.lifecycle import (
 )
 from nas.objective import Objective, Surplus, TrialHook
 from nas.prescreen import prescreen_round
-from nas.records import FINISHED, fail_reason, finished_count, trial_counts
+from nas.records import FINISHED, fail_reason, finished_count, trained_count, trial_counts
 from nas.train import TrainingFailed
 
 # The engine's front door: what a caller needs to run a search, from here.
@@ -81,6 +81,7 @@ __all__ = [
     "objectives",
     "prepare_inputs",
     "run_search",
+    "trained_count",
     "trial_counts",
     "trial_seed",
 ]
@@ -113,7 +114,8 @@ def run_search(
     poll_seconds: float = 2.0,
     hooks: Sequence[TrialHook] = (),
 ) -> SearchRun:
-    """Run (or resume) the search until the study has `config.study.n_trials` finished trials,
+    """Run (or resume) the search until the study has `config.study.n_trials` finished trials
+    (or `n_trained` trained ones, when set),
     counted study-wide: several processes may run this on one study (workers), and together
     they finish exactly that many. When the last places are held by other workers' running
     trials, this one waits (`poll_seconds`) in case one of them dies and is retried.
@@ -145,11 +147,13 @@ def run_search(
         record("reference", {"reference": reference})
     objective = Objective(config, inputs, store, record, reference, hooks)
     start = time.perf_counter()
-    n_trials = config.study.n_trials
+    n_trials, n_trained = config.study.n_trials, config.study.n_trained
     try:
         while True:
             counts = trial_counts(study)
             if counts["finished"] >= n_trials:
+                break
+            if n_trained is not None and trained_count(study) >= n_trained:
                 break
             if run.failed > n_trials:
                 raise SearchFailed(_failed_message(study, run))

@@ -37,7 +37,14 @@ from nas.errors import UserError
 from nas.optuna_api import storage_of, trial_id
 from nas.records import Status, TrialRecord, set_stored_status
 from nas.storage import RetryStaleTrial
-from nas.study import FINISHED, create_or_resume_study, prepare_inputs, run_search, trial_counts
+from nas.study import (
+    FINISHED,
+    create_or_resume_study,
+    prepare_inputs,
+    run_search,
+    trained_count,
+    trial_counts,
+)
 
 __all__ = [
     "WorkersRun",
@@ -177,12 +184,12 @@ def run_workers(
                     run.recovered += recover_dead_worker(study, process.pid)
                     if process.exitcode > 0:  # it raised: restarting would raise again
                         run.errors.append(process.exitcode)
-                    elif trial_counts(study)["finished"] < config.study.n_trials:
+                    elif not _reached(study, config):
                         run.restarted += 1  # killed by a signal (SIGKILL, out of memory)
                         alive.append((start(slot), slot))
             processes = alive
             if not processes:
-                if trial_counts(study)["finished"] < config.study.n_trials:
+                if not _reached(study, config):
                     raise UserError(
                         f"{len(run.errors)} of the worker processes stopped with an error "
                         "(printed above) before the study reached its count"
@@ -212,6 +219,14 @@ def _report(
             reported.add(t.number)
             if on_finished is not None:
                 on_finished(t)
+
+
+def _reached(study: optuna.Study, config: SearchConfig) -> bool:
+    """Whether the study has its count: `n_trials` finished, or `n_trained` trained."""
+    n_trained = config.study.n_trained
+    if n_trained is not None and trained_count(study) >= n_trained:
+        return True
+    return trial_counts(study)["finished"] >= config.study.n_trials
 
 
 def recover_dead_worker(study: optuna.Study, pid: int | None, retry: bool = True) -> list[int]:

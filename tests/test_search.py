@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 import nas.objective
 import nas.report
 from nas.cli import main
-from nas.config import load_config
+from nas.config import ConfigError, load_config
 from nas.data import load_dataset
 from nas.export import export_trial, load_trial_model
 from nas.report import pareto_plot
@@ -75,6 +75,23 @@ def test_over_budget_candidates_are_never_trained(tmp_path: Path, monkeypatch) -
         assert t.user_attrs["budget_check_seconds"] > 0  # recorded; how long: benchmarks
     assert all(p <= 12000 for p in trained_params)
     assert len(trained_params) == run.trained == 8 - len(pruned)
+
+
+def test_n_trained_ends_the_search_after_that_many_trained_candidates(tmp_path: Path) -> None:
+    """`study.n_trained`: the search stops at N trained candidates however many the budgets
+    rejected on the way, `n_trials` caps them all, and a resumed run trains the rest."""
+    budget = "budget: {max_params: 12000, max_latency_ms: 50.0}"
+    config = load_config(write_config(tmp_path, budget=budget)).replace_study(
+        n_trials=40, n_trained=3
+    )
+    run = run_search(config)
+    trials = run.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert run.trained == 3 and run.infeasible >= 1 and len(trials) < 40
+    assert len(trials) == run.trained + run.infeasible + run.stopped
+    again = run_search(config.replace_study(n_trained=4))
+    assert again.trained == 1
+    with pytest.raises(ConfigError, match="study.n_trained 50 needs study.n_trials >= it"):
+        config.replace_study(n_trained=50)
 
 
 def test_rerunning_resumes_the_same_study(tmp_path: Path, capsys) -> None:
