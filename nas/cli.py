@@ -363,6 +363,8 @@ def _search_here(config: Any, prog: str) -> int:
     )
     if retrains(config):
         return _retrain_best(config, run.study, inputs, line)
+    if _confirm(config, run.study, inputs) == 130:
+        return 130
     _summary(run.study, config, line)
     return 0
 
@@ -490,6 +492,8 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
     line = f"This run: {counts} with {n_workers} workers in {_duration(run.seconds)}{recovered}."
     if retrains(config):
         return _retrain_best(config, run.study, prepare_inputs(config), line)
+    if _confirm(config, run.study, prepare_inputs(config)) == 130:
+        return 130
     _summary(run.study, config, line)
     return 0
 
@@ -509,6 +513,42 @@ def _interrupted(prog: str, study: Any, config: Any) -> None:
         "failed. Run the same command to resume.",
         file=sys.stderr,
     )
+
+
+def _confirm(config: Any, study: Any, inputs: Any) -> int:
+    """After the search: the front's best retrained with more seeds (study.confirm_top_k),
+    with a bar and a line each; 130 when interrupted (what is done is kept)."""
+    from tqdm import tqdm
+
+    from nas.confirm import confirm_front, pending
+
+    todo = pending(config, study)
+    if not todo:
+        return 0
+    bar = tqdm(total=len(todo), unit="training", desc="confirm", disable=None, dynamic_ncols=True)
+
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        number = info["trial"]
+        search = study.trials[number].values[0]
+        bar.write(
+            f"  #{number:<3} confirmed acc {info['val_acc']:.4f} with seed {info['seed']} "
+            f"(the search's training: {search:.4f})"
+        )
+        bar.update(1)
+
+    try:
+        confirm_front(config, study, inputs, on_event)
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"\nlvit search: confirmation interrupted; {len(todo) - len(pending(config, study))}"
+            f" of {len(todo)} trainings done and kept; re-run the command to finish it",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        bar.close()
+    return 0
 
 
 def _summary(study: Any, config: Any, line: str) -> None:

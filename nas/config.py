@@ -71,6 +71,9 @@ __all__ = [
 # it could say so; docs/limits.md lists them (a test keeps the two equal).
 LIMITS: dict[str, float] = {
     "study.n_trials": 1_000_000,
+    "study.n_trained": 1_000_000,
+    "study.confirm_top_k": 1_000,
+    "study.confirm_seeds": 100,
     "study.grace_period": 86_400,
     "data.img_size": MAX_IMG_SIZE,
     "data.num_classes": MAX_CLASSES,
@@ -174,6 +177,9 @@ class StudyConfig:
     supernet's weights) instead, however many the budgets rejected on the way (rejections cost
     well under a second); `n_trials` then caps all candidates. With workers, each may finish
     the trial it has started, so the count can pass `n_trained` by up to one per worker.
+    `confirm_top_k`: once the search has its count, retrain the front's K most accurate
+    candidates with `confirm_seeds` more seeds each (nas.confirm); reports give their mean ± sd
+    and the best by the mean.
 
     `mode`: `multi` (the default) optimises `objectives`, accuracy against latency and optionally
     params, for a Pareto front; `single` maximises accuracy alone under the budgets, and then
@@ -189,6 +195,8 @@ class StudyConfig:
     artifacts: str | None = None  # default: runs/<name>-artifacts
     n_trials: int = 20
     n_trained: int | None = None
+    confirm_top_k: int = 0
+    confirm_seeds: int = 2
     seed: int = 0
     mode: str = "multi"
     objectives: tuple[str, ...] | None = None  # multi mode; default [accuracy, latency_ms]
@@ -204,6 +212,10 @@ class StudyConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
         _positive("study", n_trials=self.n_trials, grace_period=self.grace_period)
+        _positive("study", confirm_seeds=self.confirm_seeds)
+        if self.confirm_top_k < 0:
+            raise ValueError(f"study.confirm_top_k must be >= 0, got {self.confirm_top_k}")
+        _within("study", confirm_top_k=self.confirm_top_k)
         if self.n_trained is not None:
             _positive("study", n_trained=self.n_trained)
             if self.n_trained > self.n_trials:

@@ -102,7 +102,7 @@ def _make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
 
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that define a study's results: n_trials and n_trained may grow on
-    resume, the
+    resume, the confirmation (confirm_*) is for after the search, the
     storage URL differs between machines, the grace period is each process's own, each
     worker sets its own training threads and loader processes and holds the data as its
     memory allows, and the retrain section is for after the search."""
@@ -110,6 +110,7 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
         k: v
         for k, v in config_dict["study"].items()
         if k not in ("n_trials", "n_trained", "storage", "grace_period")
+        and not k.startswith("confirm_")
     }
     train = {k: v for k, v in config_dict.get("train", {}).items() if k != "threads"}
     data = {k: v for k, v in config_dict.get("data", {}).items() if k not in ("workers", "cache")}

@@ -20,7 +20,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
+    "CONFIRMATIONS",
     "FINISHED",
+    "confirmations",
+    "confirmed_accuracy",
     "KEYS",
     "Status",
     "TrialRecord",
@@ -231,6 +234,28 @@ def curve_of(trial: FrozenTrial | optuna.Trial) -> list[float]:
     if history:
         return [h["val_acc"] for h in history]
     return list(trial.user_attrs.get("curve", []))
+
+
+# The study attribute holding the confirmation trainings of `nas.confirm`: {trial number:
+# {"seeds": [...], "val_acc": [...]}} (a finished trial takes no new attributes).
+CONFIRMATIONS = "confirmations"
+
+
+def confirmations(study: optuna.Study) -> dict[int, dict[str, list]]:
+    """The confirmation trainings recorded on `study`, by trial number."""
+    return {int(n): e for n, e in study.user_attrs.get(CONFIRMATIONS, {}).items()}
+
+
+def confirmed_accuracy(study: optuna.Study, r: TrialRecord) -> tuple[float, float, int] | None:
+    """(mean, sd, n) of a trained trial's validation accuracy over the search's training and
+    its confirmations; None for a trial without confirmations."""
+    import statistics
+
+    entry = confirmations(study).get(r.number)
+    if not entry or r.accuracy is None:
+        return None
+    accs = [r.accuracy, *entry["val_acc"]]
+    return statistics.mean(accs), statistics.stdev(accs), len(accs)
 
 
 def trained_count(study: optuna.Study) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas.records import Status, TrialRecord, fail_reason
+from nas.records import Status, TrialRecord, confirmed_accuracy, fail_reason
 
 __all__ = [
     "drift_line",
@@ -110,17 +110,23 @@ def front_table(study: optuna.Study) -> str:
     counts = {s: sum(r.status is s for r in recs) for s in (Status.STOPPED, Status.SCREENED)}
     others = "".join(f", {n} {s}" for s, n in counts.items() if n)
     infeasible = sum(r.status is Status.INFEASIBLE for r in recs)
+    confirmed = {r.number: confirmed_accuracy(study, r) for r in front}
+    shown = any(confirmed.values())
     lines = [
         f"Pareto front of study '{study.study_name}' (accuracy up, latency down): "
         f"{len(front)} of {trained} trained trials; {infeasible} {Status.INFEASIBLE.words}"
         f"{others}",
-        f"{'trial':>5}  {'val acc':>7}  {'latency':>10}  {'params':>7}  {'FLOPs':>7}  "
-        "architecture",
+        f"{'trial':>5}  {'val acc':>7}  "
+        + (f"{'confirmed, mean ± sd (n)':>24}  " if shown else "")
+        + f"{'latency':>10}  {'params':>7}  {'FLOPs':>7}  architecture",
     ]
     for r in front:
+        c = confirmed[r.number]
+        mean = f"{c[0]:.4f} ± {c[1]:.4f} ({c[2]})" if c else "-"
         lines.append(
-            f"{r.number:>5}  {r.accuracy:>7.4f}  {r.latency_ms:>7.3f} ms  {_si(r.params):>7}"
-            f"  {_si(r.flops):>7}  {r.arch_line}"
+            f"{r.number:>5}  {r.accuracy:>7.4f}  "
+            + (f"{mean:>24}  " if shown else "")
+            + f"{r.latency_ms:>7.3f} ms  {_si(r.params):>7}  {_si(r.flops):>7}  {r.arch_line}"
         )
     if not front:
         lines.append("  (no trained trial yet: loosen the budgets or run more trials)")
@@ -342,6 +348,21 @@ def study_summary(study: optuna.Study) -> str:
             f"best feasible: trial {best.number}, validation accuracy {best.accuracy:.4f}, "
             f"{best.latency_ms:.3f} ms, {best.params:,} params, {best.arch_line}"
         )
+        confirmed = {r.number: c for r in front if (c := confirmed_accuracy(study, r)) is not None}
+        if confirmed:  # the best by the confirmed mean, and the search's optimism about it
+            number = max(confirmed, key=lambda n: confirmed[n][0])
+            mean, sd, n = confirmed[number]
+            chosen = next(r for r in front if r.number == number)
+            line = (
+                f"best by confirmed mean: trial {number}, {mean:.4f} ± {sd:.4f} over {n} "
+                f"trainings ({chosen.latency_ms:.3f} ms)"
+            )
+            if best.number in confirmed:  # the winner's curse
+                line += (
+                    f"; the search's best scored {best.accuracy:.4f} once, "
+                    f"{confirmed[best.number][0]:.4f} on average"
+                )
+            lines.append(line)
         budget = _budgets(study).get("max_latency_ms")
         ref = budget if budget is not None else max(r.latency_ms for r in recs) * 1.1
         area = hypervolume([(r.accuracy, r.latency_ms) for r in front], ref)

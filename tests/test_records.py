@@ -116,3 +116,40 @@ def test_hooks_run_once_per_ended_trial_and_nothing_else_is_added(tmp_path: Path
         assert not get_note(optuna.Trial(run.study, t._trial_id))
         names = {m.filename for m in get_all_artifact_meta(t, storage=run.study._storage)}
         assert "architecture.png" not in names
+
+
+def test_confirmation_retrains_the_front_with_more_seeds_and_reports_the_mean(
+    tmp_path: Path, capsys
+) -> None:
+    """`study.confirm_top_k`: the front's best retrained with more seeds after the search,
+    each training kept on the study as it ends (a re-run trains nothing again); the front
+    table and `lvit status` give mean ± sd and the best by the mean."""
+    from nas.cli import main
+    from nas.confirm import confirm_front, pending
+    from nas.report import front_table, pareto_front, study_summary
+    from nas.study import prepare_inputs
+
+    study_yaml = f"""study:
+      name: confirm
+      storage: sqlite:///{tmp_path}/study.db
+      artifacts: {tmp_path}/artifacts
+      n_trials: 4
+      confirm_top_k: 2
+      confirm_seeds: 1"""
+    config = load_config(write_config(tmp_path, "confirm", study=study_yaml))
+    assert main(["search", str(tmp_path / "confirm.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "confirmed, mean ± sd (n)" in out
+    study = optuna.load_study(study_name="confirm", storage=config.study.storage_url)
+    front = pareto_front(study)
+    from nas.records import confirmations
+
+    stored = confirmations(study)
+    assert sorted(stored) == sorted(r.number for r in front[:2])
+    assert all(len(e["val_acc"]) == 1 and 0 <= e["val_acc"][0] <= 1 for e in stored.values())
+    assert not pending(config, study)
+    calls = []
+    assert confirm_front(config, study, prepare_inputs(config), lambda *a: calls.append(a))
+    assert not calls  # resumed: nothing left to train
+    assert "± " in front_table(study) and "(2)" in front_table(study)
+    assert "best by confirmed mean: trial" in study_summary(study)
