@@ -177,9 +177,12 @@ class StudyConfig:
     supernet's weights) instead, however many the budgets rejected on the way (rejections cost
     well under a second); `n_trials` then caps all candidates. With workers, each may finish
     the trial it has started, so the count can pass `n_trained` by up to one per worker.
-    `confirm_top_k`: once the search has its count, retrain the front's K most accurate
-    candidates with `confirm_seeds` more seeds each (nas.confirm); reports give their mean ± sd
-    and the best by the mean.
+    `warm_start`: `baselines` enqueues the hand-designed families scaled to the parameter
+    budget (as the survey space's nearest points) before the sampler's own proposals;
+    `study:NAME` the Pareto front of an earlier study of the same space in the same storage
+    (nas.warm_start). `confirm_top_k`: once the search has its count, retrain the front's K
+    most accurate candidates with `confirm_seeds` more seeds each (nas.confirm); reports give
+    their mean ± sd and the best by the mean.
 
     `mode`: `multi` (the default) optimises `objectives`, accuracy against latency and optionally
     params, for a Pareto front; `single` maximises accuracy alone under the budgets, and then
@@ -195,6 +198,7 @@ class StudyConfig:
     artifacts: str | None = None  # default: runs/<name>-artifacts
     n_trials: int = 20
     n_trained: int | None = None
+    warm_start: str | None = None
     confirm_top_k: int = 0
     confirm_seeds: int = 2
     seed: int = 0

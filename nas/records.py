@@ -103,6 +103,7 @@ KEYS = frozenset(
         "stop_reason",
         "train",
         "versions",
+        "warm_start",
         "weights_artifact_id",
         "worker",
     }

@@ -66,6 +66,7 @@ from nas.objective import Objective, Surplus, TrialHook
 from nas.prescreen import prescreen_round
 from nas.records import FINISHED, fail_reason, finished_count, trained_count, trial_counts
 from nas.train import TrainingFailed
+from nas.warm_start import enqueue_warm_start
 
 # The engine's front door: what a caller needs to run a search, from here.
 __all__ = [
@@ -142,6 +143,7 @@ def run_search(
         if on_event is not None:
             on_event(kind, info)
 
+    enqueue_warm_start(config, study, inputs.data)  # once, into a study with no trial yet
     reference = latency_reference(study, config, inputs.table)
     if reference is not None:
         record("reference", {"reference": reference})

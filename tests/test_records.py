@@ -153,3 +153,33 @@ def test_confirmation_retrains_the_front_with_more_seeds_and_reports_the_mean(
     assert not calls  # resumed: nothing left to train
     assert "± " in front_table(study) and "(2)" in front_table(study)
     assert "best by confirmed mean: trial" in study_summary(study)
+
+
+def test_a_warm_start_enqueues_the_families_then_an_earlier_front(tmp_path: Path) -> None:
+    """`study.warm_start: baselines` puts the hand-designed families, scaled to the budget,
+    first (as the survey space's nearest points, each marked exact or not); `study:NAME`
+    starts a second study from the first one's front; each is enqueued once."""
+    from search_spaces.baselines import BASELINES
+
+    study_yaml = f"""study:
+      name: warm
+      storage: sqlite:///{tmp_path}/study.db
+      artifacts: {tmp_path}/artifacts
+      n_trials: 3
+      warm_start: baselines"""
+    budget = "budget: {max_params: 200000, max_latency_ms: 100.0}"
+    config = load_config(
+        write_config(tmp_path, "warm", study=study_yaml, space="space: survey", budget=budget)
+    )
+    run = run_search(config)
+    trials = run.study.get_trials()
+    origins = [t.user_attrs.get("warm_start") for t in trials]
+    assert all(o is not None and o["from"] in BASELINES for o in origins[:3])
+    queued = run.study.get_trials(states=(TrialState.WAITING,))
+    assert len(trials) >= 3 and all(t.user_attrs["warm_start"] for t in queued)
+    assert {"exact"} <= set(origins[0])
+    again = run_search(config.replace_study(n_trials=4))  # not enqueued a second time
+    assert len(again.study.get_trials()) == max(len(trials), 4)
+    second = config.replace_study(name="warm2", warm_start="study:warm", n_trials=2)
+    follow = run_search(second).study.trials
+    assert follow[0].user_attrs["warm_start"]["from"] == "study:warm"

@@ -70,6 +70,61 @@ class SurveySpace(StagedSpace):
             + " macro structure, 2 input resolutions"
         )
 
+    def nearest_params(self, arch: ArchConfig, img_size: int) -> dict[str, Any]:
+        """Parameters of this space whose architecture is the one nearest `arch` (for warm
+        starts): its stem, stride, encoding, structure and mixers where the space has them,
+        and the space's widths, depths, heads, ratios and options closest to its own; no token
+        reduction, no exits. `sample(FixedTrial(...))` rebuilds it; it is `arch` itself when
+        `arch` is a point of the space."""
+
+        def near(value: float, options: tuple) -> Any:
+            return min(options, key=lambda o: (abs(o - value), o))
+
+        many = len(arch.stages) > 1
+        macro = ("hierarchical" if many else "isotropic") if len(self.macros) > 1 else None
+        if macro is None:
+            many = self.macros[0] == "hierarchical"
+        params: dict[str, Any] = {
+            "stem": arch.stem if arch.stem in self.stems else self.stems[0],
+            "patch_size": near(arch.patch_size, self.patch_sizes),
+            "resolution": near(arch.img_size / img_size, self.resolutions),
+            "pos_enc": arch.pos_enc if arch.pos_enc in self.pos_encs else "none",
+            "num_exits": 0,
+        }
+        if macro is not None:
+            params["macro"] = macro
+        stages = arch.stages
+        if many:
+            params["num_stages"] = min(max(len(stages), 2), 3)
+            stages = (stages + stages[-1:] * 3)[: params["num_stages"]]
+        else:
+            stages = stages[:1]
+        for i, s in enumerate(stages, 1):
+            spec = MIXER_SPECS.get(s.mixer)
+            mixer = s.mixer if s.mixer in self.mixers else "mhsa"
+            params[f"stage{i}.mixer"] = mixer
+            if many:
+                params[f"stage{i}.depth"] = min(
+                    max(s.depth, self.hierarchical_depth[0]), self.hierarchical_depth[1]
+                )
+            else:
+                params["depth"] = min(
+                    max(s.depth, self.isotropic_depth[0]), self.isotropic_depth[1]
+                )
+            dim = near(s.dim, self.dims)
+            params[f"stage{i}.dim"] = dim
+            fitting = tuple(h for h in self.heads if dim % h == 0) or self.heads
+            params[f"stage{i}.heads"] = near(s.heads, fitting)
+            params[f"stage{i}.mlp_ratio"] = near(s.mlp_ratio, self.mlp_ratios)
+            spec = MIXER_SPECS[mixer]
+            if spec.option:
+                value = getattr(s, spec.option) if s.mixer == mixer else spec.choices[0]
+                params[f"stage{i}.{spec.option}"] = near(value, spec.choices)
+            params[f"stage{i}.reduction"] = "none"
+        if "dynamic_resolution" in self.choices(img_size):  # version 2 asks it
+            params["dynamic_resolution"] = "off"
+        return params
+
     def sample_globals(self, trial: TrialLike, img_size: int) -> dict[str, Any]:
         stem = trial.suggest_categorical("stem", self.stems)
         patch = trial.suggest_categorical("patch_size", self.patch_sizes)
