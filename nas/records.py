@@ -101,6 +101,7 @@ KEYS = frozenset(
         "seed",
         "status",
         "stop_reason",
+        "table",
         "train",
         "versions",
         "warm_start",

@@ -102,6 +102,11 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def flops(r: TrialRecord) -> str:
+    """A trial's FLOPs for a table, `-` where none were counted (a tabular benchmark's)."""
+    return _si(r.flops) if "flops" in r.costs else "-"
+
+
 def front_table(study: optuna.Study) -> str:
     """The Pareto front as a fixed-width table, one architecture per line."""
     recs = records(study)
@@ -126,7 +131,7 @@ def front_table(study: optuna.Study) -> str:
         lines.append(
             f"{r.number:>5}  {r.accuracy:>7.4f}  "
             + (f"{mean:>24}  " if shown else "")
-            + f"{r.latency_ms:>7.3f} ms  {_si(r.params):>7}  {_si(r.flops):>7}  {r.arch_line}"
+            + f"{r.latency_ms:>7.3f} ms  {_si(r.params):>7}  {flops(r):>7}  {r.arch_line}"
         )
     if not front:
         lines.append("  (no trained trial yet: loosen the budgets or run more trials)")
@@ -137,6 +142,8 @@ def latency_label(study: optuna.Study) -> str:
     """What the latency axis shows: the device, threads and batch, measured or predicted."""
     config = study.user_attrs.get("config", {})
     lat, budget = config.get("latency", {}), config.get("budget", {})
+    if config.get("evaluation") == "table":
+        return f"latency as NAS-Bench-201 records it (ms, its GPU; table {config.get('table')})"
     source = budget.get("latency_source", "measured")
     how = "predicted by a lookup table" if isinstance(source, dict) else "measured, median"
     return (

@@ -144,10 +144,16 @@ def run_search(
             on_event(kind, info)
 
     enqueue_warm_start(config, study, inputs.data)  # once, into a study with no trial yet
-    reference = latency_reference(study, config, inputs.table)
+    tabular = config.evaluation == "table"  # latency is the table's: nothing to normalise
+    reference = None if tabular else latency_reference(study, config, inputs.table)
     if reference is not None:
         record("reference", {"reference": reference})
-    objective = Objective(config, inputs, store, record, reference, hooks)
+    if tabular:
+        from nas.tabular import TableObjective
+
+        objective = TableObjective(config, inputs, store, record, None, hooks)
+    else:
+        objective = Objective(config, inputs, store, record, reference, hooks)
     start = time.perf_counter()
     n_trials, n_trained = config.study.n_trials, config.study.n_trained
     try:
