@@ -30,6 +30,7 @@ __all__ = [
     "curve_of",
     "fail_reason",
     "finished_count",
+    "nondominated",
     "record_failure",
     "set_status",
     "set_stored_status",
@@ -214,6 +215,16 @@ class TrialRecord:
     def seconds(self) -> float:
         """Training (or supernet scoring) time."""
         return float((self.train or self.inherited).get("seconds", 0.0))
+
+
+def nondominated(recs: list[TrialRecord]) -> list[TrialRecord]:
+    """The records not dominated in (accuracy up, latency down), best accuracy first; of equal
+    points the earliest trial is kept."""
+    front: list[TrialRecord] = []
+    for r in sorted(recs, key=lambda r: (-r.accuracy, r.latency_ms, r.number)):
+        if not front or r.latency_ms < front[-1].latency_ms:
+            front.append(r)
+    return front
 
 
 def record_failure(trial: optuna.Trial, error: BaseException) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas.records import Status, TrialRecord, confirmed_accuracy, fail_reason
+from nas.records import Status, TrialRecord, confirmed_accuracy, fail_reason, nondominated
 
 __all__ = [
     "drift_line",
@@ -47,16 +47,6 @@ def pareto_front(study: optuna.Study) -> list[TrialRecord]:
     """The trained trials (so within the budgets) that no other trained trial beats on both
     accuracy and latency, best accuracy first; the same in single and multi mode."""
     return nondominated([r for r in records(study) if r.accuracy is not None])
-
-
-def nondominated(recs: list[TrialRecord]) -> list[TrialRecord]:
-    """The records not dominated in (accuracy up, latency down), best accuracy first; of equal
-    points the earliest trial is kept."""
-    front: list[TrialRecord] = []
-    for r in sorted(recs, key=lambda r: (-r.accuracy, r.latency_ms, r.number)):
-        if not front or r.latency_ms < front[-1].latency_ms:
-            front.append(r)
-    return front
 
 
 def hypervolume(points: list[tuple[float, float]], max_latency_ms: float) -> float:
