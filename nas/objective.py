@@ -36,7 +36,7 @@ from nas.train import TrainingFailed, evaluate, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
 
-__all__ = ["Candidate", "Objective", "Surplus", "TrialHook"]
+__all__ = ["Candidate", "Duplicate", "Objective", "Surplus", "TrialHook"]
 
 # Called with a trial whose record is complete, and its objective values (None when it was not
 # trained or scored), before the trial is told.
@@ -52,6 +52,15 @@ class Candidate:
     costs: dict[str, Any]
     seed: int
     proxies: dict[str, Any] | None = None
+
+
+class Duplicate(Exception):
+    """Raised by `propose` for an architecture a trained trial has already: the trial's
+    record is complete (`status: duplicate`) and `values` are the earlier trial's."""
+
+    def __init__(self, values: float | tuple[float, ...]) -> None:
+        super().__init__("an architecture already trained")
+        self.values = values
 
 
 class Surplus(Exception):
@@ -110,6 +119,8 @@ class Objective:
             if self.supernet is not None:
                 return self.score(trial, candidate)
             return self.train(trial, candidate)
+        except Duplicate as d:  # the earlier trial's result, reused
+            return d.values
         except optuna.TrialPruned:
             raise
         except BaseException as e:  # Ctrl-C, a lost storage, a bug: the trial says why it failed
@@ -118,7 +129,8 @@ class Objective:
 
     def propose(self, trial: optuna.Trial) -> Candidate:
         """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
-        raises `optuna.TrialPruned` when it is over a budget."""
+        raises `optuna.TrialPruned` when it is over a budget, `Duplicate` when its
+        architecture was trained already (and `study.repeats` is off)."""
         cfg, data = self.config, self.data
         _claim(trial, cfg.study.n_trials)
         worker = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -139,6 +151,8 @@ class Objective:
             data=data.info(),
             versions=library_versions(),
         )
+        if not cfg.study.repeats:
+            self._reuse(trial, arch)
 
         torch.manual_seed(seed)
         check_start = time.perf_counter()
@@ -183,6 +197,35 @@ class Objective:
             proxies = compute_proxies(model, resize(x, arch.img_size), y, cfg.proxies.names, seed)
             write(trial, proxies=proxies)
         return Candidate(arch, model, costs, seed, proxies)
+
+    def _reuse(self, trial: optuna.Trial, arch: ArchConfig) -> None:
+        """Raise `Duplicate` with the result of the earliest trained (or scored) trial of this
+        architecture, recorded as this trial's: its costs, constraint values and weights,
+        `duplicate_of`; the sampler sees the same values for these parameters."""
+        wanted = arch.to_dict()
+        done = (Status.TRAINED, Status.SCORED)
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            r = TrialRecord.of(t)
+            if r.status in done and r.arch == wanted:
+                break
+        else:
+            return
+        for name, value in t.constraints.items():
+            trial.set_constraint(name, value)
+        write(
+            trial,
+            costs=dict(r.costs),
+            duplicate_of=r.number,
+            **({"weights_artifact_id": r.weights_artifact_id} if r.weights_artifact_id else {}),
+        )
+        set_status(trial, Status.DUPLICATE)
+        self.on_event(
+            "duplicate",
+            {"trial": trial.number, "record": TrialRecord.of(trial), "of": r.number},
+        )
+        self.ended(trial, list(r.values or ()))
+        values = tuple(r.values or ())
+        raise Duplicate(values[0] if self.config.study.mode == "single" else values)
 
     def _costs(self, arch: ArchConfig, model: LightViT) -> dict[str, Any]:
         cfg = self.config
