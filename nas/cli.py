@@ -252,6 +252,10 @@ def _trial_line(r: Any, accuracy: float | None = None) -> str:
         )
     if status is Status.INFEASIBLE:
         return f"  #{n:<3} infeasible {r.reason}  {r.arch_line}"
+    if status is Status.DUPLICATE:
+        shown = f"acc {acc:.4f}  " if acc is not None else ""
+        of = r.attrs.get("duplicate_of")
+        return f"  #{n:<3} duplicate {shown}{r.arch_line}: trained as #{of}, result reused"
     if status is Status.STOPPED:
         return f"  #{n:<3} stopped   {r.reason}"
     if status is Status.SCREENED:
@@ -282,7 +286,7 @@ def _search_here(config: Any, prog: str) -> int:
     counted = (
         ("trained", "scored")
         if by_trained
-        else ("trained", "scored", "infeasible", "stopped", "screened")
+        else ("trained", "scored", "infeasible", "stopped", "screened", "duplicate")
     )
     bar: Any = None
     epoch_bar = _EpochBar()

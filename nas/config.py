@@ -185,9 +185,13 @@ class StudyConfig:
     `warm_start`: `baselines` enqueues the hand-designed families scaled to the parameter
     budget (as the survey space's nearest points) before the sampler's own proposals;
     `study:NAME` the Pareto front of an earlier study of the same space in the same storage
-    (nas.warm_start). `confirm_top_k`: once the search has its count, retrain the front's K
-    most accurate candidates with `confirm_seeds` more seeds each (nas.confirm); reports give
-    their mean ± sd and the best by the mean.
+    (nas.warm_start). `repeats`: false (the default) never trains one architecture twice: a
+    candidate whose architecture a trained trial has already (the space maps several parameter
+    sets to one architecture) reuses that trial's result, values, costs and weights (`status:
+    duplicate`, `duplicate_of`), without training, and is not counted as a trained candidate;
+    true trains it again (for seed-averaging). `confirm_top_k`: once the search has its count,
+    retrain the front's K most accurate candidates with `confirm_seeds` more seeds each
+    (nas.confirm); reports give their mean ± sd and the best by the mean.
 
     `mode`: `multi` (the default) optimises `objectives`, accuracy against latency and optionally
     params, for a Pareto front; `single` maximises accuracy alone under the budgets, and then
@@ -204,6 +208,7 @@ class StudyConfig:
     n_trials: int = 20
     n_trained: int | None = None
     warm_start: str | None = None
+    repeats: bool = False
     confirm_top_k: int = 0
     confirm_seeds: int = 2
     seed: int = 0

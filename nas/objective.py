@@ -38,6 +38,7 @@ from search_spaces.model import LightViT
 
 __all__ = [
     "Candidate",
+    "Duplicate",
     "Objective",
     "Surplus",
     "TrialHook",
@@ -60,6 +61,15 @@ class Candidate:
     costs: dict[str, Any]
     seed: int
     proxies: dict[str, Any] | None = None
+
+
+class Duplicate(Exception):
+    """Raised by `propose` for an architecture a trained trial has already: the trial's
+    record is complete (`status: duplicate`) and `values` are the earlier trial's."""
+
+    def __init__(self, values: float | tuple[float, ...]) -> None:
+        super().__init__("an architecture already trained")
+        self.values = values
 
 
 class Surplus(Exception):
@@ -147,6 +157,8 @@ class Objective:
             if self.supernet is not None:
                 return self.score(trial, candidate)
             return self.train(trial, candidate)
+        except Duplicate as d:  # the earlier trial's result, reused
+            return d.values
         except optuna.TrialPruned:
             raise
         except BaseException as e:  # Ctrl-C, a lost storage, a bug: the trial says why it failed
@@ -155,7 +167,8 @@ class Objective:
 
     def propose(self, trial: optuna.Trial) -> Candidate:
         """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
-        raises `optuna.TrialPruned` when it is over a budget."""
+        raises `optuna.TrialPruned` when it is over a budget, `Duplicate` when its
+        architecture was trained already (and `study.repeats` is off)."""
         cfg, data = self.config, self.data
         claim(trial, cfg.study.n_trials)
         worker = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -176,6 +189,9 @@ class Objective:
             data=data.info(),
             versions=library_versions(),
         )
+        if not cfg.study.repeats:
+            wanted = arch.to_dict()
+            self._reuse(trial, lambda r: r.arch == wanted)
 
         torch.manual_seed(seed)
         check_start = time.perf_counter()
@@ -217,6 +233,34 @@ class Objective:
         )
         self.ended(trial)
         raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+
+    def _reuse(self, trial: optuna.Trial, same: Callable[[TrialRecord], bool]) -> None:
+        """Raise `Duplicate` with the result of the earliest trained (or scored) trial whose
+        record is `same` architecture, recorded as this trial's: its costs, constraint values
+        and weights, `duplicate_of`; the sampler sees the same values for these parameters."""
+        done = (Status.TRAINED, Status.SCORED)
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            r = TrialRecord.of(t)
+            if r.status in done and same(r):
+                break
+        else:
+            return
+        for name, value in t.constraints.items():
+            trial.set_constraint(name, value)
+        write(
+            trial,
+            costs=dict(r.costs),
+            duplicate_of=r.number,
+            **({"weights_artifact_id": r.weights_artifact_id} if r.weights_artifact_id else {}),
+        )
+        set_status(trial, Status.DUPLICATE)
+        self.on_event(
+            "duplicate",
+            {"trial": trial.number, "record": TrialRecord.of(trial), "of": r.number},
+        )
+        self.ended(trial, list(r.values or ()))
+        values = tuple(r.values or ())
+        raise Duplicate(values[0] if self.config.study.mode == "single" else values)
 
     def _costs(self, arch: ArchConfig, model: LightViT) -> dict[str, Any]:
         cfg = self.config

@@ -53,6 +53,7 @@ class Status(str, enum.Enum):
     SCREENED = "screened"  # not in the pre-screen's best share: PRUNED
     FAILED = "failed"  # FAIL (`fail_reason`)
     SURPLUS = "surplus"  # FAIL: created past the study's count while other workers ran
+    DUPLICATE = "duplicate"  # COMPLETE: an architecture already trained; its result reused
     RUNNING = "running"  # not ended (or ended by an older version without a status)
 
     def __str__(self) -> str:
@@ -66,6 +67,7 @@ class Status(str, enum.Enum):
 
 _WORDS = {
     Status.SCORED: "scored with inherited weights",
+    Status.DUPLICATE: "already trained (result reused)",
     Status.INFEASIBLE: "infeasible (over a budget)",
     Status.STOPPED: "stopped early",
     Status.SCREENED: "screened out by the proxy",
@@ -89,6 +91,7 @@ KEYS = frozenset(
         "curve",
         "data",
         "distill",
+        "duplicate_of",
         "exits",
         "fail_reason",
         "from_trial",

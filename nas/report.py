@@ -46,7 +46,10 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 def pareto_front(study: optuna.Study) -> list[TrialRecord]:
     """The trained trials (so within the budgets) that no other trained trial beats on both
     accuracy and latency, best accuracy first; the same in single and multi mode."""
-    return nondominated([r for r in records(study) if r.accuracy is not None])
+    trained = (Status.TRAINED, Status.SCORED)  # a duplicate's architecture is listed once
+    return nondominated(
+        [r for r in records(study) if r.accuracy is not None and r.status in trained]
+    )
 
 
 def hypervolume(points: list[tuple[float, float]], max_latency_ms: float) -> float:
@@ -101,9 +104,10 @@ def front_table(study: optuna.Study) -> str:
     """The Pareto front as a fixed-width table, one architecture per line."""
     recs = records(study)
     front = pareto_front(study)
-    trained = sum(r.accuracy is not None for r in recs)
-    counts = {s: sum(r.status is s for r in recs) for s in (Status.STOPPED, Status.SCREENED)}
-    others = "".join(f", {n} {s}" for s, n in counts.items() if n)
+    trained = sum(r.status in (Status.TRAINED, Status.SCORED) for r in recs)
+    kinds = (Status.STOPPED, Status.SCREENED, Status.DUPLICATE)
+    counts = {s: sum(r.status is s for r in recs) for s in kinds}
+    others = "".join(f", {n} {s.words}" for s, n in counts.items() if n)
     infeasible = sum(r.status is Status.INFEASIBLE for r in recs)
     confirmed = {r.number: confirmed_accuracy(study, r) for r in front}
     shown = any(confirmed.values())

@@ -102,6 +102,7 @@ class SearchRun:
     infeasible: int = 0
     stopped: int = 0
     screened: int = 0
+    duplicate: int = 0  # architectures trained before: their results reused
     failed: int = 0
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
@@ -124,8 +125,9 @@ def run_search(
     `on_event(kind, info)` is called with kind in reference (the latency reference the run
     normalises to), training, step (progress within an epoch, at most twice a second), epoch,
     trained, scored (evaluation: supernet), infeasible (over a budget), stopped, screened,
-    failed. `hooks` run on every trial as it ends, with the live trial and its values
-    (`nas.callbacks.dashboard_hooks()`: the dashboard's notes and architecture pictures).
+    duplicate (an architecture trained before, its result reused), failed. `hooks` run on
+    every trial as it ends, with the live trial and its values (`nas.callbacks.
+    dashboard_hooks()`: the dashboard's notes and architecture pictures).
     `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
     return, when the caller has them already.
     """
@@ -138,7 +140,15 @@ def run_search(
     run = SearchRun(study=study)
 
     def record(kind: str, info: dict[str, Any]) -> None:
-        if kind in ("trained", "scored", "infeasible", "stopped", "screened", "failed"):
+        if kind in (
+            "trained",
+            "scored",
+            "infeasible",
+            "stopped",
+            "screened",
+            "failed",
+            "duplicate",
+        ):
             setattr(run, kind, getattr(run, kind) + 1)
         if on_event is not None:
             on_event(kind, info)

@@ -20,7 +20,7 @@ import time
 import optuna
 
 from nas.lifecycle import trial_seed
-from nas.objective import Objective, check_budgets, claim
+from nas.objective import Duplicate, Objective, check_budgets, claim
 from nas.records import Status, TrialRecord, record_failure, set_status, write
 
 __all__ = ["TableObjective"]
@@ -32,6 +32,8 @@ class TableObjective(Objective):
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
             return self.look_up(trial)
+        except Duplicate as d:  # the earlier trial's result, reused
+            return d.values
         except optuna.TrialPruned:
             raise
         except BaseException as e:  # Ctrl-C, a lost storage, a bug: the trial says why
@@ -45,8 +47,11 @@ class TableObjective(Objective):
         write(trial, worker={"host": socket.gethostname(), "pid": os.getpid()})
         seed = trial_seed(cfg.study.seed, trial.number)
         cell = self.space.sample(trial)
+        write(trial, arch_line=cell, seed=seed)
+        if not cfg.study.repeats:  # a cell looked up already: its result, not a new training
+            self._reuse(trial, lambda r: r.arch_line == cell and "table" in r.attrs)
         costs = table.costs(cell)
-        write(trial, arch_line=cell, seed=seed, costs=costs)
+        write(trial, costs=costs)
         reasons = check_budgets(trial, cfg, costs)
         if reasons:
             write(trial, table=table.info())

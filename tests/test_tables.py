@@ -98,6 +98,10 @@ def test_a_search_looks_candidates_up_through_the_engine(tmp_path: Path) -> None
         assert r.params == row.params and r.attrs["table"]["dataset"] == "cifar10"
         assert r.attrs["table"]["training"] in range(len(row.accuracies))
         assert r.values == (r.accuracy, pytest.approx(row.latency_ms))
+    assert len({r.arch_line for r in trained}) == len(trained)  # none looked up twice
+    for r in [r for r in records if r.status is Status.DUPLICATE]:
+        first = run.study.trials[r.attrs["duplicate_of"]]
+        assert TrialRecord.of(first).arch_line == r.arch_line and r.values == first.values
     for r in infeasible:
         assert r.latency_ms > 15.0 and r.reason.startswith("latency")
     trial = run.study.trials[infeasible[0].number]
