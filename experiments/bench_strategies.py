@@ -52,7 +52,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from nas.bench import set_mode_defaults
-from nas.config import BudgetConfig, SearchConfig, StudyConfig
+from nas.config import NB201_DATASETS, BudgetConfig, SearchConfig, StudyConfig
 from nas.errors import UserError
 from nas.records import Status, TrialRecord
 from nas.report import hypervolume
@@ -110,11 +110,8 @@ def run_one(config: SearchConfig) -> Any:
 
 def curve(study: Any, table: NB201Table, budget: float, evals: int) -> dict[str, Any]:
     """Hypervolume (true accuracies) after each training, and the returned cell's regret."""
-    trained = [
-        r
-        for r in sorted(map(TrialRecord.of, study.get_trials(deepcopy=False)), key=lambda r: r.number)
-        if r.status is Status.TRAINED
-    ][:evals]
+    records = sorted(map(TrialRecord.of, study.get_trials(deepcopy=False)), key=lambda r: r.number)
+    trained = [r for r in records if r.status is Status.TRAINED][:evals]
     points, hv = [], []
     for r in trained:
         row = table.row(r.arch_line)
@@ -243,8 +240,8 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 30 trainings, cifar10")
-    parser.add_argument("--tables", nargs="+", default=None, help="cifar10 cifar100 imagenet16-120")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 30 trainings, 2 tables")
+    parser.add_argument("--tables", nargs="+", default=None, choices=NB201_DATASETS)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy")
     parser.add_argument("--gp-seeds", type=int, default=None, help="seeds for gp (slow)")
