@@ -29,7 +29,8 @@ runs: re-running the same command resumes the study until it has that many. Ctrl
 running trial as FAIL (Optuna's rule), so no trial is left RUNNING, and the command exits with
 130.
 
-Where each part lives: `nas.objective` (steps 1-6 for one trial), `nas.lifecycle` (creating and
+Where each part lives: `nas.objective` (steps 1-6 for one trial; `nas.tabular` for a trial of
+`evaluation: table`, looked up in `nas.tables` instead of trained), `nas.lifecycle` (creating and
 resuming the study, comparing configs, sampler and pruner), `nas.early_stop` (the dominance
 rule), `nas.prescreen` (step 4's rounds), `nas.inputs` (what is read from disk), `nas.records`
 (the names and types of what a trial records), `nas.oneshot_retrain` (retraining a supernet
