@@ -242,6 +242,8 @@ def _trial_line(r: Any, accuracy: float | None = None) -> str:
         how = (
             f"inherited weights, {r.seconds:.1f}s"
             if status is Status.SCORED
+            else "looked up"
+            if r.attrs.get("table")
             else _duration(r.seconds)
         )
         return (
@@ -250,6 +252,10 @@ def _trial_line(r: Any, accuracy: float | None = None) -> str:
         )
     if status is Status.INFEASIBLE:
         return f"  #{n:<3} infeasible {r.reason}  {r.arch_line}"
+    if status is Status.DUPLICATE:
+        shown = f"acc {acc:.4f}  " if acc is not None else ""
+        of = r.attrs.get("duplicate_of")
+        return f"  #{n:<3} duplicate {shown}{r.arch_line}: trained as #{of}, result reused"
     if status is Status.STOPPED:
         return f"  #{n:<3} stopped   {r.reason}"
     if status is Status.SCREENED:
@@ -280,7 +286,7 @@ def _search_here(config: Any, prog: str) -> int:
     counted = (
         ("trained", "scored")
         if by_trained
-        else ("trained", "scored", "infeasible", "stopped", "screened")
+        else ("trained", "scored", "infeasible", "stopped", "screened", "duplicate")
     )
     bar: Any = None
     epoch_bar = _EpochBar()
@@ -310,7 +316,7 @@ def _search_here(config: Any, prog: str) -> int:
     inputs = prepare_inputs(config)  # bad data or tables fail before a study exists
     print(
         f"{prog}: study '{config.study.name}' in {_redact(config.study.storage_url)}, space "
-        f"'{config.space}', {_data_line(inputs.data, config)}, "
+        f"'{config.space}', {_inputs_line(inputs, config)}, "
         + (
             f"until {target} are trained (at most {config.study.n_trials} candidates)"
             if by_trained
@@ -354,7 +360,7 @@ def _search_here(config: Any, prog: str) -> int:
         if config.evaluation == "supernet"
         else f"{run.trained} trained"
     )
-    bad = inputs.data.unreadable()
+    bad = inputs.data.unreadable() if inputs.data is not None else []
     if bad:
         extra += f", {len(bad)} unreadable image(s) skipped (data.strict: true refuses them)"
     line = (
@@ -367,6 +373,13 @@ def _search_here(config: Any, prog: str) -> int:
         return 130
     _summary(run.study, config, line)
     return 0
+
+
+def _inputs_line(inputs: Any, config: Any) -> str:
+    """The data set a search trains on, or the table it looks candidates up in."""
+    if inputs.benchmark is not None:
+        return f"table {inputs.benchmark.describe()}"
+    return _data_line(inputs.data, config)
 
 
 def _data_line(data: Any, config: Any) -> str:
@@ -456,7 +469,7 @@ def _search_with_workers(config: Any, n_workers: int) -> int:
         f"lvit search: study '{config.study.name}' in {_redact(config.study.storage_url)}, "
         f"{n_workers} worker processes on cores "
         + " | ".join(",".join(map(str, s)) for s in shares)
-        + f"{on_gpus}, {_data_line(inputs.data, config)}, "
+        + f"{on_gpus}, {_inputs_line(inputs, config)}, "
         + (f"until {target} are trained" if by_trained else f"{target} candidates"),
         file=sys.stderr,
     )
@@ -559,6 +572,11 @@ def _summary(study: Any, config: Any, line: str) -> None:
     print()
     print(front_table(study))
     print()
+    if config.evaluation == "table":  # looked up: no weights, nothing to export
+        n = finished_count(study)
+        print(f"{line} Study: {n} candidates in {url}, looked up in its table.")
+        print(f"Report:  lvit report --storage {url} --study {config.study.name}")
+        return
     print(
         f"{line} Study: {finished_count(study)} candidates in {url}, weights in "
         f"{study.user_attrs['artifact_dir']}"

@@ -7,8 +7,9 @@ A config has these sections (all optional but `study.name`):
 
     study:   name, storage, artifacts, n_trials, seed, mode (multi|single), objectives,
              sampler, sampler_args, pruner, pruner_args
-    space:   a registered search space name, `supernet` (the supernet section's), or
-             `nni:autoformer` (NNI's AutoFormer space, the nni extra)
+    space:   a registered search space name, `supernet` (the supernet section's),
+             `nni:autoformer` (NNI's AutoFormer space, the nni extra), or `nb201`
+             (NAS-Bench-201's cells, with evaluation: table)
     data:    name, path, img_size, val_fraction, seed, max_train, cache, workers, strict,
              (synthetic only) num_classes, num_samples
     train:   recipe (proxy|full), epochs, batch_size, lr, weight_decay, warmup_epochs,
@@ -26,7 +27,9 @@ A config has these sections (all optional but `study.name`):
     space_args: arguments of an NNI hub space (`space: nni:autoformer`: search_embed_dim,
              search_mlp_ratio, search_num_heads, search_depth, patch_size)
     evaluation: train (each candidate trained from scratch, the default) | supernet (scored
-             with weights inherited from a one-shot supernet, the best retrained)
+             with weights inherited from a one-shot supernet, the best retrained) | table
+             (looked up in a tabular benchmark: space nb201)
+    table:   the tabular benchmark's data set (nb201: cifar10, cifar100, imagenet16-120)
     supernet: path, patch_size, stems, pos_encs, stages (per stage: depths, dims, heads,
              mlp_ratios, mixers, downsample, kernel_sizes, sr_ratios, windows), epochs, seed,
              calib_batches, tune_steps, retrain_top_k
@@ -45,7 +48,7 @@ import yaml
 
 from nas.errors import ConfigError
 from search_spaces.arch import MAX_CLASSES, MAX_IMG_SIZE
-from search_spaces.spaces import SPACES, SearchSpace, get_space
+from search_spaces.spaces import CELL_SPACES, SPACES, SearchSpace, get_space
 from search_spaces.spaces.shared import SharedSpace, StageChoices
 from search_spaces.typed import TypeCheckError, from_dict, to_dict
 
@@ -102,7 +105,9 @@ MAX_CONFIG_VALUES = 100_000
 DEFAULT_GRACE_PERIOD_S = 120.0
 MAX_SEED = 2**31 - 1  # what numpy, torch and Optuna's samplers all take
 
-EVALUATIONS = ("train", "supernet")
+EVALUATIONS = ("train", "supernet", "table")
+# NAS-Bench-201's data sets (space: nb201, evaluation: table; nas.tables)
+NB201_DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 # Spaces of NNI's hub the engine searches (nas.oneshot; the nni extra).
 HUB_SPACES = ("nni:autoformer",)
 DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -180,9 +185,13 @@ class StudyConfig:
     `warm_start`: `baselines` enqueues the hand-designed families scaled to the parameter
     budget (as the survey space's nearest points) before the sampler's own proposals;
     `study:NAME` the Pareto front of an earlier study of the same space in the same storage
-    (nas.warm_start). `confirm_top_k`: once the search has its count, retrain the front's K
-    most accurate candidates with `confirm_seeds` more seeds each (nas.confirm); reports give
-    their mean ± sd and the best by the mean.
+    (nas.warm_start). `repeats`: false (the default) never trains one architecture twice: a
+    candidate whose architecture a trained trial has already (the space maps several parameter
+    sets to one architecture) reuses that trial's result, values, costs and weights (`status:
+    duplicate`, `duplicate_of`), without training, and is not counted as a trained candidate;
+    true trains it again (for seed-averaging). `confirm_top_k`: once the search has its count,
+    retrain the front's K most accurate candidates with `confirm_seeds` more seeds each
+    (nas.confirm); reports give their mean ± sd and the best by the mean.
 
     `mode`: `multi` (the default) optimises `objectives`, accuracy against latency and optionally
     params, for a Pareto front; `single` maximises accuracy alone under the budgets, and then
@@ -199,6 +208,7 @@ class StudyConfig:
     n_trials: int = 20
     n_trained: int | None = None
     warm_start: str | None = None
+    repeats: bool = False
     confirm_top_k: int = 0
     confirm_seeds: int = 2
     seed: int = 0
@@ -805,16 +815,17 @@ class SearchConfig:
     evaluation: str = "train"
     supernet: SupernetConfig | None = None
     space_args: dict[str, Any] = field(default_factory=dict)
+    table: str | None = None
 
     def __post_init__(self) -> None:
         if self.early_stop.enabled and self.study.mode != "multi":
             raise ValueError(
                 "early_stop is for multi mode; in single mode use study.pruner (e.g. MedianPruner)"
             )
-        if self.space not in SPACES and self.space not in ("supernet", *HUB_SPACES):
+        if self.space not in SPACES and self.space not in ("supernet", *HUB_SPACES, *CELL_SPACES):
             raise ValueError(
                 f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}, supernet, "
-                + ", ".join(HUB_SPACES)
+                + ", ".join((*HUB_SPACES, *CELL_SPACES))
             )
         if self.space_args and self.space not in HUB_SPACES:
             raise ValueError("space_args are for NNI's hub spaces (space: nni:autoformer)")
@@ -836,11 +847,55 @@ class SearchConfig:
             raise ValueError(
                 "evaluation: supernet does not train candidates: remove distill and proxies"
             )
-        if self.budget.lut_path is None and not self.latency.measure:
+        self._check_table()
+        measured = self.budget.lut_path is None
+        if self.evaluation != "table" and measured and not self.latency.measure:
             raise ValueError(
                 "latency.measure is false but budget.latency_source is measured: "
                 "give a table with latency_source: {lut: PATH}, or measure"
             )
+
+    def _check_table(self) -> None:
+        """`evaluation: table` and a cell space go together, with a table and nothing that
+        trains or measures."""
+        tabular = self.evaluation == "table"
+        if (self.space in CELL_SPACES) != tabular:
+            raise ValueError(
+                "space: nb201 is searched through its table: set evaluation: table and table: "
+                "cifar10 (or cifar100, imagenet16-120)"
+                if not tabular
+                else "evaluation: table looks candidates up in a tabular benchmark: set space: "
+                "nb201 (NAS-Bench-201's cells)"
+            )
+        if self.table is not None and not tabular:
+            raise ValueError("table: is for evaluation: table (space: nb201)")
+        if not tabular:
+            return
+        if self.table not in NB201_DATASETS:
+            raise ValueError(
+                f"table must name NAS-Bench-201's data set: {', '.join(NB201_DATASETS)}, "
+                f"got {self.table!r}"
+            )
+        if self.budget.max_flops is not None or "flops" in self.study.objective_names:
+            raise ValueError(
+                "NAS-Bench-201's table has no FLOPs: remove budget.max_flops and the flops "
+                "objective (params and latency_ms it has)"
+            )
+        if self.budget.lut_path is not None:
+            raise ValueError(
+                "evaluation: table takes latency from the table: remove budget.latency_source"
+            )
+        for name, used in (
+            ("distill.teacher", bool(self.distill.teacher)),
+            ("proxies", bool(self.proxies.names)),
+            ("early_stop", self.early_stop.enabled),
+            ("study.warm_start: baselines", self.study.warm_start == "baselines"),
+            ("study.confirm_top_k", bool(self.study.confirm_top_k)),
+        ):
+            if used:
+                raise ValueError(
+                    f"evaluation: table looks candidates up, it trains nothing: remove {name}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

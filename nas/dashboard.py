@@ -64,12 +64,21 @@ def trial_note(r: TrialRecord, values: list[float] | None, failed: str | None = 
     costs = r.costs
     if costs:
         lines += ["", "### Costs"]
-        lines.append(f"- {costs['params']:,} parameters, {costs['flops']:,} FLOPs")
+        flops = f", {costs['flops']:,} FLOPs" if "flops" in costs else ""
+        lines.append(f"- {costs['params']:,} parameters{flops}")
         lines.append(f"- latency: {latency_line(costs)}")
     reason = failed or r.reason
     if reason:
         lines += ["", f"**Why:** {reason}"]
-    if status is Status.TRAINED and values:
+    table = r.attrs.get("table")
+    if status is Status.TRAINED and values and table:
+        lines += [
+            "",
+            f"**Validation accuracy {values[0]:.4f}**, looked up: training "
+            f"{table.get('training')} of this cell in {table.get('source')}, "
+            f"{table.get('dataset')}, {table.get('epochs')} epochs; not trained here.",
+        ]
+    elif status is Status.TRAINED and values:
         train = r.train
         lines += [
             "",

@@ -81,6 +81,11 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
         raise UserError(f"study '{study.study_name}' has no trial {number}; {hint}")
     trial = match[0]
     r = TrialRecord.of(trial)
+    if r.attrs.get("table"):
+        raise UserError(
+            f"trial {number} was looked up in a tabular benchmark ({r.attrs['table'].get('name')}"
+            f" {r.attrs['table'].get('dataset')}), not trained here: it has no weights to export"
+        )
     if trial.state != TrialState.COMPLETE or r.weights_artifact_id is None:
         raise UserError(
             f"trial {number} is {r.status}{f' ({r.reason})' if r.reason else ''} and has no "
@@ -256,6 +261,8 @@ def latency_line(costs: dict) -> str:
             f"{lut.get('path')} ({lut.get('device')}, {lut.get('hardware')}, "
             f"{lut.get('threads')} thread(s))"
         )
+    if costs.get("latency_source") == "table":
+        lines.append(f"{costs['latency_ms']} ms as the tabular benchmark records it")
     return "; ".join(lines) or "not recorded"
 
 

@@ -1,5 +1,6 @@
 """What a search reads from disk, loaded and checked before any study is created or changed:
-the data set, the latency table, the distillation teacher and the supernet (`prepare_inputs`)."""
+the data set, the latency table, the distillation teacher and the supernet, or, for
+`evaluation: table`, the tabular benchmark alone (`prepare_inputs`)."""
 
 from __future__ import annotations
 
@@ -54,18 +55,24 @@ def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
 
 @dataclass
 class Inputs:
-    """What a search reads from disk: the data set and the latency table (if any)."""
+    """What a search reads from disk: the data set and the latency table (if any); with
+    `evaluation: table`, no data set and the benchmark's table."""
 
-    data: Dataset
+    data: Dataset | None
     table: Any = None
     teacher: Any = None  # nas.distill.Teacher
     supernet: Any = None  # nas.supernet.SharedWeights (evaluation: supernet)
+    benchmark: Any = None  # nas.tables.NB201Table (evaluation: table)
 
 
 def prepare_inputs(config: SearchConfig) -> Inputs:
     """Check the config (`check_config`) and load the data, the latency table, the teacher
     and the supernet; anything wrong fails here, before any study is created or changed."""
     check_config(config)
+    if config.evaluation == "table":
+        from nas.tables import load_table
+
+        return Inputs(None, benchmark=load_table(config.table))
     space = config.search_space()
     data = load_dataset(config.data)
     table = _load_table(config, data, space) if config.budget.lut_path else None

@@ -36,7 +36,16 @@ from nas.train import TrainingFailed, evaluate, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
 
-__all__ = ["Candidate", "Objective", "Surplus", "TrialHook"]
+__all__ = [
+    "Candidate",
+    "Duplicate",
+    "Objective",
+    "Surplus",
+    "TrialHook",
+    "check_budgets",
+    "claim",
+    "objective_values",
+]
 
 # Called with a trial whose record is complete, and its objective values (None when it was not
 # trained or scored), before the trial is told.
@@ -54,11 +63,20 @@ class Candidate:
     proxies: dict[str, Any] | None = None
 
 
+class Duplicate(Exception):
+    """Raised by `propose` for an architecture a trained trial has already: the trial's
+    record is complete (`status: duplicate`) and `values` are the earlier trial's."""
+
+    def __init__(self, values: float | tuple[float, ...]) -> None:
+        super().__init__("an architecture already trained")
+        self.values = values
+
+
 class Surplus(Exception):
     """Raised when another worker's trials already fill the study's count."""
 
 
-def _claim(trial: optuna.Trial, n_trials: int) -> None:
+def claim(trial: optuna.Trial, n_trials: int) -> None:
     """Keep `n_trials` study-wide when several workers ask at once: the trials finished or
     running, in the order they were created, hold the places; a trial created past the count is
     ended as failed (`status: surplus`) before it costs anything."""
@@ -70,6 +88,34 @@ def _claim(trial: optuna.Trial, n_trials: int) -> None:
         reason = f"the study's {n_trials} places were taken by other workers"
         set_status(trial, Status.SURPLUS, f"surplus: {reason}")
         raise Surplus(reason)
+
+
+def check_budgets(trial: optuna.Trial, config: SearchConfig, costs: dict[str, Any]) -> list[str]:
+    """Each budget's constraint value set on the trial (samplers read them: feasible when <= 0),
+    and why the candidate is over budget (empty when it is within every one)."""
+    reasons = []
+    for name, budget, fmt in (
+        ("params", config.budget.max_params, "{:,}"),
+        ("flops", config.budget.max_flops, "{:,}"),
+        ("latency_ms", config.budget.max_latency_ms, "{:.3g} ms"),
+    ):
+        if budget is None:
+            continue
+        value = costs[name]
+        trial.set_constraint(name, float(value - budget))
+        if value > budget:
+            reasons.append(f"{name.split('_')[0]} {fmt.format(value)} > {fmt.format(budget)}")
+    return reasons
+
+
+def objective_values(
+    config: SearchConfig, acc: float, costs: dict[str, Any]
+) -> float | tuple[float, ...]:
+    """What Optuna is told: the accuracy (single mode), or the study's objectives in order."""
+    if config.study.mode == "single":
+        return acc
+    values = {"accuracy": acc, **costs}
+    return tuple(float(values[name]) for name in config.study.objective_names)
 
 
 class _Stopped(Exception):
@@ -97,6 +143,7 @@ class Objective:
         self.table = inputs.table
         self.teacher = inputs.teacher
         self.supernet = inputs.supernet
+        self.benchmark = inputs.benchmark  # evaluation: table (nas.tabular)
         self.reference = reference
         self.table_reference = (
             cost.Reference.from_dict(self.table.reference)
@@ -110,6 +157,8 @@ class Objective:
             if self.supernet is not None:
                 return self.score(trial, candidate)
             return self.train(trial, candidate)
+        except Duplicate as d:  # the earlier trial's result, reused
+            return d.values
         except optuna.TrialPruned:
             raise
         except BaseException as e:  # Ctrl-C, a lost storage, a bug: the trial says why it failed
@@ -118,9 +167,10 @@ class Objective:
 
     def propose(self, trial: optuna.Trial) -> Candidate:
         """Sample, cost and budget-check a candidate (and compute its zero-cost proxies);
-        raises `optuna.TrialPruned` when it is over a budget."""
+        raises `optuna.TrialPruned` when it is over a budget, `Duplicate` when its
+        architecture was trained already (and `study.repeats` is off)."""
         cfg, data = self.config, self.data
-        _claim(trial, cfg.study.n_trials)
+        claim(trial, cfg.study.n_trials)
         worker = {"host": socket.gethostname(), "pid": os.getpid()}
         if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
             worker["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
@@ -139,6 +189,9 @@ class Objective:
             data=data.info(),
             versions=library_versions(),
         )
+        if not cfg.study.repeats:
+            wanted = arch.to_dict()
+            self._reuse(trial, lambda r: r.arch == wanted)
 
         torch.manual_seed(seed)
         check_start = time.perf_counter()
@@ -146,32 +199,10 @@ class Objective:
         costs = self._costs(arch, model)
         write(trial, costs=costs)
 
-        reasons = []
-        for name, value, budget, fmt in (
-            ("params", costs["params"], cfg.budget.max_params, "{:,}"),
-            ("flops", costs["flops"], cfg.budget.max_flops, "{:,}"),
-            ("latency_ms", costs["latency_ms"], cfg.budget.max_latency_ms, "{:.3g} ms"),
-        ):
-            if budget is None:
-                continue
-            trial.set_constraint(name, float(value - budget))  # samplers read these
-            if value > budget:
-                reasons.append(f"{name.split('_')[0]} {fmt.format(value)} > {fmt.format(budget)}")
+        reasons = check_budgets(trial, cfg, costs)
         write(trial, budget_check_seconds=round(time.perf_counter() - check_start, 3))
         if reasons:
-            set_status(trial, Status.INFEASIBLE, "; ".join(reasons))
-            self.on_event(
-                "infeasible",
-                {
-                    "trial": trial.number,
-                    "record": TrialRecord.of(trial),
-                    "arch": arch,
-                    "costs": costs,
-                    "reason": "; ".join(reasons),
-                },
-            )
-            self.ended(trial)
-            raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+            self.reject(trial, arch, costs, reasons)
         proxies = None
         if cfg.proxies.names:
             from nas.loader import sample_batch
@@ -183,6 +214,53 @@ class Objective:
             proxies = compute_proxies(model, resize(x, arch.img_size), y, cfg.proxies.names, seed)
             write(trial, proxies=proxies)
         return Candidate(arch, model, costs, seed, proxies)
+
+    def reject(
+        self, trial: optuna.Trial, arch: Any, costs: dict[str, Any], reasons: list[str]
+    ) -> None:
+        """End a candidate over a budget: its status, the event, the hooks; raises
+        `optuna.TrialPruned`."""
+        set_status(trial, Status.INFEASIBLE, "; ".join(reasons))
+        self.on_event(
+            "infeasible",
+            {
+                "trial": trial.number,
+                "record": TrialRecord.of(trial),
+                "arch": arch,
+                "costs": costs,
+                "reason": "; ".join(reasons),
+            },
+        )
+        self.ended(trial)
+        raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+
+    def _reuse(self, trial: optuna.Trial, same: Callable[[TrialRecord], bool]) -> None:
+        """Raise `Duplicate` with the result of the earliest trained (or scored) trial whose
+        record is `same` architecture, recorded as this trial's: its costs, constraint values
+        and weights, `duplicate_of`; the sampler sees the same values for these parameters."""
+        done = (Status.TRAINED, Status.SCORED)
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            r = TrialRecord.of(t)
+            if r.status in done and same(r):
+                break
+        else:
+            return
+        for name, value in t.constraints.items():
+            trial.set_constraint(name, value)
+        write(
+            trial,
+            costs=dict(r.costs),
+            duplicate_of=r.number,
+            **({"weights_artifact_id": r.weights_artifact_id} if r.weights_artifact_id else {}),
+        )
+        set_status(trial, Status.DUPLICATE)
+        self.on_event(
+            "duplicate",
+            {"trial": trial.number, "record": TrialRecord.of(trial), "of": r.number},
+        )
+        self.ended(trial, list(r.values or ()))
+        values = tuple(r.values or ())
+        raise Duplicate(values[0] if self.config.study.mode == "single" else values)
 
     def _costs(self, arch: ArchConfig, model: LightViT) -> dict[str, Any]:
         cfg = self.config
@@ -298,10 +376,7 @@ class Objective:
         return self._values(acc, candidate.costs)
 
     def _values(self, acc: float, costs: dict[str, Any]) -> float | tuple[float, ...]:
-        if self.config.study.mode == "single":
-            return acc
-        values = {"accuracy": acc, **costs}
-        return tuple(float(values[name]) for name in self.config.study.objective_names)
+        return objective_values(self.config, acc, costs)
 
     def _store_weights(self, trial: optuna.Trial, model: LightViT, arch: ArchConfig) -> None:
         """The weights as a safetensors artifact of the trial (export reads them)."""

@@ -211,8 +211,11 @@ def write_report(
     arch_line = ""
     if chosen is not None:
         record = TrialRecord.of(study.trials[chosen])
-        if record.arch is None:
+        if record.arch is None and not record.attrs.get("table"):
             raise ValueError(f"trial {chosen} has no architecture recorded")
+    if chosen is not None and record.arch is None:  # a tabular benchmark's cell: its string
+        arch_line = f"\n## Architecture of trial {chosen}\n\n`{record.arch_line}`\n"
+    elif chosen is not None:
         arch = ArchConfig.from_dict(dict(record.arch))
         paths["arch"] = arch_plot(
             arch, os.path.join(out, f"arch-{chosen}.png"), f"trial {chosen}: {arch.describe()}"

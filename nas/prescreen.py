@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.config import SearchConfig
-from nas.objective import Candidate, Objective, Surplus
+from nas.objective import Candidate, Duplicate, Objective, Surplus
 from nas.optuna_api import heartbeat
 from nas.records import Status, TrialRecord, record_failure, set_status, trial_counts, write
 from nas.train import TrainingFailed
@@ -45,6 +45,9 @@ def prescreen_round(
             running.append(trial)
             try:
                 proposed.append((trial, objective.propose(trial)))
+            except Duplicate as d:  # trained already: its result, not a place in the round
+                study.tell(trial, d.values)
+                running.remove(trial)
             except optuna.TrialPruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 running.remove(trial)

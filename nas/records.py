@@ -30,6 +30,7 @@ __all__ = [
     "curve_of",
     "fail_reason",
     "finished_count",
+    "nondominated",
     "record_failure",
     "set_status",
     "set_stored_status",
@@ -52,6 +53,7 @@ class Status(str, enum.Enum):
     SCREENED = "screened"  # not in the pre-screen's best share: PRUNED
     FAILED = "failed"  # FAIL (`fail_reason`)
     SURPLUS = "surplus"  # FAIL: created past the study's count while other workers ran
+    DUPLICATE = "duplicate"  # COMPLETE: an architecture already trained; its result reused
     RUNNING = "running"  # not ended (or ended by an older version without a status)
 
     def __str__(self) -> str:
@@ -65,6 +67,7 @@ class Status(str, enum.Enum):
 
 _WORDS = {
     Status.SCORED: "scored with inherited weights",
+    Status.DUPLICATE: "already trained (result reused)",
     Status.INFEASIBLE: "infeasible (over a budget)",
     Status.STOPPED: "stopped early",
     Status.SCREENED: "screened out by the proxy",
@@ -88,6 +91,7 @@ KEYS = frozenset(
         "curve",
         "data",
         "distill",
+        "duplicate_of",
         "exits",
         "fail_reason",
         "from_trial",
@@ -101,6 +105,7 @@ KEYS = frozenset(
         "seed",
         "status",
         "stop_reason",
+        "table",
         "train",
         "versions",
         "warm_start",
@@ -213,6 +218,16 @@ class TrialRecord:
     def seconds(self) -> float:
         """Training (or supernet scoring) time."""
         return float((self.train or self.inherited).get("seconds", 0.0))
+
+
+def nondominated(recs: list[TrialRecord]) -> list[TrialRecord]:
+    """The records not dominated in (accuracy up, latency down), best accuracy first; of equal
+    points the earliest trial is kept."""
+    front: list[TrialRecord] = []
+    for r in sorted(recs, key=lambda r: (-r.accuracy, r.latency_ms, r.number)):
+        if not front or r.latency_ms < front[-1].latency_ms:
+            front.append(r)
+    return front
 
 
 def record_failure(trial: optuna.Trial, error: BaseException) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas.records import Status, TrialRecord, confirmed_accuracy, fail_reason
+from nas.records import Status, TrialRecord, confirmed_accuracy, fail_reason, nondominated
 
 __all__ = [
     "drift_line",
@@ -46,17 +46,10 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 def pareto_front(study: optuna.Study) -> list[TrialRecord]:
     """The trained trials (so within the budgets) that no other trained trial beats on both
     accuracy and latency, best accuracy first; the same in single and multi mode."""
-    return nondominated([r for r in records(study) if r.accuracy is not None])
-
-
-def nondominated(recs: list[TrialRecord]) -> list[TrialRecord]:
-    """The records not dominated in (accuracy up, latency down), best accuracy first; of equal
-    points the earliest trial is kept."""
-    front: list[TrialRecord] = []
-    for r in sorted(recs, key=lambda r: (-r.accuracy, r.latency_ms, r.number)):
-        if not front or r.latency_ms < front[-1].latency_ms:
-            front.append(r)
-    return front
+    trained = (Status.TRAINED, Status.SCORED)  # a duplicate's architecture is listed once
+    return nondominated(
+        [r for r in records(study) if r.accuracy is not None and r.status in trained]
+    )
 
 
 def hypervolume(points: list[tuple[float, float]], max_latency_ms: float) -> float:
@@ -102,13 +95,19 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+def flops(r: TrialRecord) -> str:
+    """A trial's FLOPs for a table, `-` where none were counted (a tabular benchmark's)."""
+    return _si(r.flops) if "flops" in r.costs else "-"
+
+
 def front_table(study: optuna.Study) -> str:
     """The Pareto front as a fixed-width table, one architecture per line."""
     recs = records(study)
     front = pareto_front(study)
-    trained = sum(r.accuracy is not None for r in recs)
-    counts = {s: sum(r.status is s for r in recs) for s in (Status.STOPPED, Status.SCREENED)}
-    others = "".join(f", {n} {s}" for s, n in counts.items() if n)
+    trained = sum(r.status in (Status.TRAINED, Status.SCORED) for r in recs)
+    kinds = (Status.STOPPED, Status.SCREENED, Status.DUPLICATE)
+    counts = {s: sum(r.status is s for r in recs) for s in kinds}
+    others = "".join(f", {n} {s.words}" for s, n in counts.items() if n)
     infeasible = sum(r.status is Status.INFEASIBLE for r in recs)
     confirmed = {r.number: confirmed_accuracy(study, r) for r in front}
     shown = any(confirmed.values())
@@ -126,7 +125,7 @@ def front_table(study: optuna.Study) -> str:
         lines.append(
             f"{r.number:>5}  {r.accuracy:>7.4f}  "
             + (f"{mean:>24}  " if shown else "")
-            + f"{r.latency_ms:>7.3f} ms  {_si(r.params):>7}  {_si(r.flops):>7}  {r.arch_line}"
+            + f"{r.latency_ms:>7.3f} ms  {_si(r.params):>7}  {flops(r):>7}  {r.arch_line}"
         )
     if not front:
         lines.append("  (no trained trial yet: loosen the budgets or run more trials)")
@@ -137,6 +136,8 @@ def latency_label(study: optuna.Study) -> str:
     """What the latency axis shows: the device, threads and batch, measured or predicted."""
     config = study.user_attrs.get("config", {})
     lat, budget = config.get("latency", {}), config.get("budget", {})
+    if config.get("evaluation") == "table":
+        return f"latency as NAS-Bench-201 records it (ms, its GPU; table {config.get('table')})"
     source = budget.get("latency_source", "measured")
     how = "predicted by a lookup table" if isinstance(source, dict) else "measured, median"
     return (

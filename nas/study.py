@@ -29,7 +29,8 @@ runs: re-running the same command resumes the study until it has that many. Ctrl
 running trial as FAIL (Optuna's rule), so no trial is left RUNNING, and the command exits with
 130.
 
-Where each part lives: `nas.objective` (steps 1-6 for one trial), `nas.lifecycle` (creating and
+Where each part lives: `nas.objective` (steps 1-6 for one trial; `nas.tabular` for a trial of
+`evaluation: table`, looked up in `nas.tables` instead of trained), `nas.lifecycle` (creating and
 resuming the study, comparing configs, sampler and pruner), `nas.early_stop` (the dominance
 rule), `nas.prescreen` (step 4's rounds), `nas.inputs` (what is read from disk), `nas.records`
 (the names and types of what a trial records), `nas.oneshot_retrain` (retraining a supernet
@@ -102,6 +103,7 @@ class SearchRun:
     infeasible: int = 0
     stopped: int = 0
     screened: int = 0
+    duplicate: int = 0  # architectures trained before: their results reused
     failed: int = 0
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
@@ -124,8 +126,9 @@ def run_search(
     `on_event(kind, info)` is called with kind in reference (the latency reference the run
     normalises to), training, step (progress within an epoch, at most twice a second), epoch,
     trained, scored (evaluation: supernet), infeasible (over a budget), stopped, screened,
-    failed. `hooks` run on every trial as it ends, with the live trial and its values
-    (`nas.callbacks.dashboard_hooks()`: the dashboard's notes and architecture pictures).
+    duplicate (an architecture trained before, its result reused), failed. `hooks` run on
+    every trial as it ends, with the live trial and its values (`nas.callbacks.
+    dashboard_hooks()`: the dashboard's notes and architecture pictures).
     `inputs` and `study` are what `prepare_inputs(config)` and `create_or_resume_study(config)`
     return, when the caller has them already.
     """
@@ -138,16 +141,30 @@ def run_search(
     run = SearchRun(study=study)
 
     def record(kind: str, info: dict[str, Any]) -> None:
-        if kind in ("trained", "scored", "infeasible", "stopped", "screened", "failed"):
+        if kind in (
+            "trained",
+            "scored",
+            "infeasible",
+            "stopped",
+            "screened",
+            "failed",
+            "duplicate",
+        ):
             setattr(run, kind, getattr(run, kind) + 1)
         if on_event is not None:
             on_event(kind, info)
 
     enqueue_warm_start(config, study, inputs.data)  # once, into a study with no trial yet
-    reference = latency_reference(study, config, inputs.table)
+    tabular = config.evaluation == "table"  # latency is the table's: nothing to normalise
+    reference = None if tabular else latency_reference(study, config, inputs.table)
     if reference is not None:
         record("reference", {"reference": reference})
-    objective = Objective(config, inputs, store, record, reference, hooks)
+    if tabular:
+        from nas.tabular import TableObjective
+
+        objective = TableObjective(config, inputs, store, record, None, hooks)
+    else:
+        objective = Objective(config, inputs, store, record, reference, hooks)
     start = time.perf_counter()
     n_trials, n_trained = config.study.n_trials, config.study.n_trained
     try:

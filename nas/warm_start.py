@@ -85,19 +85,14 @@ def warm_start_points(config: SearchConfig, data: Dataset) -> list[tuple[dict[st
 
 
 def _front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    from nas.records import Status, TrialRecord
+    """The earlier study's Pareto front (trained or scored trials), best accuracy first."""
+    from nas.records import Status, TrialRecord, nondominated
 
-    trained = [
-        (TrialRecord.of(t), t)
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    ]
-    trained = [(r, t) for r, t in trained if r.status in (Status.TRAINED, Status.SCORED)]
-    front, best_latency = [], float("inf")
-    for r, t in sorted(trained, key=lambda rt: (-rt[0].accuracy, rt[0].latency_ms, rt[0].number)):
-        if r.latency_ms < best_latency:
-            front.append(t)
-            best_latency = r.latency_ms
-    return front
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trained = [TrialRecord.of(t) for t in complete]
+    front = nondominated([r for r in trained if r.status in (Status.TRAINED, Status.SCORED)])
+    by_number = {t.number: t for t in complete}
+    return [by_number[r.number] for r in front]
 
 
 def enqueue_warm_start(config: SearchConfig, study: optuna.Study, data: Dataset) -> int:

@@ -2,7 +2,7 @@
 
 The parent creates (or resumes) the study, then starts N processes (spawned, so each has its own
 torch), each pinned to its share of the CPU cores with as many torch threads, and each running
-`run_search` on the same study: the study-wide count holds across them (`nas.objective._claim`).
+`run_search` on the same study: the study-wide count holds across them (`nas.objective.claim`).
 The storage must take parallel writers: Optuna's journal file (`journal:///runs/NAME.journal`)
 on one machine, or an RDB server such as PostgreSQL; SQLite is refused.
 

@@ -183,3 +183,33 @@ def test_a_warm_start_enqueues_the_families_then_an_earlier_front(tmp_path: Path
     second = config.replace_study(name="warm2", warm_start="study:warm", n_trials=2)
     follow = run_search(second).study.trials
     assert follow[0].user_attrs["warm_start"]["from"] == "study:warm"
+
+
+def test_an_architecture_already_trained_is_not_trained_again(tmp_path: Path) -> None:
+    """With `study.repeats` off (the default), a candidate whose architecture a trained trial
+    has reuses that trial's values, costs and weights (`status: duplicate`, `duplicate_of`)
+    without training; fronts list it once; with repeats on it trains again."""
+    from nas.lifecycle import create_or_resume_study
+    from nas.report import front_table, pareto_front
+
+    budget = "budget: {max_params: 1000000, max_latency_ms: 100.0}"
+    config = load_config(write_config(tmp_path, budget=budget)).replace_study(n_trials=1)
+    first = run_search(config).study.trials[0]
+    assert first.user_attrs["status"] == "trained"
+    study = create_or_resume_study(config.replace_study(n_trials=2))
+    study.enqueue_trial(first.params)
+    run = run_search(config.replace_study(n_trials=2), study=study)
+    again = run.study.trials[1]
+    assert run.trained == 0 and run.duplicate == 1
+    assert again.user_attrs["status"] == "duplicate" and again.user_attrs["duplicate_of"] == 0
+    assert again.values == first.values and again.constraints == first.constraints
+    assert again.user_attrs["weights_artifact_id"] == first.user_attrs["weights_artifact_id"]
+    assert "train" not in again.user_attrs
+    assert [r.number for r in pareto_front(run.study)] == [0]
+    assert "1 already trained (result reused)" in front_table(run.study)
+    repeat = config.replace_study(name="repeats", n_trials=2, repeats=True)
+    study = create_or_resume_study(repeat)
+    study.enqueue_trial(first.params)
+    study.enqueue_trial(first.params)
+    run = run_search(repeat, study=study)
+    assert run.trained == 2 and run.duplicate == 0  # seed-averaging: trained twice

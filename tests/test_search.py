@@ -87,7 +87,7 @@ def test_n_trained_ends_the_search_after_that_many_trained_candidates(tmp_path: 
     run = run_search(config)
     trials = run.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert run.trained == 3 and run.infeasible >= 1 and len(trials) < 40
-    assert len(trials) == run.trained + run.infeasible + run.stopped
+    assert len(trials) == run.trained + run.infeasible + run.stopped + run.duplicate
     again = run_search(config.replace_study(n_trained=4))
     assert again.trained == 1
     with pytest.raises(ConfigError, match="study.n_trained 50 needs study.n_trials >= it"):

@@ -1,0 +1,82 @@
+"""One trial of a search over a tabular benchmark (`evaluation: table`): the candidate is
+looked up, not trained, so that a strategy is compared in seconds with many seeds.
+
+The same engine as a real search (`nas.study.run_search`): the study, its sampler and
+constraints, the budgets, `n_trials` and `n_trained`, workers, the trial records, fronts and
+reports. What differs is where the figures come from: the space samples a cell
+(`search_spaces.spaces.nb201`), its params and latency are the table's (`costs`, with
+`latency_source: table`), a candidate over a budget is `infeasible` as always, and one within
+them gets the accuracy of one of the cells' trainings in the table, drawn by the trial's seed
+(`status: trained`; `table` says which training, of which table). Nothing is stored as weights:
+a table's cell cannot be exported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import optuna
+
+from nas.lifecycle import trial_seed
+from nas.objective import Duplicate, Objective, check_budgets, claim
+from nas.records import Status, TrialRecord, record_failure, set_status, write
+
+__all__ = ["TableObjective"]
+
+
+class TableObjective(Objective):
+    """Optuna objective that looks each sampled cell up in `inputs.benchmark`."""
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        try:
+            return self.look_up(trial)
+        except Duplicate as d:  # the earlier trial's result, reused
+            return d.values
+        except optuna.TrialPruned:
+            raise
+        except BaseException as e:  # Ctrl-C, a lost storage, a bug: the trial says why
+            record_failure(trial, e)
+            raise
+
+    def look_up(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        cfg, table = self.config, self.benchmark
+        start = time.perf_counter()
+        claim(trial, cfg.study.n_trials)
+        write(trial, worker={"host": socket.gethostname(), "pid": os.getpid()})
+        seed = trial_seed(cfg.study.seed, trial.number)
+        cell = self.space.sample(trial)
+        write(trial, arch_line=cell, seed=seed)
+        if not cfg.study.repeats:  # a cell looked up already: its result, not a new training
+            self._reuse(trial, lambda r: r.arch_line == cell and "table" in r.attrs)
+        costs = table.costs(cell)
+        write(trial, costs=costs)
+        reasons = check_budgets(trial, cfg, costs)
+        if reasons:
+            write(trial, table=table.info())
+            self.reject(trial, None, costs, reasons)
+        acc, which = table.draw(cell, seed)
+        write(
+            trial,
+            table={**table.info(), "training": which},
+            train={
+                "epochs": table.epochs,
+                "seconds": round(table.row(cell).train_seconds, 1),
+                "looked_up_seconds": round(time.perf_counter() - start, 4),
+            },
+        )
+        set_status(trial, Status.TRAINED)
+        self.on_event(
+            "trained",
+            {
+                "trial": trial.number,
+                "record": TrialRecord.of(trial),
+                "arch": None,
+                "costs": costs,
+                "val_acc": acc,
+                "seconds": 0.0,
+            },
+        )
+        self.ended(trial, [acc])
+        return self._values(acc, costs)

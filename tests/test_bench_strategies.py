@@ -1,0 +1,80 @@
+"""The strategies benchmark (`experiments/bench_strategies.py`) end to end on NAS-Bench-201's
+tables, small: every strategy's studies, curves on the true accuracies, the summary, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.records import Status, TrialRecord
+from nas.report import hypervolume
+from nas.storage import load_study
+from nas.tables import NB201Table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_strategies", ROOT / "experiments" / "bench_strategies.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_strategies_benchmark_measures_true_hypervolume_and_resumes(tmp_path: Path) -> None:
+    bench = _bench()
+    args = [
+        "--tables", "cifar10", "cifar100", "--strategies", "random", "tpe", "tpe-warm",
+        "--seeds", "2", "--evals", "8", "--work", str(tmp_path / "work"),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    table = NB201Table.load("cifar10")
+    res = results["tables"]["cifar10"]
+    budget = res["budget_ms"]
+    assert budget == pytest.approx(float(np.median(table.latency_ms)))
+    best = table.best(max_latency_ms=budget)
+    assert res["best"] == best.cell
+    # recompute one seed's curve from its study: true accuracies, trainings paid only
+    storage = f"sqlite:///{tmp_path / 'work' / 'strategies.db'}"
+    study = load_study(storage, "tpe-cifar10-1")
+    records = [TrialRecord.of(t) for t in study.trials]
+    trained = [r for r in records if r.status is Status.TRAINED]
+    assert len(trained) == 8 and len({r.arch_line for r in trained}) == 8
+    rows = [table.row(r.arch_line) for r in trained]
+    points = [(row.accuracy, row.latency_ms) for row in rows]
+    full = res["front_hv"]
+    mean = res["tpe"]["mean"][-1]
+    other = load_study(storage, "tpe-cifar10-0")
+    other_points = [
+        (table.row(r.arch_line).accuracy, table.row(r.arch_line).latency_ms)
+        for r in map(TrialRecord.of, other.trials)
+        if r.status is Status.TRAINED
+    ]
+    expected = (hypervolume(points, budget) + hypervolume(other_points, budget)) / 2 / full
+    assert mean == pytest.approx(expected)
+    assert 0 < mean < 1 and len(res["tpe"]["mean"]) == 8
+    # the warm start came from the other table's TPE front
+    warm = load_study(storage, "tpe-warm-cifar10-0")
+    origin = warm.trials[0].user_attrs["warm_start"]
+    assert origin["from"] == "study:tpe-cifar100-0"
+    for name in ("random", "tpe", "tpe-warm"):
+        entry = res[name]
+        assert entry["seeds"] == 2 and 0 <= entry["within_0.3"] <= 1
+        assert entry["regret_points"][0] >= 0  # no returned cell beats the best feasible one
+    assert "| random | 2 |" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "hypervolume.png").stat().st_size > 0
+    # a second run resumes: nothing new is looked up
+    before = len(load_study(storage, "random-cifar100-1").trials)
+    assert bench.main(args) == 0
+    assert len(load_study(storage, "random-cifar100-1").trials) == before
