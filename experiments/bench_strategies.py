@@ -38,7 +38,6 @@ Writes `results.json`, `results.md` and `hypervolume.png` to `--out`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -55,7 +54,7 @@ from nas.bench import set_mode_defaults
 from nas.config import NB201_DATASETS, BudgetConfig, SearchConfig, StudyConfig
 from nas.errors import UserError
 from nas.records import Status, TrialRecord
-from nas.report import hypervolume
+from nas.report import hypervolume, write_results
 from nas.study import create_or_resume_study, prepare_inputs, run_search
 from nas.tables import NB201Table
 
@@ -303,14 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     for table in args.tables:
         res = summarise(runs[table], NB201Table.load(table), budgets[table], args.evals)
         results["tables"][table] = {"budget_ms": budgets[table], **res}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    text = markdown(results, args)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text)
+    write_results(args.out, results, markdown(results, args))  # whole or not at all; printed
     plot(results, os.path.join(args.out, "hypervolume.png"))
-    print(text)
     print(
         f"bench_strategies: {len(jobs)} searches in {results['seconds']:.0f} s; wrote "
         f"results.json, results.md, hypervolume.png to {args.out}"
