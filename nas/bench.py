@@ -11,6 +11,7 @@ import optuna
 
 from nas.callbacks import dashboard_hooks
 from nas.config import SearchConfig
+from nas.lifecycle import load_finished
 from nas.records import Status, TrialRecord
 from nas.study import create_or_resume_study, finished_count, run_search
 
@@ -38,7 +39,17 @@ def run_until(
     config: SearchConfig, inputs: Any, trained: int, bar: Any, max_candidates: int
 ) -> optuna.Study:
     """Run the study until it has `trained` trained candidates, or `max_candidates`
-    candidates in all (a strategy that keeps proposing candidates over the budgets)."""
+    candidates in all (a strategy that keeps proposing candidates over the budgets). A study
+    that already has them is read as stored (`load_finished`): a finished search stays
+    readable after its space gains choices."""
+
+    def done(study: optuna.Study) -> bool:
+        return trained_count(study) >= trained or finished_count(study) >= max_candidates
+
+    study = load_finished(config, done)
+    if study is not None:
+        bar.update(min(trained_count(study), trained))
+        return study
     study = create_or_resume_study(config)
     while (have := trained_count(study)) < trained and finished_count(study) < max_candidates:
         n = min(finished_count(study) + trained - have, max_candidates)

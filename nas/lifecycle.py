@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -41,6 +41,7 @@ __all__ = [
     "create_or_resume_study",
     "latency_reference",
     "library_versions",
+    "load_finished",
     "objectives",
     "trial_seed",
 ]
@@ -231,6 +232,11 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
                     with contextlib.suppress(Exception):
                         optuna.delete_study(study_name=study.study_name, storage=storage)
                 raise
+        elif _has_results(study) and (moved := _space_moved(study, config)):
+            raise ConfigError(
+                f"study '{config.study.name}' in {redact(url)} was made with space {moved}; "
+                "its trials are not points of this one: rename study.name to start a new study"
+            )
         elif _differs(stored, current):
             if _has_results(study):
                 diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
@@ -242,6 +248,53 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
             study.set_user_attr("replaced_config", _public(stored))
             _store_config(study, config, current)
     study.sampler = _make_sampler(config, n_existing=len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def _space_moved(study: optuna.Study, config: SearchConfig) -> str:
+    """'NAME vN, this one is NAME vM' when the study's space is the config's in another
+    version (another space is a different config; a study stored before spaces were
+    recorded: neither); else ''."""
+    stored = study.user_attrs.get("space")
+    if not stored:
+        return ""
+    space = config.search_space()
+    if stored.get("name") != space.name or stored.get("version") == space.version:
+        return ""
+    return (
+        f"{stored.get('name')} v{stored.get('version')}, this one is {space.name} v{space.version}"
+    )
+
+
+def load_finished(
+    config: SearchConfig, done: Callable[[optuna.Study], bool]
+) -> optuna.Study | None:
+    """The stored study `config` names when `done(study)` says it needs no more trials, loaded
+    to be read, never resumed: its config must still be this one (as on resume), but not its
+    space's version, since no trial will be drawn from the space (a benchmark's finished
+    searches stay readable after the space gains choices). None when there is no such study,
+    or it is not done."""
+    url = config.study.storage_url
+    path = storage_file(url)
+    if path is not None and not os.path.isfile(path):
+        return None
+    try:
+        study = optuna.load_study(
+            study_name=config.study.name, storage=open_storage(url, create=False)
+        )
+    except KeyError:
+        return None
+    stored = study.user_attrs.get("config")
+    if stored is None or not done(study):
+        return None
+    current = config.to_dict()
+    current["study"]["storage"] = public_url(url) if config.study.storage else None
+    if _differs(stored, current):
+        diffs = _differences(_comparable(_with_defaults(stored)), _comparable(current))
+        raise ConfigError(
+            f"study '{config.study.name}' in {redact(url)} was made with a different config "
+            f"({'; '.join(diffs[:3])}); rename study.name to start a new study"
+        )
     return study
 
 

@@ -6,6 +6,7 @@ hand; the records of retried and interrupted trials."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -121,6 +122,37 @@ def test_a_study_without_results_takes_a_corrected_config(tmp_path: Path) -> Non
     # once it has results, a different config is refused as before
     again = write_config(tmp_path, study=_study(tmp_path), budget=WIDE)
     assert main(["search", str(again)]) == 2
+
+
+def test_a_study_is_resumed_only_in_its_space_version_and_read_in_any(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nas.bench import run_until
+    from nas.lifecycle import load_finished
+    from search_spaces.spaces.tiny import TinySpace
+
+    path = write_config(tmp_path, study=_study(tmp_path), budget=WIDE)
+    assert main(["search", str(path)]) == 0
+    config = load_config(path)
+    monkeypatch.setattr(TinySpace, "version", 2)  # the space gained choices since
+    # resuming would draw new trials from another space: refused in one line
+    line = _one_line_error(capsys, main(["search", str(path)]))
+    assert "was made with space tiny v1, this one is tiny v2" in line
+    # a search that needs no more trials is read as it is (a benchmark's finished searches)
+    study = load_finished(config, lambda s: True)
+    assert study is not None and len(study.trials) == 1
+    assert run_until(config, None, 1, _Bar(), 10).trials[0].number == 0
+    assert load_finished(config, lambda s: False) is None  # not done: resumed, not read
+    epochs3 = dataclasses.replace(config.train, epochs=3)
+    with pytest.raises(ConfigError, match="different config .train.epochs: 2 -> 3"):
+        load_finished(dataclasses.replace(config, train=epochs3), lambda s: True)
+    missing = config.replace_study(name="other")
+    assert load_finished(missing, lambda s: True) is None
+
+
+class _Bar:
+    def update(self, n: int) -> None:
+        pass
 
 
 def test_a_failed_start_on_postgresql_leaves_no_study(postgres_url: str, tmp_path: Path) -> None:
