@@ -144,12 +144,27 @@ def _stage_units(
 
 
 def units(arch: ArchConfig) -> list[Unit]:
-    """The units of `arch`'s forward pass, in order (exit heads are not on the forward path)."""
+    """The units of `arch`'s forward pass, in order (exit heads are not on the forward path).
+    With dynamic resolution the forward pass is both passes (the budget's worst case): the
+    model at the low side, the `reuse` unit (resizing the image, pooling the low pass,
+    projecting it), then the model at full resolution."""
+    out: list[Unit] = []
+    if arch.dynamic_resolution:
+        low, tokens, sized = _pass_units(arch, arch.dynamic_resolution)
+        out += low
+        out.append(_reuse_unit(arch, tokens, sized))
+    full, tokens, sized = _pass_units(arch, arch.img_size)
+    out += full
+    out.append(_head_unit(arch.stages[-1].dim, tokens, sized, arch.num_classes, arch.distill_head))
+    return out
+
+
+def _pass_units(arch: ArchConfig, img: int) -> tuple[list[Unit], int, bool]:
+    """The stem's and the stages' units of `arch` run on `img` x `img` images, with the token
+    count leaving the last stage and whether the tokens carry sizes."""
     first = arch.stages[0]
-    out = _stem_units(
-        arch.stem, arch.in_chans, first.dim, arch.patch_size, arch.img_size, arch.pos_enc
-    )
-    grid, in_dim = arch.img_size // arch.patch_size, first.dim
+    out = _stem_units(arch.stem, arch.in_chans, first.dim, arch.patch_size, img, arch.pos_enc)
+    grid, in_dim = img // arch.patch_size, first.dim
     tokens, sized = grid * grid, False
     for stage in arch.stages:
         stage_out, tokens, sized = _stage_units(stage, grid, arch.pos_enc, in_dim)
@@ -157,8 +172,21 @@ def units(arch: ArchConfig) -> list[Unit]:
         if stage.downsample:
             grid = (grid + 1) // 2
         in_dim = stage.dim
-    out.append(_head_unit(in_dim, tokens, sized, arch.num_classes, arch.distill_head))
-    return out
+    return out, tokens, sized
+
+
+def _reuse_unit(arch: ArchConfig, tokens: int, sized: bool) -> Unit:
+    return (
+        "reuse",
+        {
+            "in_chans": arch.in_chans,
+            "img": arch.img_size,
+            "low": arch.dynamic_resolution,
+            "dim": arch.stages[-1].dim,
+            "tokens": tokens,
+            "sized": sized,
+        },
+    )
 
 
 def _head_unit(dim: int, tokens: int, sized: bool, num_classes: int, distill: bool) -> Unit:
@@ -191,21 +219,26 @@ def space_units(
                 seen.add(cheap)
                 found[unit_key(kind, cfg)] = (kind, cfg)
 
-    for _, g in enumerate_leaves(lambda t: space.sample_globals(t, img_size)):
+    def walk(g: dict[str, Any], img: int) -> None:
+        """Every unit of the passes at `img` x `img` of the architectures with globals `g`
+        (the stages are those drawn for `g`'s own resolution; at a first pass's side, the
+        stages that cannot run on its grid are left out, as `ArchConfig` refuses them)."""
+        low = img != g["img_size"]
         prev_dims: frozenset[int] | None = None
-        entry_grid = g["img_size"] // g["patch_size"]
+        entry_grid = img // g["patch_size"]
         for ctx in space.contexts(g):
             if ctx not in stage_memo:
                 leaves = enumerate_leaves(lambda t, c=ctx: space.sample_stage(t, c))
                 stage_memo[ctx] = sorted({s for _, s in leaves}, key=repr)
             stages = stage_memo[ctx]
+            if ctx.downsample and entry_grid < 2:
+                return  # no architecture of these globals has this first pass
+            grid = (entry_grid + 1) // 2 if ctx.downsample else entry_grid
+            if low:
+                stages = [s for s in stages if _runs_on(s, grid)]
             if prev_dims is None:
                 for dim in sorted({s.dim for s in stages}):
-                    add(
-                        _stem_units(
-                            g["stem"], in_chans, dim, g["patch_size"], g["img_size"], g["pos_enc"]
-                        )
-                    )
+                    add(_stem_units(g["stem"], in_chans, dim, g["patch_size"], img, g["pos_enc"]))
             if (ctx, entry_grid, prev_dims) not in walked:
                 walked.add((ctx, entry_grid, prev_dims))
                 for stage in stages:
@@ -214,13 +247,37 @@ def space_units(
                             stage, entry_grid, g["pos_enc"], in_dim
                         )
                         add(stage_out)
-                        if ctx.is_last:  # a search may add a distillation head to any
+                        if ctx.is_last and low:
+                            add([_reuse_unit_of(g, in_chans, img, stage.dim, tokens, sized)])
+                        elif ctx.is_last:  # a search may add a distillation head to any
                             add(
                                 _head_unit(stage.dim, tokens, sized, num_classes, distill)
                                 for distill in (False, True)
                             )
-            prev_dims, entry_grid = frozenset(s.dim for s in stages), ctx.grid
+            prev_dims, entry_grid = frozenset(s.dim for s in stages), grid
+
+    low_resolutions = getattr(space, "low_resolutions", lambda g: ())
+    for _, g in enumerate_leaves(lambda t: space.sample_globals(t, img_size)):
+        for img in (g["img_size"], *low_resolutions(g)):
+            walk(g, img)
     return found
+
+
+def _runs_on(stage: StageConfig, grid: int) -> bool:
+    """Whether `stage`'s mixer option runs unchanged on a `grid` x `grid` grid (a window must
+    divide it, a reduction ratio fit in it, a shift have a grid to shift on)."""
+    spec = MIXER_SPECS[stage.mixer]
+    if not spec.option:
+        return True
+    value = getattr(stage, spec.option)
+    return spec.fit_option(value, grid, stage.dim) == value
+
+
+def _reuse_unit_of(
+    g: dict[str, Any], in_chans: int, low: int, dim: int, tokens: int, sized: bool
+) -> Unit:
+    cfg = {"in_chans": in_chans, "img": g["img_size"], "low": low, "dim": dim}
+    return ("reuse", {**cfg, "tokens": tokens, "sized": sized})
 
 
 @dataclass
@@ -548,6 +605,33 @@ def fit_calibration(
     }
 
 
+class _ReuseUnit:
+    """What dynamic resolution adds to the two passes' blocks (`LightViT.forward`): the image
+    resized to the first pass's side, that pass's final norm and pooling, and the projection
+    of its features that the full-resolution classifier adds (`LightViT.reuse`)."""
+
+    def __init__(self, low: int, dim: int) -> None:
+        import torch
+
+        self.low = low
+        self.norm = torch.nn.LayerNorm(dim)
+        self.reuse = torch.nn.Linear(dim, dim)
+
+    def to(self, device: Any) -> _ReuseUnit:
+        self.norm, self.reuse = self.norm.to(device), self.reuse.to(device)
+        return self
+
+    def __call__(self, image: Any, x: Any, size: Any) -> Any:
+        import torch
+
+        from search_spaces.blocks.exits import pool_tokens
+
+        small = torch.nn.functional.interpolate(
+            image, size=(self.low, self.low), mode="bilinear", align_corners=False
+        )
+        return small, self.reuse(pool_tokens(self.norm(x), size))
+
+
 class _HeadUnit:
     """LightViT's final norm, size-weighted pooling and classifier (and the distillation head,
     averaged with it, where there is one), as one timed unit."""
@@ -623,6 +707,12 @@ def _unit_call(
         args = (tokens(n, cfg["dim"]), (grid, grid), size)
         if MIXER_SPECS[stage.mixer].carries:  # Mobile-Former's global tokens, as its stage's
             args = (*args, tokens(stage.global_tokens, cfg["dim"]))
+    elif kind == "reuse":
+        module = _ReuseUnit(cfg["low"], cfg["dim"])
+        n, img = cfg["tokens"], cfg["img"]
+        size = torch.ones(batch_size, n, 1, device=device) if cfg["sized"] else None
+        image = torch.randn(batch_size, cfg["in_chans"], img, img, device=device)
+        args = (image, tokens(n, cfg["dim"]), size)
     elif kind == "head":
         module = _HeadUnit(cfg["dim"], cfg["num_classes"], cfg.get("distill", False))
         n = cfg["tokens"]

@@ -470,6 +470,14 @@ class ArchConfig:
             )
         if stage.mixer == "sra" and stage.sr_ratio > grid:
             raise ValueError(f"{where}: sr_ratio {stage.sr_ratio} exceeds the {grid}x{grid} grid")
+        spec = MIXER_SPECS[stage.mixer]
+        value = getattr(stage, spec.option) if spec.option else None
+        # the rules the spaces keep (MIXER_SPECS.fit): a shift needs a grid to shift on
+        if spec.option and spec.fit_option(value, grid, stage.dim) != value:
+            raise ValueError(
+                f"{where}: {stage.mixer} with {spec.option} {value} cannot run on the "
+                f"{grid}x{grid} grid at width {stage.dim}"
+            )
         pos = POS_ENC_SPECS.get(self.pos_enc)
         if pos and pos.head_multiple > 1 and stage.mixer in POS_ATTENTION_MIXERS:
             if (stage.dim // stage.heads) % pos.head_multiple:

@@ -13,9 +13,9 @@ import torch
 from nas.cli import main
 from nas.config import load_config
 from nas.cost import time_calls
-from nas.lut import LatencyTable, LutError, space_units, unit_key, units
+from nas.lut import LatencyTable, LutError, measure_unit, space_units, unit_key, units
 from nas.study import run_search
-from search_spaces.arch import ArchConfig, StageConfig
+from search_spaces.arch import STAGE_POS_ENCS, ArchConfig, StageConfig
 from search_spaces.model import Block, LightViT, Stage, Transition
 from search_spaces.spaces import get_space
 from tests.conftest import write_config
@@ -45,6 +45,7 @@ def _traced_units(arch: ArchConfig) -> list[tuple[str, int, bool]]:
 
 
 def test_units_follow_the_model_forward() -> None:
+    dynamic = 0
     for arch in _sampled("survey", 40, 32):
         listed = [
             (kind, cfg.get("tokens", cfg.get("grid", 0) ** 2), cfg.get("sized", False))
@@ -53,8 +54,31 @@ def test_units_follow_the_model_forward() -> None:
         ]
         assert listed == _traced_units(arch), arch.describe()
         kinds = [kind for kind, _ in units(arch)]
+        passes = 2 if arch.dynamic_resolution else 1  # the first pass, then the full one
         assert kinds[0] == "stem" and kinds[-1] == "head"
-        assert kinds.count("cpe") == (len(arch.stages) if arch.pos_enc == "cpe" else 0)
+        assert kinds.count("stem") == passes and kinds.count("reuse") == passes - 1
+        stage_pos = arch.pos_enc in STAGE_POS_ENCS  # cpe, posmlp: after each stage's first block
+        assert kinds.count("cpe") == (len(arch.stages) * passes if stage_pos else 0)
+        dynamic += passes - 1
+    assert dynamic >= 10  # the survey space draws dynamic resolution
+
+
+def test_the_first_pass_of_dynamic_resolution_is_timed_with_its_reuse() -> None:
+    """A dynamic-resolution architecture's units are both passes (the budget's worst case,
+    what `LightViT.forward` runs): the stem at the low side first, the reuse unit between."""
+    stage = StageConfig(depth=1, dim=32, heads=2, mixer="window", window=2)
+    arch = ArchConfig(stages=(stage,), patch_size=4, img_size=32, dynamic_resolution=16)
+    listed = units(arch)
+    assert [(k, c.get("img")) for k, c in listed if k in ("stem", "reuse")] == [
+        ("stem", 16),
+        ("reuse", 32),
+        ("stem", 32),
+    ]
+    kind, cfg = next(u for u in listed if u[0] == "reuse")
+    assert cfg["low"] == 16 and cfg["tokens"] == 16  # the low pass's 4x4 tokens, pooled
+    assert measure_unit(kind, cfg, device="cpu", threads=1, batch_size=1, runs=3) > 0
+    plain = units(dataclasses.replace(arch, dynamic_resolution=0))
+    assert listed[-len(plain) :] == plain
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ def test_one_thousand_survey_architectures_build_and_run() -> None:
     space = get_space("survey")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen_mixers, seen_pos, seen_stems, reductions, exits = set(), set(), set(), set(), 0
+    dynamic = 0
     torch.manual_seed(0)
     for _ in range(1000):
         trial = study.ask()
@@ -38,9 +39,14 @@ def test_one_thousand_survey_architectures_build_and_run() -> None:
         seen_mixers.update(s.mixer for s in arch.stages)
         reductions.update("tome" if s.merge_r else "evit" for s in arch.stages if s.reduces_tokens)
         exits += bool(arch.exits)
-    # the draws cover every family of the space
-    assert len(seen_stems) == 6 and len(seen_pos) == 8 and len(seen_mixers) == 6
-    assert reductions == {"tome", "evit"} and exits > 100
+        if arch.dynamic_resolution:  # the forward above ran the half-resolution pass first
+            dynamic += 1
+            assert arch.dynamic_resolution == max(
+                arch.patch_size, arch.img_size // 2 // arch.patch_size * arch.patch_size
+            )
+    # the draws cover every family of the space (version 2: 10 encodings, 9 mixers)
+    assert len(seen_stems) == 6 and len(seen_pos) == 10 and len(seen_mixers) == 9
+    assert reductions == {"tome", "evit"} and exits > 100 and dynamic > 300
 
 
 @pytest.mark.parametrize("name", ["isotropic", "hierarchical"])

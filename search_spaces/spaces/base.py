@@ -187,6 +187,11 @@ class StagedSpace(SearchSpace):
         }
         return ArchConfig(stages=stages, in_chans=in_chans, num_classes=num_classes, **fields)
 
+    def low_resolutions(self, g: dict[str, Any]) -> tuple[int, ...]:
+        """The first-pass sides (`ArchConfig.dynamic_resolution`) `finish` may choose for the
+        global choices `g` (none by default); the lookup tables time those passes too."""
+        return ()
+
     def contexts(self, g: dict[str, Any]) -> list[StageContext]:
         grid = g["img_size"] // g["patch_size"]
         out = []

@@ -1,13 +1,20 @@
-"""`survey`: every family of building blocks from the lightweight-ViT literature in one space.
+"""`survey`: every family of building blocks from the lightweight-ViT literature in one space
+(version 2).
 
 Global choices: stem (patch, conv, overlap, multiscale, repconv, mv2) and its stride, input
-resolution (3/4 or all of the data's), position encoding (none, learned, sincos, cpe,
-rope_axial, rope_mixed, rel_bias, fire), macro structure (isotropic: one stage; hierarchical:
-2-3 stages, each after the first halving the grid). Per stage: token mixer (mhsa, sra, linear,
-window, pool, dwconv), depth, width, heads (attention mixers), MLP ratio, the mixer's own option
-(sra ratio, window size, kernel size: the values its `MIXER_SPECS` row lists), and in the last
-stage a token reduction (none, ToMe merging, EViT pruning) where the rules allow it. Finally
-0-2 early exits placed at a quarter, half or three quarters of the depth.
+resolution (3/4 or all of the data's), position encoding (none, learned, sincos, cpe, posmlp,
+rope_axial, rope_mixed, unitary, rel_bias, fire), macro structure (isotropic: one stage;
+hierarchical: 2-3 stages, each after the first halving the grid). Per stage: token mixer (mhsa,
+sra, linear, window, lisa, mobileformer, pool, dwconv, shift), depth, width, heads (attention
+mixers), MLP ratio, the mixer's own option (sra ratio, window size, global tokens, kernel size,
+shift fraction: the values its `MIXER_SPECS` row lists), and in the last stage a token
+reduction (none, ToMe merging, EViT pruning) where the rules allow it. Finally 0-2 early exits
+placed at a quarter, half or three quarters of the depth, and dynamic resolution: off, or a
+first pass at half the searched resolution (a multiple of the stride) that answers the images
+it is sure of.
+
+Version 1 had neither lisa, mobileformer, shift, posmlp, unitary nor dynamic resolution; a
+study made on it is read but not resumed (`nas.lifecycle`).
 
 Compatibility rules (`search_spaces.arch`) are kept inside `sample`, so every draw builds:
   - window sizes become the largest divisor of the stage's grid that is no larger than the
@@ -17,13 +24,16 @@ Compatibility rules (`search_spaces.arch`) are kept inside `sample`, so every dr
     input-site position encoding;
   - an attention-site position encoding (RoPE, relative bias, FIRE) with no mhsa or window stage
     to act in becomes `none`;
-  - exits that land on the same block, or on the last one, are dropped.
+  - exits that land on the same block, or on the last one, are dropped;
+  - dynamic resolution where some block cannot run on the half-resolution grid (a window that
+    does not divide it, a grid too small to downsample) is off.
 Several parameter sets can therefore give the same architecture; `sample` is deterministic, so
 `FixedTrial(params)` always rebuilds the same one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from search_spaces.arch import (
@@ -40,19 +50,32 @@ __all__ = ["SurveySpace"]
 
 
 class SurveySpace(StagedSpace):
-    version = 1
+    version = 2  # 2: lisa, mobileformer, shift; posmlp, unitary; dynamic_resolution
 
     stems = ("patch", "conv", "overlap", "multiscale", "repconv", "mv2")
     patch_sizes = (2, 4)
     resolutions = (0.75, 1.0)
-    pos_encs = ("none", "learned", "sincos", "cpe", "rope_axial", "rope_mixed", "rel_bias", "fire")
-    mixers = ("mhsa", "sra", "linear", "window", "pool", "dwconv")
+    pos_encs = (
+        "none",
+        "learned",
+        "sincos",
+        "cpe",
+        "posmlp",
+        "rope_axial",
+        "rope_mixed",
+        "unitary",
+        "rel_bias",
+        "fire",
+    )
+    mixers = ("mhsa", "sra", "linear", "window", "lisa", "mobileformer", "pool", "dwconv", "shift")
     dims = (32, 48, 64, 96, 128, 160)
     heads = (1, 2, 4)
     mlp_ratios = (2.0, 3.0, 4.0)
     merge_rs = (1, 2, 4, 8)
     keep_rates = (0.5, 0.7)
     exit_positions = (0.25, 0.5, 0.75)
+    # a first pass at half the searched resolution, the full one only where it is unsure
+    dynamic_resolutions = ("off", "half")
     isotropic_depth = (2, 8)
     hierarchical_depth = (1, 4)
 
@@ -65,9 +88,8 @@ class SurveySpace(StagedSpace):
         self.name = name
         self.macros = macros
         self.description = description or (
-            "every block family: 6 stems, 8 position encodings, 6 mixers, ToMe/EViT, exits, "
-            + " or ".join(macros)
-            + " macro structure, 2 input resolutions"
+            "every block family: 6 stems, 10 position encodings, 9 mixers, ToMe/EViT, exits, "
+            "dynamic resolution, " + " or ".join(macros) + " macro structure, 2 input resolutions"
         )
 
     def nearest_params(self, arch: ArchConfig, img_size: int) -> dict[str, Any]:
@@ -204,6 +226,21 @@ class SurveySpace(StagedSpace):
             block = round(at * depth)
             if 1 <= block < depth:
                 exits.add(block)
-        return self.arch(
+        arch = self.arch(
             g, stages, num_classes, in_chans, pos_enc=pos_enc, exits=tuple(sorted(exits))
         )
+        if trial.suggest_categorical("dynamic_resolution", self.dynamic_resolutions) == "off":
+            return arch
+        try:  # every block must run on both grids (a window must divide both, ...)
+            return dataclasses.replace(arch, dynamic_resolution=self.low_resolutions(g)[0])
+        except (ValueError, IndexError):
+            return arch
+
+    def low_resolutions(self, g: dict[str, Any]) -> tuple[int, ...]:
+        """Half the searched side, rounded down to a multiple of the stride (at least one
+        patch), where that is below it."""
+        if "half" not in self.dynamic_resolutions:
+            return ()
+        patch, size = g["patch_size"], g["img_size"]
+        low = max(patch, size // 2 // patch * patch)
+        return (low,) if low < size else ()
