@@ -30,6 +30,7 @@ import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from nas.errors import ConfigError
@@ -266,8 +267,10 @@ def _trial_line(r: Any, accuracy: float | None = None) -> str:
     return f"  #{n:<3} failed    {r.reason or '?'} (recorded; the search goes on)"
 
 
-def _search_here(config: Any, prog: str) -> int:
-    """Run the search in this process with a progress bar and a line per candidate."""
+def _search_here(config: Any, prog: str, hooks: Sequence[Any] = (), summary: bool = True) -> int:
+    """Run the search in this process with a progress bar and a line per candidate; `hooks`
+    run on every trial as it ends, after the dashboard's; without `summary`, return after
+    the search (no retraining, confirmation or front)."""
     from tqdm import tqdm
 
     from nas.callbacks import dashboard_hooks
@@ -339,7 +342,11 @@ def _search_here(config: Any, prog: str) -> int:
     )
     try:
         run = run_search(
-            config, on_event=on_event, study=study, inputs=inputs, hooks=dashboard_hooks()
+            config,
+            on_event=on_event,
+            study=study,
+            inputs=inputs,
+            hooks=[*dashboard_hooks(), *hooks],
         )
     except KeyboardInterrupt:
         bar.close()
@@ -367,6 +374,9 @@ def _search_here(config: Any, prog: str) -> int:
         f"This run: {done_what}, {run.infeasible} infeasible (over a budget){extra}, "
         f"{run.failed} failed, in {_duration(run.seconds)}."
     )
+    if not summary:
+        print(line, file=sys.stderr)
+        return 0
     if retrains(config):
         return _retrain_best(config, run.study, inputs, line)
     if _confirm(config, run.study, inputs) == 130:
@@ -1500,6 +1510,60 @@ class Supernet(Command):
         return 0
 
 
+class Table(Command):
+    name = "table"
+    help = "build a tabular benchmark of a space: N architectures drawn at random, each trained"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        build = actions.add_parser(
+            "build",
+            help="train N architectures drawn uniformly from the config's space (resumable)",
+        )
+        build.add_argument("config", help="search config: space, data, recipe, budgets, latency")
+        build.add_argument("--n", type=int, required=True, help="architectures in the table")
+        build.add_argument("--out", required=True, help="the table: TABLE.csv (and TABLE.json)")
+        build.add_argument(
+            "--seeds", type=int, default=1, help="trainings of each architecture (default 1)"
+        )
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        from nas.storage import load_study
+        from nas.study import prepare_inputs
+        from nas.table_build import build_config, enqueue_seeds, table_paths, write_table
+
+        config = build_config(_load_config(args.config), args.out, args.n, args.seeds)
+        csv_path, meta_path, db, artifacts = table_paths(args.out)
+        inputs = prepare_inputs(config)
+
+        def rewrite(trial: Any, values: Any) -> None:  # after each trial: the table so far
+            if trial.user_attrs.get("status") == "trained":
+                write_table(trial.study, config, csv_path, inputs.data)
+
+        first = config.replace_study(n_trained=args.n)
+        code = _search_here(first, "lvit table build", hooks=[rewrite], summary=False)
+        if code:
+            return code
+        study = load_study(config.study.storage_url, config.study.name)
+        if args.seeds > 1:
+            enqueue_seeds(study, args.n, args.seeds)
+            code = _search_here(config, "lvit table build", hooks=[rewrite], summary=False)
+            if code:
+                return code
+            study = load_study(config.study.storage_url, config.study.name)
+        lines = write_table(study, config, csv_path, inputs.data)
+        print(
+            f"Table: {lines} trainings of {args.n} architectures of space '{config.space}' in "
+            f"{csv_path} (and {os.path.basename(meta_path)}); study '{config.study.name}' in "
+            f"{db}, weights in {artifacts}."
+        )
+        print(
+            f"Replay a search over it: evaluation: table and table: {csv_path} in a config of "
+            f"space {config.space}"
+        )
+        return 0
+
+
 COMMANDS: list[Command] = [
     Search(),
     Worker(),
@@ -1513,6 +1577,7 @@ COMMANDS: list[Command] = [
     Train(),
     Evaluate(),
     Supernet(),
+    Table(),
 ]
 
 

@@ -28,8 +28,9 @@ A config has these sections (all optional but `study.name`):
              search_mlp_ratio, search_num_heads, search_depth, patch_size)
     evaluation: train (each candidate trained from scratch, the default) | supernet (scored
              with weights inherited from a one-shot supernet, the best retrained) | table
-             (looked up in a tabular benchmark: space nb201)
-    table:   the tabular benchmark's data set (nb201: cifar10, cifar100, imagenet16-120)
+             (looked up in a tabular benchmark: space nb201, or a table lvit table build made)
+    table:   the tabular benchmark: NAS-Bench-201's data set (space nb201: cifar10, cifar100,
+             imagenet16-120) or the TABLE.csv that lvit table build made of the space
     supernet: path, patch_size, stems, pos_encs, stages (per stage: depths, dims, heads,
              mlp_ratios, mixers, downsample, kernel_sizes, sr_ratios, windows), epochs, seed,
              calib_batches, tune_steps, retrain_top_k
@@ -856,27 +857,39 @@ class SearchConfig:
             )
 
     def _check_table(self) -> None:
-        """`evaluation: table` and a cell space go together, with a table and nothing that
-        trains or measures."""
+        """`evaluation: table` goes with a table and nothing that trains or measures: a cell
+        space with NAS-Bench-201's table, or an architecture space with a table `lvit table
+        build` made of it (a .csv path)."""
         tabular = self.evaluation == "table"
-        if (self.space in CELL_SPACES) != tabular:
+        if self.space in CELL_SPACES and not tabular:
             raise ValueError(
                 "space: nb201 is searched through its table: set evaluation: table and table: "
                 "cifar10 (or cifar100, imagenet16-120)"
-                if not tabular
-                else "evaluation: table looks candidates up in a tabular benchmark: set space: "
-                "nb201 (NAS-Bench-201's cells)"
             )
         if self.table is not None and not tabular:
-            raise ValueError("table: is for evaluation: table (space: nb201)")
+            raise ValueError("table: is for evaluation: table")
         if not tabular:
             return
-        if self.table not in NB201_DATASETS:
+        built = self.space not in CELL_SPACES
+        if built and self.space not in SPACES:
+            raise ValueError(
+                "evaluation: table looks candidates up in a tabular benchmark: set space: nb201 "
+                "(NAS-Bench-201's cells) or an architecture space with a table lvit table build "
+                f"made of it, not {self.space}"
+            )
+        if built and not str(self.table or "").endswith(".csv"):
+            raise ValueError(
+                f"table: the TABLE.csv lvit table build made of space {self.space} (got "
+                f"{self.table!r}); NAS-Bench-201's data sets go with space: nb201"
+            )
+        if not built and self.table not in NB201_DATASETS:
             raise ValueError(
                 f"table must name NAS-Bench-201's data set: {', '.join(NB201_DATASETS)}, "
                 f"got {self.table!r}"
             )
-        if self.budget.max_flops is not None or "flops" in self.study.objective_names:
+        if not built and (
+            self.budget.max_flops is not None or "flops" in self.study.objective_names
+        ):
             raise ValueError(
                 "NAS-Bench-201's table has no FLOPs: remove budget.max_flops and the flops "
                 "objective (params and latency_ms it has)"

@@ -72,7 +72,7 @@ def prepare_inputs(config: SearchConfig) -> Inputs:
     if config.evaluation == "table":
         from nas.tables import load_table
 
-        return Inputs(None, benchmark=load_table(config.table))
+        return Inputs(None, benchmark=load_table(config.table, config.search_space()))
     space = config.search_space()
     data = load_dataset(config.data)
     table = _load_table(config, data, space) if config.budget.lut_path else None

@@ -4,11 +4,12 @@ looked up, not trained, so that a strategy is compared in seconds with many seed
 The same engine as a real search (`nas.study.run_search`): the study, its sampler and
 constraints, the budgets, `n_trials` and `n_trained`, workers, the trial records, fronts and
 reports. What differs is where the figures come from: the space samples a cell
-(`search_spaces.spaces.nb201`), its params and latency are the table's (`costs`, with
+(`search_spaces.spaces.nb201`), or an architecture that a built table answers with its nearest
+row (`nas.tables.SampledTable`); its params and latency are the table's (`costs`, with
 `latency_source: table`), a candidate over a budget is `infeasible` as always, and one within
-them gets the accuracy of one of the cells' trainings in the table, drawn by the trial's seed
-(`status: trained`; `table` says which training, of which table). Nothing is stored as weights:
-a table's cell cannot be exported.
+them gets the accuracy of one of the row's trainings in the table, drawn by the trial's seed
+(`status: trained`; `table` says which training, of which table, and for a built table which
+row at what distance). Nothing is stored as weights: a looked-up candidate cannot be exported.
 """
 
 from __future__ import annotations
@@ -46,23 +47,32 @@ class TableObjective(Objective):
         claim(trial, cfg.study.n_trials)
         write(trial, worker={"host": socket.gethostname(), "pid": os.getpid()})
         seed = trial_seed(cfg.study.seed, trial.number)
-        cell = self.space.sample(trial)
-        write(trial, arch_line=cell, seed=seed)
-        if not cfg.study.repeats:  # a cell looked up already: its result, not a new training
-            self._reuse(trial, lambda r: r.arch_line == cell and "table" in r.attrs)
-        costs = table.costs(cell)
+        key, line, match = table.lookup(self.space, trial)
+        write(trial, arch_line=line, seed=seed)
+        if match:  # a built table's row: its architecture (pictures, reports)
+            write(trial, arch=table.arch(key).to_dict())
+        if not cfg.study.repeats:  # a row looked up already: its result, not a new training
+            self._reuse(
+                trial,
+                lambda r: (
+                    r.arch_line == line
+                    and "table" in r.attrs
+                    and r.attrs["table"].get("row") == match.get("row")
+                ),
+            )
+        costs = table.costs(key)
         write(trial, costs=costs)
         reasons = check_budgets(trial, cfg, costs)
         if reasons:
-            write(trial, table=table.info())
+            write(trial, table={**table.info(), **match})
             self.reject(trial, None, costs, reasons)
-        acc, which = table.draw(cell, seed)
+        acc, which = table.draw(key, seed)
         write(
             trial,
-            table={**table.info(), "training": which},
+            table={**table.info(), **match, "training": which},
             train={
                 "epochs": table.epochs,
-                "seconds": round(table.row(cell).train_seconds, 1),
+                "seconds": round(table.row(key).train_seconds, 1),
                 "looked_up_seconds": round(time.perf_counter() - start, 4),
             },
         )

@@ -146,9 +146,13 @@ def test_a_wrong_table_config_is_refused_in_one_line(
         load_config(path)
 
 
-def test_evaluation_table_needs_the_cell_space(tmp_path: Path) -> None:
+def test_evaluation_table_needs_a_table_of_its_space(tmp_path: Path) -> None:
+    # an architecture space is replayed over a table lvit table build made of it, not NB201's
     path = nb201_config(tmp_path)
     path.write_text(path.read_text().replace("space: nb201", "space: survey"))
+    with pytest.raises(ConfigError, match="the TABLE.csv lvit table build made of space survey"):
+        load_config(path)
+    path.write_text(path.read_text().replace("space: survey", "space: nni:autoformer"))
     with pytest.raises(ConfigError, match="set space: nb201"):
         load_config(path)
 
