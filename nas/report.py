@@ -390,8 +390,11 @@ def study_summary(study: optuna.Study) -> str:
         busy = sum((end - start).total_seconds() for start, end in spans)
         first, last = min(s for s, _ in spans), max(e for _, e in spans)
         training = sum(TrialRecord.of(t).train.get("seconds", 0.0) for t in trials)
+        # a looked-up candidate's training seconds are its table's, spent when it was built
+        looked_up = config.get("evaluation") == "table"
+        what = "training, as the table records it" if looked_up else "training"
         lines.append(
-            f"time: {busy / 60:.1f} min in trials ({training / 60:.1f} min training), "
+            f"time: {busy / 60:.1f} min in trials ({training / 60:.1f} min {what}), "
             f"from {first:%Y-%m-%d %H:%M} to {last:%H:%M}"
         )
     return "\n".join(lines)

@@ -170,7 +170,8 @@ def test_lvit_search_status_report_on_a_table(
     assert "Export:" not in out.out
     storage = f"sqlite:///{tmp_path}/study.db"
     assert main(["status", "--storage", storage]) == 0
-    assert "space nb201" in capsys.readouterr().out
+    status = capsys.readouterr().out
+    assert "space nb201" in status and "min training, as the table records it" in status
     assert main(["report", "--storage", storage, "--out", str(tmp_path / "report")]) == 0
     assert "|+|" in (tmp_path / "report" / "report.md").read_text()
     capsys.readouterr()
