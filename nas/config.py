@@ -5,8 +5,9 @@ dotted key (`experiments/x.yaml: train.epochs must be an integer, got 'ten' (str
 
 A config has these sections (all optional but `study.name`):
 
-    study:   name, storage, artifacts, n_trials, seed, mode (multi|single), objectives,
-             sampler, sampler_args, pruner, pruner_args
+    study:   name, storage, artifacts, n_trials, n_trained, seed, mode (multi|single),
+             objectives, sampler, sampler_args, pruner, pruner_args, warm_start, repeats,
+             confirm_top_k, confirm_seeds, grace_period, fidelity (rungs, eta: MO-ASHA)
     space:   a registered search space name, `supernet` (the supernet section's),
              `nni:autoformer` (NNI's AutoFormer space, the nni extra), or `nb201`
              (NAS-Bench-201's cells, with evaluation: table)
@@ -67,6 +68,7 @@ __all__ = [
     "EarlyStopConfig",
     "ProxyConfig",
     "SupernetConfig",
+    "FidelityConfig",
     "EVALUATIONS",
     "load_config",
 ]
@@ -176,6 +178,34 @@ def machine_cores() -> int:
 
 
 @dataclass(frozen=True)
+class FidelityConfig:
+    """Multi-fidelity in multi mode (`study.fidelity`): asynchronous successive halving by
+    non-dominated rank, as MO-ASHA ("Multi-objective Asynchronous Successive Halving",
+    Schmucker et al. 2021, arXiv 2106.12639). Every candidate trains to the first of `rungs`
+    (epochs, increasing, below `train.epochs`); at each rung it goes on only if it ranks among
+    the best 1/`eta` of the candidates that reached that rung so far (their accuracy at that
+    epoch against their costs on the other objectives: non-dominated sorting, then crowding
+    distance within a front), else it ends PRUNED with `status: stopped` and the rank in its
+    reason. Among fewer than `eta` candidates, the best goes on (as Optuna's successive
+    halving does); the ranking reads the study's storage, so workers promote asynchronously."""
+
+    rungs: tuple[int, ...] = (1,)
+    eta: int = 3
+
+    def __post_init__(self) -> None:
+        if (
+            not self.rungs
+            or any(r < 1 for r in self.rungs)
+            or list(self.rungs) != sorted(set(self.rungs))
+        ):
+            raise ValueError(
+                f"study.fidelity.rungs must be increasing epochs >= 1, got {list(self.rungs)}"
+            )
+        if self.eta < 2:
+            raise ValueError(f"study.fidelity.eta must be >= 2, got {self.eta}")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """The Optuna study. `n_trials` is the study-wide number of candidates (trained or rejected
     by the budgets); re-running the command resumes the study until it has that many.
@@ -220,9 +250,16 @@ class StudyConfig:
     pruner: str | None = None
     pruner_args: dict[str, Any] = field(default_factory=dict)
     grace_period: float = DEFAULT_GRACE_PERIOD_S
+    fidelity: FidelityConfig | None = None
 
     def __post_init__(self) -> None:
         import optuna
+
+        if self.fidelity is not None and self.mode != "multi":
+            raise ValueError(
+                "study.fidelity is MO-ASHA, for multi mode; in single mode use study.pruner: "
+                "SuccessiveHalvingPruner"
+            )
 
         if not self.name or "/" in self.name:
             raise ValueError(f"study.name must be a non-empty name without '/', got {self.name!r}")
@@ -819,6 +856,22 @@ class SearchConfig:
     table: str | None = None
 
     def __post_init__(self) -> None:
+        fidelity = self.study.fidelity
+        if fidelity is not None:
+            if self.early_stop.enabled:
+                raise ValueError(
+                    "study.fidelity and early_stop both stop candidates: keep one of them"
+                )
+            if fidelity.rungs[-1] >= self.train.epochs:
+                raise ValueError(
+                    f"study.fidelity.rungs {list(fidelity.rungs)} must be below train.epochs "
+                    f"({self.train.epochs}): the last rung is the full training"
+                )
+            if self.evaluation != "train":
+                raise ValueError(
+                    f"study.fidelity promotes candidates between epochs of their training: "
+                    f"it needs evaluation: train, not {self.evaluation}"
+                )
         if self.early_stop.enabled and self.study.mode != "multi":
             raise ValueError(
                 "early_stop is for multi mode; in single mode use study.pruner (e.g. MedianPruner)"

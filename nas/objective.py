@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from nas import cost
 from nas.config import SearchConfig
-from nas.early_stop import dominated_reason
+from nas.early_stop import dominated_reason, promotion_reason
 from nas.exits import calibrate_exits, calibrate_resolution
 from nas.inputs import Inputs
 from nas.lifecycle import library_versions, trial_seed
@@ -427,6 +427,8 @@ class Objective:
                     reason = f"the {cfg.study.pruner} stopped it after epoch {epoch} ({acc:.4f})"
             elif cfg.early_stop.enabled:
                 reason = dominated_reason(trial, cfg, candidate.costs, epoch, acc)
+            elif cfg.study.fidelity is not None:
+                reason = promotion_reason(trial, cfg, candidate.costs, epoch, acc)
             if reason:
                 raise _Stopped(reason)
 

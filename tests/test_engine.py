@@ -17,8 +17,16 @@ import torch.nn.functional as F
 from optuna.trial import TrialState
 
 from nas.cli import main
-from nas.config import ConfigError, EarlyStopConfig, SearchConfig, StudyConfig, load_config
-from nas.early_stop import dominated_reason
+from nas.config import (
+    ConfigError,
+    EarlyStopConfig,
+    FidelityConfig,
+    SearchConfig,
+    StudyConfig,
+    TrainConfig,
+    load_config,
+)
+from nas.early_stop import dominated_reason, promotion_reason, rank_order
 from nas.proxies import compute_proxies
 from nas.report import hypervolume, nondominated, pareto_front, records
 from nas.study import run_search
@@ -175,6 +183,35 @@ def test_the_early_stopping_rule_needs_enough_dominating_candidates() -> None:
     assert dominated_reason(trial, config, {"latency_ms": 2.0}, 2, 0.95) is None
 
 
+def test_mo_asha_ranks_by_front_then_crowding() -> None:
+    # (1 - accuracy, latency), minimised: three on the first front, one behind them
+    points = [(0.1, 3.0), (0.2, 2.0), (0.3, 1.0), (0.25, 2.5), (0.15, 2.2)]
+    order = rank_order(points)
+    # front {0, 1, 2, 4}: the two ends first (infinite crowding), then the less crowded
+    assert set(order[:4]) == {0, 1, 2, 4} and order[4] == 3
+    assert set(order[:2]) == {0, 2}
+    assert rank_order([(0.5, 1.0)]) == [0]
+
+
+def test_mo_asha_promotes_the_best_third_at_a_rung() -> None:
+    config = SearchConfig(
+        study=StudyConfig(name="x", fidelity=FidelityConfig(rungs=(1,), eta=3)),
+        train=TrainConfig(epochs=3),
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    # alone at the rung: the best goes on (the first eta - 1 arrivals)
+    assert promotion_reason(trial, config, {"latency_ms": 2.0}, 1, 0.5) is None
+    for latency, acc in ((1.0, 0.9), (1.5, 0.8), (3.0, 0.7), (4.0, 0.6), (5.0, 0.55)):
+        _trained(study, latency, [acc, acc + 0.05, acc + 0.06])
+    # six at the rung, the best two go on: on the fourth front, it stops, with its rank
+    reason = promotion_reason(trial, config, {"latency_ms": 3.5}, 1, 0.65)
+    assert reason and "ranked 4 of 6" in reason and "the best 2 go on" in reason
+    # the fastest of all is on the first front, an end of it: promoted
+    assert promotion_reason(trial, config, {"latency_ms": 0.5}, 1, 0.4) is None
+    assert promotion_reason(trial, config, {"latency_ms": 3.5}, 2, 0.1) is None  # no rung
+
+
 @pytest.mark.slow
 def test_a_multi_objective_search_with_early_stopping_stops_dominated_candidates(
     tmp_path: Path,
@@ -197,6 +234,46 @@ def test_a_multi_objective_search_with_early_stopping_stops_dominated_candidates
             1 <= len(t.user_attrs["curve"]) < 3 and "more accurate" in t.user_attrs["stop_reason"]
         )
     assert "stopped" in outcomes, "with dominated_by 1 some of 8 candidates should stop"
+
+
+def test_a_search_with_mo_asha_promotes_exactly_whom_its_rung_ranks_first(
+    tmp_path: Path,
+) -> None:
+    """One process, so each candidate met at its rung exactly the earlier ones: the rule,
+    replayed on their recorded curves and costs, says who went on."""
+    config = load_config(
+        write_config(
+            tmp_path,
+            budget=WIDE,
+            train="train: {epochs: 2, batch_size: 32, lr: 0.003, threads: 1}",
+            study=f"""study:
+              name: asha
+              storage: sqlite:///{tmp_path}/asha.db
+              n_trials: 7
+              sampler: RandomSampler
+              fidelity: {{rungs: [1], eta: 2}}""",
+        )
+    )
+    study = run_search(config).study
+    reached: list[tuple[float, float]] = []
+    went_on = stopped = 0
+    for t in sorted(study.trials, key=lambda t: t.number):
+        curve, costs = t.user_attrs.get("curve", []), t.user_attrs.get("costs", {})
+        if not curve:
+            continue  # over a budget: never trained
+        point = (-curve[0], costs["latency_ms"])
+        place = rank_order([point, *reached]).index(0)
+        promoted = place < max(1, (len(reached) + 1) // 2)
+        assert len(curve) == (2 if promoted else 1), (t.number, curve)
+        if not promoted:
+            assert (
+                t.state == TrialState.PRUNED
+                and "MO-ASHA: at rung 1" in t.user_attrs["stop_reason"]
+            )
+        went_on += promoted
+        stopped += not promoted
+        reached.append(point)
+    assert went_on >= 2 and stopped >= 1
 
 
 def test_zero_cost_proxies_are_computed_without_touching_the_model() -> None:
@@ -329,6 +406,15 @@ def test_engine_section_errors() -> None:
             study=StudyConfig(name="x", mode="single"),
             early_stop=EarlyStopConfig(enabled=True),
         )
+    for study, rest, message in (
+        ({"mode": "single", "fidelity": {"rungs": [1]}}, {}, "MO-ASHA, for multi mode"),
+        ({"fidelity": {"rungs": [2, 1]}}, {}, "rungs must be increasing epochs"),
+        ({"fidelity": {"eta": 1}}, {}, "eta must be >= 2"),
+        ({"fidelity": {"rungs": [3]}}, {"train": {"epochs": 3}}, "must be below train.epochs"),
+        ({"fidelity": {}}, {"early_stop": {"enabled": True}}, "keep one of them"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            SearchConfig.from_dict({"study": {"name": "x", **study}, **rest})
     with pytest.raises(ConfigError, match="proxy 'zen' is unknown"):
         SearchConfig.from_dict({"study": {"name": "x"}, "proxies": {"compute": ["zen"]}})
     with pytest.raises(ConfigError, match="needs prescreen_proxy"):
