@@ -72,7 +72,14 @@ def prepare_inputs(config: SearchConfig) -> Inputs:
     if config.evaluation == "table":
         from nas.tables import load_table
 
-        return Inputs(None, benchmark=load_table(config.table, config.search_space()))
+        table = load_table(config.table, config.search_space())
+        fidelity = config.study.fidelity
+        if fidelity is not None and fidelity.rungs[-1] >= table.epochs:
+            raise ConfigError(
+                f"study.fidelity.rungs {list(fidelity.rungs)} must be below the table's "
+                f"{table.epochs} epochs: the last rung is the full training"
+            )
+        return Inputs(None, benchmark=table)
     space = config.search_space()
     data = load_dataset(config.data)
     table = _load_table(config, data, space) if config.budget.lut_path else None

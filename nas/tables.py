@@ -305,6 +305,12 @@ class SampledTable(_Table):
             train_seconds=float(np.mean([float(x["train_seconds"] or 0) for x in lines])),
         )
 
+    def curve(self, row: int, training: int) -> list[float]:
+        """Validation accuracy after each epoch of one of the row's trainings (its
+        fidelities; what `study.fidelity` replays)."""
+        text = self._lines[self.ids[row]][training]["val_acc_by_epoch"]
+        return [float(a) for a in text.split(";")] if text else []
+
     def draw(self, row: int, seed: int) -> tuple[float, int]:
         """The accuracy of one of the row's trainings, chosen by `seed`, and which."""
         accs = self.row(row).accuracies

@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 import optuna
 
+from nas.early_stop import promotion_reason
 from nas.lifecycle import trial_seed
 from nas.objective import Duplicate, Objective, check_budgets, claim
 from nas.records import Status, TrialRecord, record_failure, set_status, write
@@ -67,6 +69,9 @@ class TableObjective(Objective):
             write(trial, table={**table.info(), **match})
             self.reject(trial, None, costs, reasons)
         acc, which = table.draw(key, seed)
+        if cfg.study.fidelity is not None:  # MO-ASHA over the training's recorded epochs
+            info = {**table.info(), **match, "training": which}
+            self._climb(trial, costs, table.curve(key, which), info)
         write(
             trial,
             table={**table.info(), **match, "training": which},
@@ -90,3 +95,28 @@ class TableObjective(Objective):
         )
         self.ended(trial, [acc])
         return self._values(acc, costs)
+
+    def _climb(
+        self, trial: optuna.Trial, costs: dict[str, Any], curve: list[float], info: dict
+    ) -> None:
+        """Replay the rungs of `study.fidelity` on a looked-up training's epochs: at each, the
+        candidate goes on or stops (PRUNED, `status: stopped`, paying that many epochs of
+        the table's training), as it would have had it been trained."""
+        for rung in self.config.study.fidelity.rungs:
+            write(trial, curve=curve[:rung])
+            reason = promotion_reason(trial, self.config, costs, rung, curve[rung - 1])
+            if reason:
+                write(trial, table=info, train={"epochs": rung, "of_epochs": len(curve)})
+                set_status(trial, Status.STOPPED, reason)
+                self.on_event(
+                    "stopped",
+                    {
+                        "trial": trial.number,
+                        "record": TrialRecord.of(trial),
+                        "reason": reason,
+                        "curve": curve[:rung],
+                    },
+                )
+                self.ended(trial)
+                raise optuna.TrialPruned(reason)
+        write(trial, curve=curve)

@@ -92,6 +92,34 @@ def test_a_search_replayed_over_the_table_answers_with_its_nearest_rows(built, c
     assert "looked up" in capsys.readouterr().err
 
 
+def test_mo_asha_replays_over_the_epochs_a_table_recorded(built, capsys) -> None:
+    folder, out = built
+    table = SampledTable.load(str(out))
+    study = (
+        f"study: {{name: asha, storage: 'sqlite:///{folder}/asha.db', n_trials: 12, seed: 2, "
+        "sampler: RandomSampler, repeats: true, fidelity: {rungs: [1], eta: 2}}"
+    )
+    tabular = f"evaluation: table\ntable: {out}"
+    config = write_config(folder, "asha", study=study, train=TRAIN, data=tabular)
+    assert main(["search", str(config)]) == 0
+    replay = optuna.load_study(study_name="asha", storage=f"sqlite:///{folder}/asha.db")
+    ended = [r for r in records(replay) if r.status.value in ("trained", "stopped")]
+    stopped = [r for r in ended if r.status.value == "stopped"]
+    assert stopped and len(stopped) < len(ended)
+    for r in ended:  # each went as far as its rung allowed, on the epochs its row recorded
+        t = r.attrs["table"]
+        curve = table.curve(t["row"], t["training"])
+        kept = replay.trials[r.number].user_attrs["curve"]
+        assert kept == (curve[:1] if r in stopped else curve)
+        if r in stopped:
+            assert "MO-ASHA: at rung 1" in r.reason and r.train["epochs"] == 1
+    too_far = write_config(
+        folder, "far", study=study.replace("[1]", "[2]"), train=TRAIN, data=tabular
+    )
+    assert main(["search", str(too_far)]) == 2
+    assert "must be below the table's 2 epochs" in capsys.readouterr().err
+
+
 def test_a_table_of_another_space_or_missing_is_one_line(built, tmp_path: Path, capsys) -> None:
     folder, out = built
     wrong = write_config(
