@@ -1,7 +1,8 @@
 """Benchmark: search strategies against random search on tabular benchmarks, over many seeds.
 
 Each strategy runs through the engine (`nas.study.run_search`, `evaluation: table`) on
-NAS-Bench-201 (arXiv 2001.00326; CIFAR-10, CIFAR-100, ImageNet16-120) under a latency budget
+NAS-Bench-201 (arXiv 2001.00326; CIFAR-10, CIFAR-100, ImageNet16-120) or on a table `lvit table
+build` made of one of our spaces (`--tables PATH.csv`) under a latency budget
 (by default the table's median latency, so half the cells are feasible), multi-objective
 (accuracy up, latency down), until `--evals` candidates are trained (looked up), with
 `--seeds` seeds each. A looked-up candidate's accuracy is one of its cell's trainings, chosen
@@ -22,11 +23,13 @@ Strategies: `random` (RandomSampler), `tpe` (TPESampler, the engine's default), 
 (TPE with `study.warm_start: study:NAME`, the front of the same seed's TPE search on the next
 table in `--tables`, as a search on another data set would start), `nsga2` (NSGAIISampler with
 a population of 20: Optuna's default 50 would spend half of 100 trainings on its random first
-generation), `gp` (GPSampler, seconds per trial: `--gp-seeds` seeds, on the first table only).
-Every strategy runs with the engine's defaults otherwise, so no cell is trained twice
+generation), `gp` (GPSampler, seconds per trial: `--gp-seeds` seeds, on the first table only),
+`tpe-asha` (TPE with `study.fidelity`, MO-ASHA with eta 3 at rungs 1, 3, 9, ... epochs: on
+built tables only, which record every epoch; NAS-Bench-201's holds final accuracies). Every
+strategy runs with the engine's defaults otherwise, so no cell is trained twice
 (`study.repeats: false`: a repeated proposal reuses the earlier result and is not counted as a
-training paid). Multi-fidelity and the
-one-shot supernet do not apply to these tables (one fidelity, no weights).
+training paid). The cost axis is full trainings paid: a candidate MO-ASHA stopped at epoch e of
+E costs e/E of one. The one-shot supernet does not apply (a table has no weights).
 
 Studies are kept in `--work` (one SQLite file), so an interrupted run resumes.
 Writes `results.json`, `results.md` and `hypervolume.png` to `--out`.
@@ -51,12 +54,12 @@ from scipy import stats
 from tqdm import tqdm
 
 from nas.bench import set_mode_defaults
-from nas.config import NB201_DATASETS, BudgetConfig, SearchConfig, StudyConfig
+from nas.config import NB201_DATASETS, BudgetConfig, FidelityConfig, SearchConfig, StudyConfig
 from nas.errors import UserError
 from nas.records import Status, TrialRecord
 from nas.report import hypervolume, write_results
 from nas.study import create_or_resume_study, prepare_inputs, run_search
-from nas.tables import NB201Table
+from nas.tables import NB201Table, SampledTable, load_table
 
 STRATEGIES: dict[str, dict[str, Any]] = {
     "random": {"sampler": "RandomSampler"},
@@ -64,7 +67,31 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "tpe-warm": {"sampler": "TPESampler", "warm": True},
     "nsga2": {"sampler": "NSGAIISampler", "args": {"population_size": 20}},
     "gp": {"sampler": "GPSampler"},
+    "tpe-asha": {"sampler": "TPESampler", "fidelity": True},
 }
+Table = NB201Table | SampledTable
+
+
+def rungs(epochs: int, eta: int = 3) -> tuple[int, ...]:
+    """MO-ASHA's rungs below a table's `epochs`: 1, eta, eta^2, ..."""
+    out, r = [], 1
+    while r < epochs:
+        out.append(r)
+        r *= eta
+    return tuple(out)
+
+
+def applies(strategy: str, table: str, tables: list[str]) -> bool:
+    """Whether `strategy` runs on `table`: gp on the first only, tpe-warm where another table
+    of the same space is listed, tpe-asha on built tables (every epoch recorded)."""
+    spec = STRATEGIES[strategy]
+    if strategy == "gp":
+        return table == tables[0]
+    if spec.get("warm"):
+        return next_table(tables, table) is not None
+    if spec.get("fidelity"):
+        return table not in NB201_DATASETS and load_table(table).epochs > 1
+    return True
 
 
 def config_for(args: argparse.Namespace, table: str, strategy: str, seed: int, budget: float):
@@ -72,9 +99,12 @@ def config_for(args: argparse.Namespace, table: str, strategy: str, seed: int, b
     warm = None
     if spec.get("warm"):
         source = next_table(args.tables, table)
-        warm = f"study:tpe-{source}-{seed}" if source else None
+        warm = f"study:tpe-{label(source)}-{seed}" if source else None
+    fidelity = None
+    if spec.get("fidelity"):
+        fidelity = FidelityConfig(rungs=rungs(load_table(table).epochs), eta=3)
     study = StudyConfig(
-        name=f"{strategy}-{table}-{seed}",
+        name=f"{strategy}-{label(table)}-{seed}",
         storage=f"sqlite:///{os.path.abspath(args.work)}/strategies.db",
         artifacts=os.path.join(args.work, "artifacts"),
         n_trials=args.evals * args.max_multiple,
@@ -83,21 +113,32 @@ def config_for(args: argparse.Namespace, table: str, strategy: str, seed: int, b
         sampler=spec["sampler"],
         sampler_args=spec.get("args", {}),
         warm_start=warm,
+        fidelity=fidelity,
     )
     return SearchConfig(
         study=study,
-        space="nb201",
+        space="nb201" if table in NB201_DATASETS else load_table(table).space,
         evaluation="table",
         table=table,
         budget=BudgetConfig(max_latency_ms=budget),
     )
 
 
+def label(table: str) -> str:
+    """A table's name in study names and results: NB201's data set, or the file's stem."""
+    return table if table in NB201_DATASETS else os.path.splitext(os.path.basename(table))[0]
+
+
 def next_table(tables: list[str], table: str) -> str | None:
-    """The table a warm start comes from: the next one in the list (the first for the last)."""
-    if len(tables) < 2:
+    """The table a warm start comes from: the next one in the list of the same kind (the
+    first for the last); None where there is no other NAS-Bench-201 table (a built table's
+    study holds another space's points than another built table's, unless both are of one)."""
+    same = [t for t in tables if (t in NB201_DATASETS) == (table in NB201_DATASETS)]
+    if table not in NB201_DATASETS:
+        same = [t for t in same if load_table(t).space == load_table(table).space]
+    if len(same) < 2:
         return None
-    return tables[(tables.index(table) + 1) % len(tables)]
+    return same[(same.index(table) + 1) % len(same)]
 
 
 def run_one(config: SearchConfig) -> Any:
@@ -107,22 +148,41 @@ def run_one(config: SearchConfig) -> Any:
     return study
 
 
-def curve(study: Any, table: NB201Table, budget: float, evals: int) -> dict[str, Any]:
-    """Hypervolume (true accuracies) after each training, and the returned cell's regret."""
+def key_of(r: TrialRecord) -> Any:
+    """The table's key of a looked-up trial: a built table's row, or NB201's cell string."""
+    return r.attrs.get("table", {}).get("row", r.arch_line)
+
+
+def curve(study: Any, table: Table, budget: float, evals: int) -> dict[str, Any]:
+    """Hypervolume (true accuracies) after each full training's worth of cost (a candidate
+    stopped at epoch e of E costs e/E), and the returned candidate's regret."""
     records = sorted(map(TrialRecord.of, study.get_trials(deepcopy=False)), key=lambda r: r.number)
-    trained = [r for r in records if r.status is Status.TRAINED][:evals]
-    points, hv = [], []
-    for r in trained:
-        row = table.row(r.arch_line)
-        points.append((row.accuracy, row.latency_ms))
-        hv.append(hypervolume(points, budget))
-    chosen = max(trained, key=lambda r: (r.accuracy, -r.number))  # what the search saw
+    paid, events, trained = 0.0, [], []  # events: (cost paid so far, its point or None)
+    for r in records:
+        if r.status is Status.STOPPED:
+            paid += r.train.get("epochs", 0) / max(table.epochs, 1)
+            events.append((paid, None))
+        elif r.status is Status.TRAINED:
+            paid += 1.0
+            row = table.row(key_of(r))
+            events.append((paid, (row.accuracy, row.latency_ms)))
+            trained.append((paid, r))
+    hv, points, i = [], [], 0
+    for k in range(1, evals + 1):  # the front once k full trainings' worth is paid
+        while i < len(events) and events[i][0] <= k + 1e-9:
+            if events[i][1] is not None:
+                points.append(events[i][1])
+            i += 1
+        hv.append(hypervolume(points, budget) if points else 0.0)
+    within = [r for paid_at, r in trained if paid_at <= evals + 1e-9]
+    chosen = max(within, key=lambda r: (r.accuracy, -r.number))  # what the search saw
     return {
         "hypervolume": hv,
         "returned": chosen.arch_line,
-        "returned_accuracy": table.row(chosen.arch_line).accuracy,
+        "returned_accuracy": table.row(key_of(chosen)).accuracy,
         "candidates": len(study.get_trials(deepcopy=False)),
-        "distinct": len({r.arch_line for r in trained}),
+        "distinct": len({key_of(r) for r in within}),
+        "paid": round(paid, 3),
     }
 
 
@@ -135,7 +195,7 @@ def band(values: list[float]) -> tuple[float, float]:
     return mean, half
 
 
-def summarise(runs: dict[str, list[dict]], table: NB201Table, budget: float, evals: int):
+def summarise(runs: dict[str, list[dict]], table: Table, budget: float, evals: int):
     best = table.best(max_latency_ms=budget)
     full = hypervolume(
         [(a, lat) for a, lat, ok in zip(
@@ -175,10 +235,11 @@ def summarise(runs: dict[str, list[dict]], table: NB201Table, budget: float, eva
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
-        "# Search strategies on NAS-Bench-201 under a latency budget",
+        "# Search strategies on tabular benchmarks under a latency budget",
         "",
         f"`python experiments/bench_strategies.py{' --quick' if args.quick else ''}`: "
-        f"{args.evals} trainings (looked up) per search, {args.seeds} seeds per strategy "
+        f"{args.evals} full trainings' worth (looked up) per search, {args.seeds} seeds per "
+        "strategy "
         f"({args.gp_seeds} for gp), latency budget the table's {args.budget_quantile:.0%} "
         "quantile; hypervolume of the true accuracies as a share of the table's feasible "
         "front; mean ± 95% CI over seeds.",
@@ -218,7 +279,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
     tables = results["tables"]
     fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4), squeeze=False)
-    for ax, (table, res) in zip(axes[0], tables.items(), strict=True):
+    for ax, res in zip(axes[0], tables.values(), strict=True):
         for name in STRATEGIES:
             e = res.get(name)
             if e is None:
@@ -227,7 +288,7 @@ def plot(results: dict[str, Any], path: str) -> None:
             mean, half = np.array(e["mean"]), np.nan_to_num(np.array(e["half_width"]))
             ax.plot(x, mean, label=f"{name} ({e['seeds']})")
             ax.fill_between(x, mean - half, mean + half, alpha=0.2)
-        ax.set_title(f"NAS-Bench-201 {table}, latency <= {res['budget_ms']:.1f} ms")
+        ax.set_title(f"{res['title']}, latency <= {res['budget_ms']:.1f} ms")
         ax.set_xlabel("trainings paid")
         ax.set_ylabel("hypervolume / true front's")
         ax.grid(alpha=0.3)
@@ -240,7 +301,12 @@ def plot(results: dict[str, Any], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 30 trainings, 2 tables")
-    parser.add_argument("--tables", nargs="+", default=None, choices=NB201_DATASETS)
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        default=None,
+        help=f"NAS-Bench-201's ({', '.join(NB201_DATASETS)}) or a TABLE.csv of lvit table build",
+    )
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy")
     parser.add_argument("--gp-seeds", type=int, default=None, help="seeds for gp (slow)")
@@ -266,26 +332,26 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.work, exist_ok=True)
     start = time.perf_counter()
     order = sorted(args.strategies, key=lambda s: s == "tpe-warm")  # warm starts need tpe
-    jobs = [
-        (t, s, seed)
-        for s in order
-        for t in args.tables
-        for seed in range(args.gp_seeds if s == "gp" else args.seeds)
-        if s != "gp" or t == args.tables[0]
-    ]
     runs: dict[str, dict[str, list]] = {t: {} for t in args.tables}
     budgets = {}
     try:
         for table in args.tables:
-            t = NB201Table.load(table)
+            t = load_table(table)
             budgets[table] = float(np.quantile(t.latency_ms, args.budget_quantile))
+        jobs = [
+            (t, s, seed)
+            for s in order
+            for t in args.tables
+            for seed in range(args.gp_seeds if s == "gp" else args.seeds)
+            if applies(s, t, args.tables)
+        ]
         with tqdm(total=len(jobs), unit="search", desc="strategies", disable=None) as bar:
             for table, strategy, seed in jobs:
                 bar.set_postfix_str(f"{strategy} {table} seed {seed}")
                 config = config_for(args, table, strategy, seed, budgets[table])
                 study = run_one(config)
                 runs[table].setdefault(strategy, []).append(
-                    curve(study, NB201Table.load(table), budgets[table], args.evals)
+                    curve(study, load_table(table), budgets[table], args.evals)
                 )
                 bar.update(1)
     except UserError as e:
@@ -300,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         "tables": {},
     }
     for table in args.tables:
-        res = summarise(runs[table], NB201Table.load(table), budgets[table], args.evals)
-        results["tables"][table] = {"budget_ms": budgets[table], **res}
+        t = load_table(table)
+        res = summarise(runs[table], t, budgets[table], args.evals)
+        title = (
+            f"NAS-Bench-201 {table}" if table in NB201_DATASETS else f"{label(table)} ({t.space})"
+        )
+        results["tables"][label(table)] = {"budget_ms": budgets[table], "title": title, **res}
     write_results(args.out, results, markdown(results, args))  # whole or not at all; printed
     plot(results, os.path.join(args.out, "hypervolume.png"))
     print(

@@ -78,3 +78,44 @@ def test_the_strategies_benchmark_measures_true_hypervolume_and_resumes(tmp_path
     before = len(load_study(storage, "random-cifar100-1").trials)
     assert bench.main(args) == 0
     assert len(load_study(storage, "random-cifar100-1").trials) == before
+
+
+@pytest.mark.slow
+def test_on_a_built_table_mo_asha_is_charged_the_epochs_it_paid(tmp_path: Path) -> None:
+    from nas.cli import main as lvit
+    from nas.tables import SampledTable
+    from tests.conftest import write_config
+
+    train = "train: {epochs: 3, batch_size: 32, lr: 0.003, threads: 1}"
+    out = tmp_path / "tiny.csv"
+    assert lvit(["table", "build", str(write_config(tmp_path, train=train)), "--n", "8",
+                 "--out", str(out)]) == 0  # fmt: skip
+    bench = _bench()
+    args = [
+        "--tables", str(out), "--strategies", "random", "tpe", "tpe-warm", "tpe-asha",
+        "--seeds", "2", "--evals", "4", "--work", str(tmp_path / "work"),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert bench.main(args) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())["tables"]["tiny"]
+    assert set(res) >= {"random", "tpe", "tpe-asha"} and "tpe-warm" not in res  # one table
+    table = SampledTable.load(str(out))
+    storage = f"sqlite:///{tmp_path / 'work' / 'strategies.db'}"
+    study = load_study(storage, "tpe-asha-tiny-0")
+    assert study.user_attrs["config"]["study"]["fidelity"] == {"rungs": [1], "eta": 3}
+    # the curve, recomputed: after k full trainings' worth, the front of what was trained
+    paid, points, hv = 0.0, [], []
+    for r in sorted(map(TrialRecord.of, study.trials), key=lambda r: r.number):
+        if r.status in (Status.TRAINED, Status.STOPPED):
+            paid += 1.0 if r.status is Status.TRAINED else r.train["epochs"] / 3
+            if r.status is Status.TRAINED:
+                row = table.row(r.attrs["table"]["row"])
+                points.append((paid, row.accuracy, row.latency_ms))
+    for k in range(1, 5):
+        seen = [(a, lat) for at, a, lat in points if at <= k + 1e-9]
+        hv.append(hypervolume(seen, res["budget_ms"]) if seen else 0.0)
+    other = bench.curve(load_study(storage, "tpe-asha-tiny-1"), table, res["budget_ms"], 4)
+    expected = [
+        (a + b) / 2 / res["front_hv"] for a, b in zip(hv, other["hypervolume"], strict=True)
+    ]
+    assert res["tpe-asha"]["mean"] == pytest.approx(expected)
