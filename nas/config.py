@@ -34,7 +34,8 @@ A config has these sections (all optional but `study.name`):
              imagenet16-120) or the TABLE.csv that lvit table build made of the space
     supernet: path, patch_size, stems, pos_encs, stages (per stage: depths, dims, heads,
              mlp_ratios, mixers, downsample, kernel_sizes, sr_ratios, windows), epochs, seed,
-             calib_batches, tune_steps, retrain_top_k
+             calib_batches, tune_steps, retrain_top_k, sampling (spos|sandwich),
+             sandwich_paths
 """
 
 from __future__ import annotations
@@ -789,7 +790,10 @@ class SupernetConfig:
     `stems` and `pos_encs` to choose from, a fixed `patch_size`, and per stage the options of
     `stages` (`StageChoices`: depths, dims, heads, mlp_ratios, mixers, downsample,
     kernel_sizes, sr_ratios, windows). It trains for `epochs` with the `train` section's
-    recipe, one uniformly sampled path per batch (SPOS), from `seed`, and is written to `path`
+    recipe, one uniformly sampled path per batch (`sampling: spos`, SPOS) or, with `sampling:
+    sandwich`, BigNAS's sandwich rule with in-place distillation (the largest path on the
+    labels, the smallest and `sandwich_paths` uniformly drawn ones on the largest's
+    predictions, every batch), from `seed`, and is written to `path`
     (default `runs/<study.name>-supernet`). Scoring recalibrates batch norms on
     `calib_batches` training batches; after the search the `retrain_top_k` most accurate
     candidates are trained from scratch. `tune_steps` > 0 adapts each candidate's inherited
@@ -806,12 +810,17 @@ class SupernetConfig:
     calib_batches: int = 20
     tune_steps: int = 0
     retrain_top_k: int = 3
+    sampling: str = "spos"
+    sandwich_paths: int = 2
 
     def __post_init__(self) -> None:
         from search_spaces.blocks import POS_ENCODINGS
 
         _positive("supernet", patch_size=self.patch_size, epochs=self.epochs)
         _seed("supernet", self.seed)
+        if self.sampling not in ("spos", "sandwich"):
+            raise ValueError(f"supernet.sampling must be spos or sandwich, got {self.sampling!r}")
+        _positive("supernet", sandwich_paths=self.sandwich_paths)
         if min(self.calib_batches, self.retrain_top_k, self.tune_steps) < 0:
             raise ValueError("supernet.calib_batches, tune_steps and retrain_top_k must be >= 0")
         _within(

@@ -10,7 +10,9 @@ Framework", OSDI 2020; NNI 3.0, its last release, treated as frozen). It gives:
   - `train_supernet`: single-path one-shot training with uniform sampling (SPOS, "Single Path
     One-Shot Neural Architecture Search with Uniform Sampling", arXiv 1904.00420): for every
     batch NNI draws one path uniformly over the choices, and that path's slices are trained,
-    with the `train` section's recipe.
+    with the `train` section's recipe; or BigNAS's sandwich rule with in-place distillation
+    (`supernet.sampling: sandwich`, arXiv 2003.11142: the largest, the smallest and a few
+    drawn paths every batch, the others learning the largest's predictions).
 
 Why our own weight slicing and not NNI's mixed operations: NNI's one-shot strategies replace
 `MutableLinear`/`MutableConv2d`/`MutableLayerNorm`/`MutableMultiheadAttention` layers by mixed
@@ -170,15 +172,29 @@ def train_supernet(
         return shared.score(largest, data, calib_batches=sn.calib_batches, seed=sn.seed)
 
     shared.sampler = sample
+    if sn.sampling == "sandwich":
+        smallest = space.smallest(
+            num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size
+        )
+
+        def sandwich() -> tuple[ArchConfig, ArchConfig, list[ArchConfig]]:
+            return largest, smallest, [sample() for _ in range(sn.sandwich_paths)]
+
+        shared.sandwich = sandwich
     recipe: TrainConfig = dataclasses.replace(config.train, epochs=sn.epochs)
     result = train_model(
         shared, data, recipe, sn.seed, on_epoch=on_epoch, evaluate_fn=score_largest
     )
-    shared.sampler = None
+    shared.sampler = shared.sandwich = None
     meta = {
         "data": data.info(),
         "recipe": dataclasses.asdict(recipe),
-        "sampling": "uniform single path per batch (SPOS), drawn by NNI",
+        "sampling": (
+            f"sandwich rule (largest, smallest, {sn.sandwich_paths} drawn by NNI) with in-place "
+            "distillation (BigNAS)"
+            if sn.sampling == "sandwich"
+            else "uniform single path per batch (SPOS), drawn by NNI"
+        ),
         "seed": sn.seed,
         "epochs": sn.epochs,
         "paths_trained": paths,

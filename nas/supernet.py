@@ -138,6 +138,8 @@ class SharedWeights(nn.Module):
         self.space = space
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
         self.sampler: Callable[[], ArchConfig] | None = None
+        # the sandwich rule's paths of one batch: (largest, smallest, the drawn ones)
+        self.sandwich: Callable[[], tuple[ArchConfig, ArchConfig, list[ArchConfig]]] | None = None
         self.active = space.largest(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
         self._models: OrderedDict[str, LightViT] = OrderedDict()
         self._cache_size = cache_size
@@ -268,9 +270,34 @@ class SharedWeights(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.sampler is not None:
             self.active = self.sampler()
-        model = self.model_of(self.active)
+        return self.run(self.active, x)
+
+    def run(self, arch: ArchConfig, x: torch.Tensor) -> torch.Tensor:
+        """`arch`'s logits on `x`, with the weights it inherits (made active)."""
+        self.active = arch
+        model = self.model_of(arch)
         model.train(self.training)
         return functional_call(model, self.tensors_for(model), (x,), strict=False)
+
+    def sandwich_loss(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """One batch of the sandwich rule with in-place distillation ("BigNAS: Scaling Up
+        Neural Architecture Search with Big Single-Stage Models", arXiv 2003.11142): the
+        largest path learns the labels; the smallest and the paths `sandwich()` draws learn the
+        largest's predictions (soft cross-entropy on its detached softmax). The sum of their
+        losses, whose one backward gives the gradient BigNAS accumulates path by path."""
+        largest, smallest, drawn = self.sandwich()
+        logits = self.run(largest, x)
+        loss = criterion(logits, target)
+        taught = logits.detach().softmax(dim=-1)
+        for arch in (smallest, *drawn):
+            out = self.run(arch, x).log_softmax(dim=-1)
+            loss = loss + (-(taught * out).sum(dim=-1)).mean()
+        return loss
 
     @torch.no_grad()
     def inherit(self, model: LightViT) -> LightViT:

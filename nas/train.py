@@ -216,6 +216,9 @@ class _BatchLoss:
             xb, target = self.mixup(xb, yb)
         hint_sum = 0.0
         with self.autocast:
+            if getattr(self.model, "sandwich", None) is not None:  # a supernet, several paths
+                loss = self.model.sandwich_loss(resize(xb, self.img_size), target, self.criterion)
+                return loss, len(yb), 0.0
             if self.exits:  # exit heads and a low-resolution pass learn beside the final head
                 *early, final = self.model.forward_passes(resize(xb, self.img_size))
             else:

@@ -15,7 +15,7 @@ import torch
 from nas.cli import main
 from nas.config import ConfigError, load_config
 from nas.oneshot_retrain import best_scored
-from nas.supernet import SharedWeights, SupernetError, recalibrate_bn
+from nas.supernet import SharedWeights, SupernetError, recalibrate_bn, shared_key
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT
 from search_spaces.spaces.shared import SharedSpace, StageChoices
@@ -148,6 +148,49 @@ def test_training_a_path_changes_only_its_slices():
     assert all(k not in changed for k in untouched)
 
 
+def test_the_sandwich_rule_teaches_the_other_paths_the_largest_predictions(shared):
+    """BigNAS's sandwich rule: the largest path's loss on the labels, plus the smallest's and
+    the drawn paths' soft cross-entropy against the largest's detached predictions."""
+    largest = SPACE.largest(num_classes=4, img_size=16)
+    smallest = SPACE.smallest(num_classes=4, img_size=16)
+    assert [(s.depth, s.dim, s.heads) for s in smallest.stages] == [(1, 16, 1), (1, 32, 1)]
+    assert smallest.stages[0].mlp_ratio == 2.0 and smallest.stem == "patch"
+    drawn = SPACE.sample_many(2, seed=3, num_classes=4, img_size=16)
+    shared.sandwich = lambda: (largest, smallest, drawn)
+    shared.eval()  # no dropout, batch statistics fixed: the same logits twice
+    try:
+        torch.manual_seed(0)
+        x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 4, (6,))
+        criterion = torch.nn.CrossEntropyLoss()
+        loss = shared.sandwich_loss(x, y, criterion)
+        with torch.no_grad():
+            top = shared.run(largest, x)
+            taught = top.softmax(-1)
+            expected = criterion(top, y)
+            for arch in (smallest, *drawn):
+                out = shared.run(arch, x).log_softmax(-1)
+                expected += -(taught * out).sum(-1).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        loss.backward()  # every tensor of the paths learns
+        for arch in (largest, smallest, *drawn):
+            for key in shared_key(shared.model_of(arch)).values():
+                assert shared._full(key).grad is not None, key
+    finally:
+        shared.sandwich = None
+        shared.zero_grad(set_to_none=True)
+
+
+def test_lvit_supernet_train_with_the_sandwich_rule(tmp_path, capsys):
+    section = SUPERNET_SECTION.replace(
+        "epochs: 2", f"path: {tmp_path}/sw\n          epochs: 1\n          sampling: sandwich"
+    )
+    path = write_config(tmp_path, "sw", space="space: supernet", supernet=section)
+    assert main(["supernet", "train", str(path)]) == 0
+    meta = json.loads((tmp_path / "sw" / "supernet.json").read_text())
+    assert meta["sampling"].startswith("sandwich rule (largest, smallest, 2 drawn")
+    assert meta["paths_trained"] == 4 * 2  # 4 batches, 2 drawn paths each beside the two ends
+
+
 def test_position_embeddings_are_exempt_from_weight_decay_as_in_the_blocks(shared):
     exempt = shared.no_weight_decay()
     assert exempt and all(name.startswith("weights.") for name in exempt)
@@ -222,6 +265,13 @@ def test_config_rules_for_one_shot(tmp_path):
         "bad_heads": (
             {"space": "space: supernet", "supernet": SUPERNET_SECTION.replace("[1, 2]", "[1, 3]")},
             "not divisible by heads 3",
+        ),
+        "bad_sampling": (
+            {
+                "space": "space: supernet",
+                "supernet": SUPERNET_SECTION + "\n          sampling: bignas",
+            },
+            "supernet.sampling must be spos or sandwich",
         ),
     }
     for name, (overrides, message) in cases.items():

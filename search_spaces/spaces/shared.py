@@ -186,23 +186,37 @@ class SharedSpace(StagedSpace):
     def largest_params(self, mixer: str | None = None) -> dict[str, Any]:
         """Parameters with every number at its largest, the first stem and position encoding,
         and in every stage `mixer` where it offers it (else its first mixer)."""
+        return self._extreme_params(max, mixer)
+
+    def smallest_params(self) -> dict[str, Any]:
+        """Parameters with every number at its smallest, the first stem, position encoding and
+        mixer of each stage (the sandwich rule's smallest path)."""
+        return self._extreme_params(min)
+
+    def _extreme_params(self, pick: Any, mixer: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"stem": self.stems[0], "pos_enc": self.pos_encs[0]}
         for i, c in enumerate(self.stages, 1):
             params.update(
                 {
                     f"stage{i}.mixer": mixer if mixer in c.mixers else c.mixers[0],
-                    f"stage{i}.depth": max(c.depths),
-                    f"stage{i}.dim": max(c.dims),
-                    f"stage{i}.heads": max(c.heads),
-                    f"stage{i}.mlp_ratio": max(c.mlp_ratios),
+                    f"stage{i}.depth": pick(c.depths),
+                    f"stage{i}.dim": pick(c.dims),
+                    f"stage{i}.heads": pick(c.heads),
+                    f"stage{i}.mlp_ratio": pick(c.mlp_ratios),
                     **{
-                        f"stage{i}.{spec.option}": max(c.option_choices(m))
+                        f"stage{i}.{spec.option}": pick(c.option_choices(m))
                         for m, spec in MIXER_SPECS.items()
                         if spec.option
                     },
                 }
             )
         return params
+
+    def smallest(self, *, num_classes: int, in_chans: int = 3, img_size: int = 32) -> ArchConfig:
+        """The architecture of `smallest_params()`."""
+        return self.from_params(
+            self.smallest_params(), num_classes=num_classes, in_chans=in_chans, img_size=img_size
+        )
 
     def largest(self, *, num_classes: int, in_chans: int = 3, img_size: int = 32) -> ArchConfig:
         """The architecture of `largest_params()`."""
