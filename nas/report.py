@@ -314,6 +314,32 @@ def drift_line(study: optuna.Study) -> str | None:
     return line
 
 
+def _saved_line(recs: list[TrialRecord], config: dict[str, Any]) -> str:
+    """What de-duplication and stopping saved: trainings not repeated, epochs not trained."""
+    duplicates = sum(r.status is Status.DUPLICATE for r in recs)
+    stopped = [r for r in recs if r.status is Status.STOPPED]
+    if not duplicates and not stopped:
+        return ""
+    longest = max((len(r.curve) for r in recs if r.status is Status.TRAINED), default=0)
+    looked_up = config.get("evaluation") == "table"  # the table's epochs, not the recipe's
+    epochs = longest if looked_up else config.get("train", {}).get("epochs") or longest
+    parts = []
+    if duplicates:
+        parts.append(
+            f"{duplicates} training{'s' * (duplicates != 1)} by reusing an architecture "
+            "trained before"
+        )
+    if stopped and epochs:
+        paid = sum(len(r.curve) for r in stopped)
+        full = epochs * sum(r.status in (Status.TRAINED, Status.STOPPED) for r in recs)
+        parts.append(
+            f"{len(stopped) * epochs - paid} epochs by stopping {len(stopped)} "
+            f"candidate{'s' * (len(stopped) != 1)} early "
+            f"({(len(stopped) * epochs - paid) / full:.0%} of {full} had all trained in full)"
+        )
+    return "saved: " + "; ".join(parts)
+
+
 def study_summary(study: optuna.Study) -> str:
     """`lvit status`: trials by state and by outcome, the best feasible trial, the front and
     its hypervolume, and the time spent."""
@@ -342,6 +368,9 @@ def study_summary(study: optuna.Study) -> str:
         + f" of {study_cfg.get('n_trials', '?')} candidates asked for",
         "outcomes: " + (", ".join(f"{n} {s}" for s, n in sorted(outcomes.items())) or "none yet"),
     ]
+    saved = _saved_line(recs, config)
+    if saved:
+        lines.append(saved)
     front = pareto_front(study)
     if front:
         best = front[0]

@@ -28,7 +28,7 @@ from nas.config import (
 )
 from nas.early_stop import dominated_reason, promotion_reason, rank_order
 from nas.proxies import compute_proxies
-from nas.report import hypervolume, nondominated, pareto_front, records
+from nas.report import hypervolume, nondominated, pareto_front, records, study_summary
 from nas.study import run_search
 from search_spaces.arch import ArchConfig, StageConfig
 from search_spaces.model import LightViT
@@ -183,6 +183,30 @@ def test_the_early_stopping_rule_needs_enough_dominating_candidates() -> None:
     assert dominated_reason(trial, config, {"latency_ms": 2.0}, 2, 0.95) is None
 
 
+def test_status_says_what_de_duplication_and_stopping_saved() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("config", {"train": {"epochs": 3}})
+    _trained(study, 1.0, [0.5, 0.6, 0.7])
+    _trained(study, 2.0, [0.4, 0.6, 0.8])
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[0.7, 1.0],
+            user_attrs={"status": "duplicate", "duplicate_of": 0, "costs": {"latency_ms": 1.0}},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.PRUNED,
+            user_attrs={"status": "stopped", "curve": [0.3], "costs": {"latency_ms": 3.0}},
+        )
+    )
+    line = next(x for x in study_summary(study).splitlines() if x.startswith("saved:"))
+    assert line == (
+        "saved: 1 training by reusing an architecture trained before; 2 epochs by stopping 1 "
+        "candidate early (22% of 9 had all trained in full)"
+    )
+
+
 def test_mo_asha_ranks_by_front_then_crowding() -> None:
     # (1 - accuracy, latency), minimised: three on the first front, one behind them
     points = [(0.1, 3.0), (0.2, 2.0), (0.3, 1.0), (0.25, 2.5), (0.15, 2.2)]
@@ -274,6 +298,8 @@ def test_a_search_with_mo_asha_promotes_exactly_whom_its_rung_ranks_first(
         stopped += not promoted
         reached.append(point)
     assert went_on >= 2 and stopped >= 1
+    saved = f"saved: {stopped} epochs by stopping {stopped} candidate"  # 1 of 2 epochs each
+    assert saved in study_summary(study)
 
 
 def test_zero_cost_proxies_are_computed_without_touching_the_model() -> None:
