@@ -389,6 +389,7 @@ def search_config(args: argparse.Namespace, data_cfg: DataConfig, b: Budget, sam
             sampler_args=sampler_args,
         ),
         space="survey",
+        space_version=args.space_version,
         data=data_cfg,
         train=TrainConfig(epochs=args.proxy_epochs, threads=args.threads, device="cpu"),
         budget=BudgetConfig(max_params=b.max_params, max_latency_ms=b.max_latency_ms),
@@ -892,6 +893,9 @@ PRESETS: dict[str, dict[str, tuple]] = {
         "retrain_top": (2, 3),
         "random_multiple": (1, 1),
         "over_budget_seeds": (1, 1),
+        # the published run's searches were drawn from version 1 of the survey space (before
+        # lisa, mobileformer, shift, posmlp, unitary and dynamic resolution): a rerun repeats it
+        "space_version": (None, 1),
     },
 }
 
@@ -942,6 +946,12 @@ def main(argv: list[str] | None = None) -> int:
         help="proposals per search before it stops short of --trained (300 full, 100 quick)",
     )
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument(
+        "--space-version",
+        type=int,
+        help="version of the survey space to search (fashion: 1, the published run's; "
+        "default: the newest)",
+    )
     parser.add_argument(
         "--budgets",
         nargs="+",

@@ -25,6 +25,8 @@ A config has these sections (all optional but `study.name`):
              hint_block
     early_stop: enabled, min_epoch, min_trials, dominated_by (multi mode)
     proxies: compute, batch_size, prescreen_proxy, prescreen_sample, prescreen_keep
+    space_version: an earlier version of the space that the space keeps (default: its newest),
+             to resume a study made on it, or to repeat a published search
     space_args: arguments of an NNI hub space (`space: nni:autoformer`: search_embed_dim,
              search_mlp_ratio, search_num_heads, search_depth, patch_size)
     evaluation: train (each candidate trained from scratch, the default) | supernet (scored
@@ -863,6 +865,7 @@ class SearchConfig:
     supernet: SupernetConfig | None = None
     space_args: dict[str, Any] = field(default_factory=dict)
     table: str | None = None
+    space_version: int | None = None
 
     def __post_init__(self) -> None:
         fidelity = self.study.fidelity
@@ -891,6 +894,8 @@ class SearchConfig:
                 f"space '{self.space}' is unknown; use one of: {', '.join(SPACES)}, supernet, "
                 + ", ".join((*HUB_SPACES, *CELL_SPACES))
             )
+        if self.space_version is not None:
+            self.search_space()  # a version the space keeps
         if self.space_args and self.space not in HUB_SPACES:
             raise ValueError("space_args are for NNI's hub spaces (space: nni:autoformer)")
         if self.evaluation not in EVALUATIONS:
@@ -1000,7 +1005,13 @@ class SearchConfig:
                 raise ConfigError(str(e)) from None
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"space {self.space}: {e}") from None
-        return get_space(self.space)
+        space = get_space(self.space)
+        if self.space_version is None:
+            return space
+        try:
+            return space.at_version(self.space_version)
+        except ValueError as e:
+            raise ConfigError(f"space_version: {e}") from None
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> SearchConfig:

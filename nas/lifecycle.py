@@ -115,7 +115,8 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
     }
     train = {k: v for k, v in config_dict.get("train", {}).items() if k != "threads"}
     data = {k: v for k, v in config_dict.get("data", {}).items() if k not in ("workers", "cache")}
-    rest = {k: v for k, v in config_dict.items() if k != "retrain"}
+    # the space's version is checked on its own (`_space_moved`), against the study's record
+    rest = {k: v for k, v in config_dict.items() if k not in ("retrain", "space_version")}
     return {**rest, "study": study, "train": train, "data": data}
 
 
@@ -235,7 +236,8 @@ def create_or_resume_study(config: SearchConfig) -> optuna.Study:
         elif _has_results(study) and (moved := _space_moved(study, config)):
             raise ConfigError(
                 f"study '{config.study.name}' in {redact(url)} was made with space {moved}; "
-                "its trials are not points of this one: rename study.name to start a new study"
+                "its trials are not points of this one: set space_version to the study's to "
+                "resume it there, or rename study.name to start a new study"
             )
         elif _differs(stored, current):
             if _has_results(study):

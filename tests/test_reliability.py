@@ -138,9 +138,20 @@ def test_a_study_is_resumed_only_in_its_space_version_and_read_in_any(
     # resuming would draw new trials from another space: refused in one line
     line = _one_line_error(capsys, main(["search", str(path)]))
     assert "was made with space tiny v1, this one is tiny v2" in line
+    assert "set space_version" in line
+    # where the space keeps version 1, a config asking for it resumes the study there
+    kept = TinySpace()
+    kept.version = 1
+    monkeypatch.setattr(TinySpace, "at_version", lambda self, v: kept if v == 1 else self)
+    resumed = path.read_text() + "space_version: 1\n"
+    again = tmp_path / "again.yaml"
+    again.write_text(resumed.replace("n_trials: 1", "n_trials: 2"))
+    assert main(["search", str(again)]) == 0
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/runs/study.db")
+    assert len(study.trials) == 2
     # a search that needs no more trials is read as it is (a benchmark's finished searches)
     study = load_finished(config, lambda s: True)
-    assert study is not None and len(study.trials) == 1
+    assert study is not None and len(study.trials) == 2
     assert run_until(config, None, 1, _Bar(), 10).trials[0].number == 0
     assert load_finished(config, lambda s: False) is None  # not done: resumed, not read
     epochs3 = dataclasses.replace(config.train, epochs=3)

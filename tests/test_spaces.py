@@ -49,6 +49,30 @@ def test_one_thousand_survey_architectures_build_and_run() -> None:
     assert reductions == {"tome", "evit"} and exits > 100 and dynamic > 300
 
 
+def test_the_survey_space_keeps_its_version_1() -> None:
+    """Version 1 is version 2 without the choices it added: the size published for it, none
+    of the new blocks drawn, and a study's config can ask for it."""
+    from nas.config import ConfigError, SearchConfig
+
+    survey = get_space("survey")
+    v1 = survey.at_version(1)
+    assert (survey.version, v1.version) == (2, 1) and survey.at_version(2) is survey
+    assert v1.size(16) < survey.size(16)
+    labels = v1.choices(16)
+    assert "dynamic_resolution" not in labels
+    assert not {"lisa", "mobileformer", "shift"} & set(labels["stage1.mixer"])
+    assert not {"posmlp", "unitary"} & set(labels["pos_enc"])
+    for arch in v1.sample_many(50, seed=2, num_classes=4, img_size=16):
+        assert arch.pos_enc not in ("posmlp", "unitary") and not arch.dynamic_resolution
+    study = {"name": "x"}
+    config = SearchConfig.from_dict({"study": study, "space": "survey", "space_version": 1})
+    assert config.search_space().version == 1
+    with pytest.raises(ConfigError, match="keeps versions 1 and 2, not 3"):
+        SearchConfig.from_dict({"study": {"name": "x"}, "space": "survey", "space_version": 3})
+    with pytest.raises(ConfigError, match="keeps version 1 only, not 2"):
+        SearchConfig.from_dict({"study": {"name": "x"}, "space": "tiny", "space_version": 2})
+
+
 @pytest.mark.parametrize("name", ["isotropic", "hierarchical"])
 def test_macro_spaces_keep_their_structure(name: str) -> None:
     space = get_space(name)

@@ -65,6 +65,13 @@ class SearchSpace(ABC):
     version: int
     description: str
 
+    def at_version(self, version: int) -> SearchSpace:
+        """This space as it was at `version` (a space may keep its earlier versions, so that
+        a study made on one still resumes there); ValueError for a version it does not keep."""
+        if version == self.version:
+            return self
+        raise ValueError(f"space '{self.name}' keeps version {self.version} only, not {version}")
+
     @abstractmethod
     def sample(
         self, trial: TrialLike, *, num_classes: int, in_chans: int = 3, img_size: int = 32

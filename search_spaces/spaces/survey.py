@@ -13,8 +13,9 @@ placed at a quarter, half or three quarters of the depth, and dynamic resolution
 first pass at half the searched resolution (a multiple of the stride) that answers the images
 it is sure of.
 
-Version 1 had neither lisa, mobileformer, shift, posmlp, unitary nor dynamic resolution; a
-study made on it is read but not resumed (`nas.lifecycle`).
+Version 1 had neither lisa, mobileformer, shift, posmlp, unitary nor dynamic resolution; the
+space keeps it (`at_version(1)`, a config's `space_version: 1`), so a study made on it resumes
+there, and a study of version 1 is refused under version 2 (`nas.lifecycle`).
 
 Compatibility rules (`search_spaces.arch`) are kept inside `sample`, so every draw builds:
   - window sizes become the largest divisor of the stage's grid that is no larger than the
@@ -33,6 +34,7 @@ Several parameter sets can therefore give the same architecture; `sample` is det
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -229,12 +231,33 @@ class SurveySpace(StagedSpace):
         arch = self.arch(
             g, stages, num_classes, in_chans, pos_enc=pos_enc, exits=tuple(sorted(exits))
         )
-        if trial.suggest_categorical("dynamic_resolution", self.dynamic_resolutions) == "off":
+        if (
+            not self.dynamic_resolutions
+            or trial.suggest_categorical("dynamic_resolution", self.dynamic_resolutions) == "off"
+        ):
             return arch
         try:  # every block must run on both grids (a window must divide both, ...)
             return dataclasses.replace(arch, dynamic_resolution=self.low_resolutions(g)[0])
         except (ValueError, IndexError):
             return arch
+
+    def at_version(self, version: int) -> SurveySpace:
+        """Version 2 (this one) or version 1, which it keeps: the same sampling without the
+        choices version 2 added (lisa, mobileformer, shift; posmlp, unitary; dynamic
+        resolution), so that a study made on version 1 resumes as it was drawn."""
+        if version == self.version:
+            return self
+        if version != 1:
+            raise ValueError(f"space '{self.name}' keeps versions 1 and 2, not {version}")
+        old = copy.copy(self)
+        old.version = 1
+        old.pos_encs = tuple(p for p in self.pos_encs if p not in ("posmlp", "unitary"))
+        old.mixers = tuple(m for m in self.mixers if m not in ("lisa", "mobileformer", "shift"))
+        old.dynamic_resolutions = ()
+        old.description = self.description.replace(
+            "10 position encodings, 9 mixers", "8 position encodings, 6 mixers"
+        ).replace("dynamic resolution, ", "")
+        return old
 
     def low_resolutions(self, g: dict[str, Any]) -> tuple[int, ...]:
         """Half the searched side, rounded down to a multiple of the stride (at least one
