@@ -78,6 +78,38 @@ def test_two_local_workers_share_one_journal_study(tmp_path: Path, capsys) -> No
     assert "with 2 workers" in out and "Pareto front" in out
 
 
+@pytest.mark.slow
+def test_two_workers_promote_by_mo_asha_from_the_shared_journal(tmp_path: Path) -> None:
+    """Asynchronous promotion: each worker ranks its candidate at the rung against what the
+    shared study holds, its own trials and the other worker's."""
+    storage = f"journal:///{tmp_path}/study.journal"
+    config = _config(
+        tmp_path,
+        storage,
+        8,
+        train="train: {epochs: 2, batch_size: 32, lr: 0.003, threads: 1}",
+    )
+    text = config.read_text().replace(
+        "      seed: 0", "      seed: 0\n      fidelity: {rungs: [1], eta: 2}"
+    )
+    config.write_text(text)
+    assert main(["search", str(config), "--workers", "2"]) == 0
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(f"{tmp_path}/study.journal")
+        ),
+    )
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 8 and len({t.user_attrs["worker"]["pid"] for t in finished}) == 2
+    stopped = [t for t in finished if t.user_attrs["status"] == "stopped"]
+    promoted = [t for t in finished if t.user_attrs["status"] == "trained"]
+    assert stopped and promoted
+    for t in stopped:
+        assert len(t.user_attrs["curve"]) == 1 and "MO-ASHA" in t.user_attrs["stop_reason"]
+    assert all(len(t.user_attrs["train"]["history"]) == 2 for t in promoted)
+
+
 def test_workers_get_a_gpu_each_when_training_runs_on_gpus(monkeypatch) -> None:
     """The assignment, with the GPU count faked: one visible GPU per worker, round robin,
     by the names CUDA_VISIBLE_DEVICES gives them; none when training on the CPU."""
