@@ -22,9 +22,9 @@ python=$([ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3)
 start=$(date +%s)
 device=${LVIT_CHECK_DEVICE:-cuda}
 if [ -n "${LVIT_CHECK_SMALL:-}" ]; then
-  max_train=600 n_trials=4 epochs=1 retrain_epochs=1 batch=64
+  max_train=600 n_trained=3 epochs=1 retrain_epochs=1 batch=64
 else
-  max_train=20000 n_trials=12 epochs=3 retrain_epochs=8 batch=256
+  max_train=20000 n_trained=12 epochs=3 retrain_epochs=8 batch=256
 fi
 
 echo "== machine"
@@ -60,7 +60,8 @@ study:
   name: gpu-check
   storage: journal:///$work/study.journal
   artifacts: $work/artifacts
-  n_trials: $n_trials
+  n_trials: $(( n_trained * 20 ))            # a cap: the budgets reject most survey draws
+  n_trained: $n_trained
   seed: 0
   sampler: TPESampler
   sampler_args: {n_startup_trials: 6}

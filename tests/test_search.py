@@ -254,7 +254,7 @@ def test_a_survey_search_trains_exports_and_reloads(tmp_path) -> None:
     """The survey space end to end: searched resolutions, exits and token reduction included."""
     budget = "budget: {max_params: 400000, max_latency_ms: 100.0}"
     path = write_config(tmp_path, "survey", space="space: survey", budget=budget)
-    config = load_config(path).replace_study(n_trials=5)
+    config = load_config(path).replace_study(n_trials=60, n_trained=2)  # most draws: over budget
     run = run_search(config)
     completed = run.study.get_trials(states=(TrialState.COMPLETE,))
     assert completed
