@@ -27,6 +27,7 @@ import json
 import math
 import os
 import pickle
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,7 @@ def _ops(index: int) -> tuple[str, ...]:
     return tuple(reversed(digits))
 
 
-class _Table:
+class _Table(ABC):
     """What both kinds of table share: arrays `params`, `latency_ms` and `mean_accuracy` by
     index, `key(index)` the row's key for `row`."""
 
@@ -87,11 +88,11 @@ class _Table:
     def __len__(self) -> int:
         return len(self.params)
 
-    def key(self, index: int) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def key(self, index: int) -> Any: ...
 
-    def row(self, key: Any) -> TableRow:
-        raise NotImplementedError
+    @abstractmethod
+    def row(self, key: Any) -> TableRow: ...
 
     def feasible(
         self, max_params: int | None = None, max_latency_ms: float | None = None
