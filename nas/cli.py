@@ -631,13 +631,41 @@ class Export(Command):
             action="store_true",
             help="also write model.onnx, checked against torch with ONNX Runtime, and time it",
         )
+        parser.add_argument(
+            "--executorch",
+            action="store_true",
+            help="also write model.pte (ExecuTorch, XNNPACK delegate), checked against torch "
+            "and timed by ExecuTorch's runtime (the executorch extra)",
+        )
+        parser.add_argument(
+            "--int8",
+            action="store_true",
+            help="with --executorch: quantise to int8 (PT2E, calibrated on training images) "
+            "and report its top-1 agreement with torch on the validation split",
+        )
 
     def take_action(self, args: argparse.Namespace) -> int:
         from nas.export import export_trial
         from nas.storage import load_study, storage_file
 
+        if args.int8 and not args.executorch:
+            raise ConfigError("--int8 quantises the ExecuTorch program: add --executorch")
+        if args.executorch:
+            from nas.runtimes import check_executorch
+
+            try:
+                check_executorch()
+            except ValueError as e:
+                raise ConfigError(f"--executorch: {e}") from None
         study = load_study(_storage(args), args.study)
         out = args.out or os.path.join("exports", f"{study.study_name}-{args.trial}")
+        data = _study_data(study) if args.int8 else None
+        if args.executorch:
+            print(
+                f"Lowering to ExecuTorch ({'int8' if args.int8 else 'float32'}): this takes "
+                "a minute or more",
+                file=sys.stderr,
+            )
         result = export_trial(
             study,
             args.trial,
@@ -646,6 +674,9 @@ class Export(Command):
             force=args.force,
             reparameterize=not args.no_fuse,
             onnx=args.onnx,
+            executorch=args.executorch,
+            int8=args.int8,
+            data=data,
             protect=[storage_file(args.storage)],
         )
         fused = (
@@ -663,11 +694,40 @@ class Export(Command):
                 f"{o['max_abs_diff_vs_torch']:.1e}); {o['latency_ms']:.4f} ms median on "
                 f"{o['latency_conditions']['threads']} CPU thread(s), batch 1"
             )
+        if result.executorch:
+            e = result.executorch
+            check = (
+                f"matches torch (max abs diff {e['max_abs_diff_vs_torch']:.1e})"
+                if e["dtype"] == "float32"
+                else f"int8, top-1 agreement with torch {e['top1_agreement']:.2%} on "
+                f"{e['val_images']:,} validation images (accuracy {e['accuracy_int8']:.2%}, "
+                f"float {e['accuracy_float']:.2%})"
+                + (" - below the 99% an int8 export should keep" if e["below_agreement"] else "")
+            )
+            print(
+                f"model.pte: ExecuTorch {check}; {e['latency_ms']:.4f} ms median on "
+                f"{e['latency_conditions']['threads']} CPU thread(s), batch 1; "
+                f"{e['delegation']['fallback']} node(s) outside XNNPACK"
+            )
         print(
             f"Load it:  import search_spaces, timm; "
             f"timm.create_model('local-dir:{result.out_dir}', pretrained=True)"
         )
         return 0
+
+
+def _study_data(study: Any) -> Any:
+    """The data set a study searched on, loaded as its stored config says."""
+    from nas.config import SearchConfig
+    from nas.data import load_dataset
+
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        raise ConfigError(
+            f"study '{study.study_name}' has no stored config, so its data set is unknown: "
+            "--int8 calibrates and checks on it"
+        )
+    return load_dataset(SearchConfig.from_stored(stored, f"study '{study.study_name}'").data)
 
 
 class Report(Command):

@@ -146,8 +146,10 @@ def _check_optuna_class(key: str, name: str, module: Any, base: type) -> None:
 
 
 # where latency is measured, and in which precision (nas.cost maps the names to torch dtypes)
-LATENCY_DEVICES = ("cpu", "cuda", "onnxruntime")
-LATENCY_DTYPES = ("float32", "bfloat16", "float16")
+LATENCY_DEVICES = ("cpu", "cuda", "onnxruntime", "executorch")
+LATENCY_DTYPES = ("float32", "bfloat16", "float16", "int8")
+# the devices that run a program of their own making: int8 is quantised by that runtime
+RUNTIME_DTYPES = {"onnxruntime": ("float32", "int8"), "executorch": ("float32", "int8")}
 
 
 def _positive(section: str, **values: float) -> None:
@@ -620,11 +622,13 @@ class BudgetConfig:
 @dataclass(frozen=True)
 class LatencyConfig:
     """How latency is measured: on `device` (cpu: torch eager; cuda; onnxruntime: ONNX Runtime
-    on the CPU) in eval mode under no_grad, `warmup` untimed runs, then rounds of `runs` timed
-    runs until the spread is at most `target_spread`, or the median's standard error at most
-    `target_precision` of it, or `max_seconds` pass; the median is the
-    figure. `measure: false` skips the measurement when a lookup table gives the latency. The
-    device and threads also say which lookup tables fit.
+    on the CPU; executorch: ExecuTorch's runtime with the XNNPACK delegate) at `dtype` (int8:
+    quantised by the runtime's own flow, on onnxruntime and executorch only) in eval mode
+    under no_grad, `warmup` untimed runs, then rounds of `runs` timed runs until the spread is
+    at most `target_spread`, or the median's standard error at most `target_precision` of it,
+    or `max_seconds` pass; the median is the figure. `measure: false` skips the measurement
+    when a lookup table gives the latency. The device and threads also say which lookup tables
+    fit.
 
     `normalise` (default): drift-corrected figures. A small fixed reference model is timed
     interleaved with each candidate, and the figure is the candidate's latency at the machine
@@ -655,6 +659,17 @@ class LatencyConfig:
             raise ValueError(
                 f"latency.dtype '{self.dtype}' is unknown; use one of: "
                 + ", ".join(LATENCY_DTYPES)
+            )
+        runtime_dtypes = RUNTIME_DTYPES
+        if self.device in runtime_dtypes and self.dtype not in runtime_dtypes[self.device]:
+            raise ValueError(
+                f"the {self.device} device measures float32 or int8 models, not {self.dtype}: "
+                "set latency.dtype to one of them"
+            )
+        if self.dtype == "int8" and self.device not in runtime_dtypes:
+            raise ValueError(
+                "latency.dtype int8 is a quantised program: measure it on executorch or "
+                "onnxruntime (set latency.device)"
             )
         _positive(
             "latency",

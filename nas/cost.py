@@ -1,4 +1,4 @@
-"""What a candidate costs: parameters, FLOPs and latency measured on this machine's CPU.
+"""What a candidate costs: parameters, FLOPs and latency measured on this machine.
 
 Every figure travels with the conditions it was measured under (`LatencyResult.conditions`).
 
@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.config import LATENCY_DEVICES, LATENCY_DTYPES
+from nas import runtimes
+from nas.config import LATENCY_DEVICES, LATENCY_DTYPES, RUNTIME_DTYPES
 
 __all__ = [
     "DEVICES",
@@ -184,9 +185,8 @@ def _reference_fn(device: str, threads: int) -> tuple[Callable[[], Any], Callabl
     onnxruntime building means an ONNX export, which takes seconds)."""
     key = (device, threads)
     if key not in _REFERENCE_FNS:
-        _REFERENCE_FNS[key] = _forward_fn(
-            reference_model(), (1, *REFERENCE_INPUT), device, threads
-        )
+        fn, timer, _ = _forward_fn(reference_model(), (1, *REFERENCE_INPUT), device, threads)
+        _REFERENCE_FNS[key] = fn, timer
     return _REFERENCE_FNS[key]
 
 
@@ -269,7 +269,9 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 DEVICES = LATENCY_DEVICES
-DTYPES = dict(zip(LATENCY_DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
+DTYPES = dict(
+    zip(LATENCY_DTYPES, (torch.float32, torch.bfloat16, torch.float16, torch.int8), strict=True)
+)
 
 
 def time_calls(
@@ -469,7 +471,7 @@ def stability(
     record: dict[str, list[float]] = {k: [] for k in ("ref", "spread", "raw", "normalised")}
     with torch_threads(threads), torch.no_grad():
         ref_fn, timer = _reference_fn(device, threads)
-        probe_fn, _ = _forward_fn(_probe_model(), (1, *REFERENCE_INPUT), device, threads)
+        probe_fn, _, _ = _forward_fn(_probe_model(), (1, *REFERENCE_INPUT), device, threads)
         timer = timer or _wall_clock
         for _ in range(20):
             ref_fn()
@@ -604,15 +606,30 @@ def check_device(device: str, dtype: str = "float32") -> None:
             "device 'cuda' needs a CUDA GPU, and torch sees none here; measure on cpu or "
             "onnxruntime, or run on the GPU machine"
         )
+    if device in RUNTIME_DTYPES and dtype not in RUNTIME_DTYPES[device]:
+        raise ValueError(
+            f"the {device} device measures {' or '.join(RUNTIME_DTYPES[device])} models, "
+            f"not {dtype}"
+        )
+    if dtype == "int8" and device not in RUNTIME_DTYPES:
+        raise ValueError(
+            "dtype int8 is a quantised program: measure it on executorch or onnxruntime"
+        )
     if device == "onnxruntime":
-        if dtype != "float32":
-            raise ValueError("the onnxruntime device measures float32 models only")
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise ValueError(
                 "device 'onnxruntime' needs the onnx extra: pip install 'lightweight-vit[onnx]'"
             ) from None
+    if device == "executorch":
+        runtimes.check_executorch()
+
+
+_MODES = {
+    "onnxruntime": "ONNX Runtime, CPU provider",
+    "executorch": "ExecuTorch runtime, XNNPACK delegate",
+}
 
 
 def conditions(
@@ -627,7 +644,7 @@ def conditions(
         "batch_size": batch_size,
         "input_size": list(input_size),
         "dtype": dtype,
-        "mode": {"onnxruntime": "ONNX Runtime, CPU provider"}.get(device, "eager, eval, no_grad"),
+        "mode": _MODES.get(device, "eager, eval, no_grad"),
         "warmup": warmup,
         "torch": torch.__version__,
     }
@@ -635,6 +652,8 @@ def conditions(
         import onnxruntime
 
         record["onnxruntime"] = onnxruntime.__version__
+    if device == "executorch":
+        record["executorch"] = runtimes.executorch_version()
     return record
 
 
@@ -658,7 +677,11 @@ def measure_latency(
 
     cpu: torch eager with `threads` intra-op threads (restored afterwards); cuda: CUDA events
     around each call with synchronisation; onnxruntime: the model exported to ONNX and run by
-    ONNX Runtime's CPU provider with `threads` intra-op threads. Timing follows `time_calls`;
+    ONNX Runtime's CPU provider with `threads` intra-op threads (int8: its static
+    quantisation first); executorch: lowered to an ExecuTorch program with the XNNPACK delegate
+    (int8: PT2E quantisation first) and run by ExecuTorch's runtime on `threads` threads, its
+    delegation recorded (`nas.runtimes`; a model it cannot run raises
+    `runtimes.NotDeployable`). Timing follows `time_calls`;
     with a `reference` (drift correction), `time_interleaved` with the reference model run the
     same way. The model is not modified (a copy is cast or moved when needed).
     """
@@ -680,7 +703,9 @@ def measure_latency(
     try:
         with torch_threads(threads):
             model.eval()
-            fn, timer = _forward_fn(model, (batch_size, *input_size), device, threads, dtype)
+            fn, timer, built = _forward_fn(
+                model, (batch_size, *input_size), device, threads, dtype
+            )
             if reference is None:
                 times = time_calls(fn, timer=timer, **timing)
             else:
@@ -690,7 +715,7 @@ def measure_latency(
                 )
     finally:
         model.train(was_training)
-    record = conditions(device, threads, batch_size, input_size, dtype, warmup)
+    record = {**conditions(device, threads, batch_size, input_size, dtype, warmup), **built}
     # 6 decimals (nanoseconds): tiny models run in microseconds, and the spread is read back
     if reference is None:
         q1, median, q3 = _quartiles(times)
@@ -710,31 +735,53 @@ def measure_latency(
 
 def _forward_fn(
     model: nn.Module, shape: tuple[int, ...], device: str, threads: int, dtype: str = "float32"
-) -> tuple[Callable[[], Any], Callable | None]:
+) -> tuple[Callable[[], Any], Callable | None, dict[str, Any]]:
+    """The call to time, its timer (None: the wall clock) and what building it adds to the
+    record (a runtime's delegation, its calibration)."""
     if device == "onnxruntime":
-        session, feed = _onnx_session(model, shape, threads)
-        return (lambda: session.run(None, feed)), None
+        session, feed, built = _onnx_session(model, shape, threads, dtype)
+        return (lambda: session.run(None, feed)), None, built
+    if device == "executorch":
+        x = torch.randn(*shape)
+        lowered = runtimes.lower_executorch(model, x, dtype)
+        run = runtimes.load_executorch(lowered.buffer, threads)
+        built = {"delegation": lowered.delegation.to_dict(), "program_bytes": len(lowered.buffer)}
+        if lowered.calibration:
+            built["calibration"] = lowered.calibration
+        return (lambda: run((x,))), None, built
     target = torch.device("cuda" if device == "cuda" else "cpu")
     torch_dtype = DTYPES[dtype]
     if torch_dtype != torch.float32 or target.type != "cpu":
         model = copy.deepcopy(model).to(device=target, dtype=torch_dtype)
     x = torch.randn(*shape, device=target, dtype=torch_dtype)
-    return (lambda: model(x)), (_cuda_events if device == "cuda" else None)
+    return (lambda: model(x)), (_cuda_events if device == "cuda" else None), {}
 
 
-def _onnx_session(model: nn.Module, shape: tuple[int, ...], threads: int) -> tuple[Any, dict]:
-    """Export to a temporary ONNX file and open an ONNX Runtime CPU session on it."""
+def _onnx_session(
+    model: nn.Module, shape: tuple[int, ...], threads: int, dtype: str = "float32"
+) -> tuple[Any, dict, dict[str, Any]]:
+    """Export to a temporary ONNX file (int8: then ONNX Runtime's static quantisation,
+    calibrated on random inputs, which latency does not depend on) and open an ONNX Runtime
+    CPU session on it."""
     import onnxruntime as ort
 
     x = torch.randn(*shape)
+    built: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.onnx"
-        export_onnx(model, x, path)
+        try:
+            export_onnx(model, x, path)
+        except Exception as e:
+            raise runtimes.NotDeployable("ONNX Runtime", f"ONNX export failed: {e}") from e
+        if dtype == "int8":
+            runtimes.onnx_int8(path, f"{tmp}/int8.onnx", runtimes.random_calibration(x))
+            path = f"{tmp}/int8.onnx"
+            built["calibration"] = "8 random normal inputs (latency only)"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return session, {session.get_inputs()[0].name: x.numpy()}
+    return session, {session.get_inputs()[0].name: x.numpy()}, built
 
 
 def export_onnx(model: nn.Module, x: torch.Tensor, path: str) -> None:

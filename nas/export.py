@@ -45,6 +45,7 @@ __all__ = [
     "export_trial",
     "deployment_form",
     "fuse",
+    "write_executorch",
     "write_onnx",
     "load_trial_model",
     "load_export",
@@ -59,6 +60,9 @@ __all__ = [
 LOGIT_TOLERANCE = 1e-5
 FUSE_TOLERANCE = 1e-4  # fusing conv-BN branches reorders float sums
 ONNX_TOLERANCE = 1e-4
+EXECUTORCH_TOLERANCE = 1e-4  # float32 program against torch
+INT8_AGREEMENT = 0.99  # int8 program's top-1 agreement with torch on the validation split
+CALIBRATION_IMAGES = 32  # training images an int8 export is calibrated on
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ExportResult:
     max_abs_diff: float
     fused: float | None = None  # max abs logit change from fusing, when anything was fused
     onnx: dict[str, Any] | None = None  # the ONNX check and latency, with --onnx
+    executorch: dict[str, Any] | None = None  # the .pte check and latency, with --executorch
 
 
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -217,6 +222,23 @@ def _export_lines(record: dict[str, Any]) -> str:
             f"matches torch within {onnx['max_abs_diff_vs_torch']:.1e}; "
             f"{onnx['latency_ms']:.4f} ms median on {c['hardware']}, {c['threads']} thread(s)"
         )
+    pte = record.get("executorch")
+    if pte:
+        c = pte["latency_conditions"]
+        check = (
+            f"matches torch within {pte['max_abs_diff_vs_torch']:.1e}"
+            if pte["dtype"] == "float32"
+            else f"top-1 agreement with torch {pte['top1_agreement']:.2%} on "
+            f"{pte['val_images']:,} validation images (accuracy {pte['accuracy_int8']:.2%} "
+            f"against {pte['accuracy_float']:.2%}), calibrated on {pte['calibration']}"
+        )
+        lines.append(
+            f"- `model.pte` (ExecuTorch {c['executorch']}, XNNPACK delegate, {pte['dtype']}, "
+            f"input {pte['input_shape']}; {pte['delegation']['fallback']} of "
+            f"{pte['delegation']['fallback'] + pte['delegation']['delegated']} nodes on "
+            f"portable kernels): {check}; {pte['latency_ms']:.4f} ms median on "
+            f"{c['hardware']}, {c['threads']} thread(s)"
+        )
     return "\n## Exported files\n" + "\n".join(lines) + "\n" if lines else ""
 
 
@@ -269,6 +291,7 @@ def latency_line(costs: dict) -> str:
 # What an export (or any timm folder we write) holds; `--force` replaces only such a folder.
 EXPORT_FILES = frozenset(
     {"config.json", "model.safetensors", "arch.json", "README.md", "model.onnx", "model.onnx.data"}
+    | {"model.pte"}
 )
 
 
@@ -429,6 +452,90 @@ def write_onnx(model: torch.nn.Module, folder: str, threads: int = 1) -> dict[st
             "max_abs_diff_vs_torch": diff,
             "latency_ms": round(statistics.median(times), 6),
             "latency_conditions": conditions("onnxruntime", threads, 1, input_size, "float32", 10),
+        }
+    }
+
+
+@torch.no_grad()
+def write_executorch(
+    model: torch.nn.Module,
+    folder: str,
+    *,
+    int8: bool = False,
+    data: Any = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """`model.pte` (ExecuTorch with the XNNPACK delegate, batch 1) in `folder`, checked
+    against torch and timed by ExecuTorch's runtime; what to record about it. float32: the
+    program's outputs within 1e-4 of torch's on several inputs (else RuntimeError). int8
+    (`nas.runtimes.quantize_pt2e`): calibrated on 32 training images of `data` (the study's
+    data set), then run on its whole validation split beside torch: the top-1 agreement and
+    both accuracies are recorded (the check asks for 99% agreement; `below_agreement` says
+    when it was missed)."""
+    from nas import runtimes
+    from nas.cost import conditions, time_calls
+    from nas.loader import eval_batches, sample_batch
+    from nas.train import resize
+
+    runtimes.check_executorch()
+    model.eval()
+    input_size = _input_size(model)
+    generator = torch.Generator().manual_seed(3)
+    example = torch.randn(1, *input_size, generator=generator)
+    record: dict[str, Any] = {"file": "model.pte", "input_shape": [1, *input_size]}
+    if int8:
+        if data is None:
+            raise ValueError("an int8 export calibrates on the study's data: pass data")
+        images, _ = sample_batch(data, CALIBRATION_IMAGES, generator)
+        images = resize(images, input_size[-1])
+        label = f"{len(images)} training images"
+        lowered = runtimes.lower_executorch(
+            model, example, "int8", [x[None] for x in images], label
+        )
+    else:
+        lowered = runtimes.lower_executorch(model, example)
+    run = runtimes.load_executorch(lowered.buffer, threads)
+    if int8:
+        agree = correct_int8 = correct_float = seen = 0
+        for xb, yb in eval_batches(data, data.val, torch.device("cpu"), 256):
+            xb = resize(xb, input_size[-1])
+            expected = model(xb).argmax(1)
+            got = torch.stack([run((x[None],))[0][0] for x in xb]).argmax(1)
+            agree += int((got == expected).sum())
+            correct_int8 += int((got == yb).sum())
+            correct_float += int((expected == yb).sum())
+            seen += len(yb)
+        record.update(
+            top1_agreement=round(agree / seen, 5),
+            accuracy_int8=round(correct_int8 / seen, 5),
+            accuracy_float=round(correct_float / seen, 5),
+            val_images=seen,
+            calibration=lowered.calibration,
+            below_agreement=agree / seen < INT8_AGREEMENT,
+        )
+    else:
+        diff = 0.0
+        for _ in range(4):
+            x = torch.randn(1, *input_size, generator=generator)
+            diff = max(diff, (run((x,))[0] - model(x)).abs().max().item())
+        if diff > EXECUTORCH_TOLERANCE:
+            raise RuntimeError(
+                f"ExecuTorch's outputs differ from torch's by {diff:.2e} "
+                f"(> {EXECUTORCH_TOLERANCE})"
+            )
+        record["max_abs_diff_vs_torch"] = diff
+    with open(os.path.join(folder, "model.pte"), "wb") as f:
+        f.write(lowered.buffer)
+    times = time_calls(lambda: run((example,)), warmup=10, runs=50, max_seconds=2.0)
+    dtype = "int8" if int8 else "float32"
+    return {
+        "executorch": {
+            **record,
+            "dtype": dtype,
+            "program_bytes": len(lowered.buffer),
+            "delegation": lowered.delegation.to_dict(),
+            "latency_ms": round(statistics.median(times), 6),
+            "latency_conditions": conditions("executorch", threads, 1, input_size, dtype, 10),
         }
     }
 
@@ -699,12 +806,16 @@ def export_trial(
     reparameterize: bool = True,
     onnx: bool = False,
     onnx_threads: int = 1,
+    executorch: bool = False,
+    int8: bool = False,
+    data: Any = None,
     protect: Sequence[str | None] = (),
 ) -> ExportResult:
     """Write trial `number` of `study` to `out_dir` as a timm folder and verify it reloads.
-    Re-parameterisable blocks are fused first unless `reparameterize` is false. `out_dir` is
-    checked by `check_out_dir` against the study's artifact store and `protect` (its storage
-    file)."""
+    Re-parameterisable blocks are fused first unless `reparameterize` is false. `onnx` also
+    writes `model.onnx` (`write_onnx`), `executorch` `model.pte` (`write_executorch`; int8 with
+    `int8`, calibrated and checked on `data`, the study's data set). `out_dir` is checked by
+    `check_out_dir` against the study's artifact store and `protect` (its storage file)."""
     protect = [*protect, artifact_dir, study.user_attrs.get("artifact_dir")]
     check_out_dir(out_dir, force, protect=protect)
     model, trial = load_trial_model(study, number, artifact_dir)
@@ -720,7 +831,12 @@ def export_trial(
     written: dict[str, Any] = {}
 
     def write_and_keep(folder: str) -> dict[str, Any]:
-        written.update(write_onnx(model, folder, onnx_threads))
+        if onnx:
+            written.update(write_onnx(model, folder, onnx_threads))
+        if executorch:
+            written.update(
+                write_executorch(model, folder, int8=int8, data=data, threads=onnx_threads)
+            )
         return written
 
     diff = save_timm_folder(
@@ -733,7 +849,7 @@ def export_trial(
             (arch.in_chans, arch.img_size, arch.img_size), r.attrs.get("data", {})
         ),
         card=lambda record: _model_card(trial, study.study_name, arch) + _export_lines(record),
-        extra=write_and_keep if onnx else None,
+        extra=write_and_keep if onnx or executorch else None,
     )
     exports = dict(study.user_attrs.get("exports", {}))
     exports[str(trial.number)] = os.path.abspath(out_dir)
@@ -744,6 +860,7 @@ def export_trial(
         max_abs_diff=diff,
         fused=fused,
         onnx=written.get("onnx"),
+        executorch=written.get("executorch"),
     )
 
 

@@ -25,7 +25,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from safetensors.torch import save_file
 
-from nas import cost
+from nas import cost, runtimes
 from nas.config import SearchConfig
 from nas.early_stop import dominated_reason, promotion_reason
 from nas.exits import calibrate_exits, calibrate_resolution
@@ -196,7 +196,12 @@ class Objective:
         torch.manual_seed(seed)
         check_start = time.perf_counter()
         model = LightViT(arch)
-        costs = self._costs(arch, model)
+        try:
+            costs = self._costs(arch, model)
+        except runtimes.NotDeployable as e:  # the target runtime cannot take it: rejected
+            costs = {"not_deployable": {"runtime": e.runtime, "reason": e.reason}}
+            write(trial, costs=costs)
+            self.reject(trial, arch, costs, [str(e)])
         write(trial, costs=costs)
 
         reasons = check_budgets(trial, cfg, costs)
@@ -218,8 +223,8 @@ class Objective:
     def reject(
         self, trial: optuna.Trial, arch: Any, costs: dict[str, Any], reasons: list[str]
     ) -> None:
-        """End a candidate over a budget: its status, the event, the hooks; raises
-        `optuna.TrialPruned`."""
+        """End a candidate over a budget (or one the target runtime cannot run): its status,
+        the event, the hooks; raises `optuna.TrialPruned`."""
         set_status(trial, Status.INFEASIBLE, "; ".join(reasons))
         self.on_event(
             "infeasible",
@@ -232,7 +237,7 @@ class Objective:
             },
         )
         self.ended(trial)
-        raise optuna.TrialPruned(f"over budget: {'; '.join(reasons)}")
+        raise optuna.TrialPruned(f"infeasible: {'; '.join(reasons)}")
 
     def _reuse(self, trial: optuna.Trial, same: Callable[[TrialRecord], bool]) -> None:
         """Raise `Duplicate` with the result of the earliest trained (or scored) trial whose

@@ -48,7 +48,8 @@ class Status(str, enum.Enum):
 
     TRAINED = "trained"  # proxy-trained: COMPLETE, with its objective values
     SCORED = "scored"  # scored with a supernet's weights: COMPLETE
-    INFEASIBLE = "infeasible"  # over a budget, never trained: PRUNED (`reject_reason`)
+    # over a budget, or not runnable on the target runtime; never trained: PRUNED (`reject_reason`)
+    INFEASIBLE = "infeasible"
     STOPPED = "stopped"  # stopped early by the pruner or the dominance rule: PRUNED
     SCREENED = "screened"  # not in the pre-screen's best share: PRUNED
     FAILED = "failed"  # FAIL (`fail_reason`)

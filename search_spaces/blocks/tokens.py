@@ -17,6 +17,12 @@ __all__ = ["TOKEN_REDUCERS", "TokenMerging", "TokenPruning", "bipartite_merge"]
 TOKEN_REDUCERS: dict[str, type[nn.Module]] = {}
 
 
+def descending(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """The indices that sort `t` along `dim` in descending order: argsort's answer, computed
+    as a full top-k, which ExecuTorch's runtime has a kernel for (it has none for sort)."""
+    return t.topk(t.shape[dim], dim=dim, sorted=True).indices
+
+
 def bipartite_merge(
     x: torch.Tensor,
     size: torch.Tensor,
@@ -36,7 +42,7 @@ def bipartite_merge(
         metric = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # (B, |A|, |B|)
         best, partner = scores.max(dim=-1)
-        order = best.argsort(dim=-1, descending=True)
+        order = descending(best, dim=-1)
         merged_a, kept_a = order[:, :r], order[:, r:]
         target_b = partner.gather(1, merged_a)
     weighted = x * size
@@ -100,7 +106,7 @@ class TokenPruning(nn.Module):
         keep = math.ceil(self.keep_rate * n)
         if keep >= n:
             return x, size
-        order = importance.argsort(dim=1, descending=True)
+        order = descending(importance, dim=1)
         kept, dropped = order[:, :keep], order[:, keep:]
 
         def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,199 @@
+"""The shipping runtimes: ExecuTorch with XNNPACK (float32 and PT2E int8) and ONNX Runtime int8,
+as latency devices and in a search."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from nas import cost, runtimes
+from nas.config import LatencyConfig, load_config
+from nas.records import Status, TrialRecord
+from nas.study import run_search
+from search_spaces.blocks.tokens import descending
+from search_spaces.model import LightViT
+from search_spaces.spaces import get_space
+from tests.conftest import write_config
+
+pytest.importorskip("executorch.runtime", reason="the executorch extra is part of dev")
+
+
+class _ConvTwice(nn.Module):
+    """One convolution applied at two resolutions, as the two passes of a dynamically
+    resized model apply every block: its weight is read twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 4, stride=4)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        small = nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
+        pooled = self.conv(x).mean((2, 3)) + self.conv(small).mean((2, 3))
+        return self.head(pooled)
+
+
+class _Sorts(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).sort(dim=1).values[:, :4]
+
+
+def _survey_model(index: int = 0, **changes) -> tuple[LightViT, torch.Tensor]:
+    import dataclasses
+
+    arch = get_space("survey").sample_many(index + 1, seed=5, num_classes=10, img_size=32)[index]
+    arch = dataclasses.replace(arch, **changes)
+    torch.manual_seed(0)
+    model = LightViT(arch).eval()
+    return model, torch.randn(1, 3, arch.img_size, arch.img_size)
+
+
+def test_executorch_float32_computes_what_torch_computes_and_reports_its_delegation():
+    # a survey architecture with token pruning, conv stem and attention (seed 5, draw 5)
+    model, x = _survey_model(5)
+    lowered = runtimes.lower_executorch(model, x)
+    run = runtimes.load_executorch(lowered.buffer, threads=1)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.allclose(run((x,))[0], expected, atol=1e-4)
+    d = lowered.delegation
+    assert d.delegated > 0 and d.subgraphs > 0
+    assert d.fallback == sum(d.fallback_ops.values())
+    assert "getitem" not in d.fallback_ops
+
+
+def test_token_order_is_argsorts_and_runs_where_sort_has_no_kernel():
+    scores = torch.randn(3, 50)
+    assert torch.equal(descending(scores, 1), scores.argsort(dim=1, descending=True))
+    with pytest.raises(runtimes.NotDeployable, match=r"no kernel .*aten::sort\.values"):
+        runtimes.lower_executorch(_Sorts(), torch.randn(1, 3, 4, 4))
+
+
+def test_int8_program_matches_its_quantised_torch_graph_even_with_shared_weights():
+    torch.manual_seed(0)
+    model, x = _ConvTwice().eval(), torch.randn(1, 3, 16, 16)
+    calibration = runtimes.random_calibration(x, n=8)
+    quantised = runtimes.quantize_pt2e(model, x, calibration)
+    lowered = runtimes.lower_executorch(model, x, "int8", calibration, "8 random inputs")
+    out = runtimes.load_executorch(lowered.buffer)((x,))[0]
+    with torch.no_grad():
+        reference, fp32 = quantised(x), model(x)
+    # XNNPACK's int8 kernels compute the graph's quantise/dequantise arithmetic
+    assert (out - reference).abs().max() < 0.05 * fp32.abs().max()
+    assert lowered.dtype == "int8" and lowered.calibration == "8 random inputs"
+    # the weight was copied per use: two convolution weights in the quantised graph
+    shape = tuple(model.conv.weight.shape)
+    weights = [
+        n
+        for n in quantised.graph.nodes
+        if n.op == "get_attr"
+        and tuple(functools.reduce(getattr, n.target.split("."), quantised).shape) == shape
+    ]
+    assert len(weights) == 2
+
+
+def test_executorch_latency_carries_the_runtime_and_its_conditions():
+    model, x = _survey_model(7)
+    for dtype in ("float32", "int8"):
+        result = cost.measure_latency(
+            model, tuple(x.shape[1:]), device="executorch", dtype=dtype, runs=5, max_seconds=0.3
+        )
+        c = result.conditions
+        assert result.median_ms > 0
+        assert c["device"] == "executorch" and c["dtype"] == dtype
+        assert c["mode"] == "ExecuTorch runtime, XNNPACK delegate"
+        assert c["executorch"] and c["delegation"]["delegated"] > 0
+        assert ("calibration" in c) == (dtype == "int8")
+
+
+def test_onnxruntime_measures_int8_too():
+    model, x = _survey_model(4)
+    result = cost.measure_latency(
+        model, tuple(x.shape[1:]), device="onnxruntime", dtype="int8", runs=5, max_seconds=0.3
+    )
+    assert result.median_ms > 0 and result.conditions["calibration"]
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "message"),
+    [
+        ("cpu", "int8", "int8 is a quantised program: measure it on executorch or onnxruntime"),
+        ("executorch", "float16", "the executorch device measures float32 or int8"),
+    ],
+)
+def test_int8_needs_a_runtime_that_quantises(device, dtype, message):
+    with pytest.raises(ValueError, match=message):
+        LatencyConfig(device=device, dtype=dtype)
+    with pytest.raises(ValueError, match=message):
+        cost.check_device(device, dtype)
+
+
+def test_a_search_on_executorch_rejects_what_it_cannot_lower_and_goes_on(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = runtimes._missing_kernels
+
+    def second_lacks_a_kernel(gm):
+        calls["n"] += 1
+        return {"aten::sort.values"} if calls["n"] == 3 else real(gm)  # 1: the reference
+
+    monkeypatch.setattr(runtimes, "_missing_kernels", second_lacks_a_kernel)
+    path = write_config(
+        tmp_path,
+        latency="latency: {device: executorch, threads: 1, warmup: 1, runs: 5, max_seconds: 0.2}",
+        budget="budget: {max_params: 2000000, max_latency_ms: 500.0}",
+    )
+    config = load_config(path).replace_study(n_trials=3)
+    run = run_search(config)
+    records = [TrialRecord.of(t) for t in run.study.trials]
+    rejected = [r for r in records if r.status == Status.INFEASIBLE]
+    assert len(rejected) == 1
+    assert "no kernel in this runtime for aten::sort.values" in rejected[0].reason
+    assert rejected[0].costs["not_deployable"]["runtime"] == "ExecuTorch"
+    trained = [r for r in records if r.status == Status.TRAINED]
+    assert len(trained) == 2
+    assert all(r.costs["latency"]["conditions"]["device"] == "executorch" for r in trained)
+
+
+def test_export_writes_a_pte_that_the_runtime_runs_as_torch_does(finished_study, tmp_path):
+    import json
+
+    import timm
+    from optuna.trial import TrialState
+
+    from nas.cli import main
+
+    config, study = finished_study
+    number = study.get_trials(states=(TrialState.COMPLETE,))[0].number
+    args = ["export", "--storage", config.study.storage_url, "--trial", str(number)]
+    out = tmp_path / "pte"
+    assert main([*args, "--out", str(out), "--executorch"]) == 0
+    record = json.loads((out / "config.json").read_text())["lightweight_vit"]["executorch"]
+    assert record["dtype"] == "float32" and record["max_abs_diff_vs_torch"] < 1e-4
+    assert record["latency_conditions"]["device"] == "executorch"
+    assert "`model.pte` (ExecuTorch" in (out / "README.md").read_text()
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    run = runtimes.load_executorch((out / "model.pte").read_bytes())
+    x = torch.randn(1, *record["input_shape"][1:])
+    with torch.no_grad():
+        assert torch.allclose(run((x,))[0], model(x), atol=1e-4)
+
+    out8 = tmp_path / "pte8"
+    assert main([*args, "--out", str(out8), "--executorch", "--int8"]) == 0
+    int8 = json.loads((out8 / "config.json").read_text())["lightweight_vit"]["executorch"]
+    assert int8["dtype"] == "int8" and int8["val_images"] > 0
+    assert 0 <= int8["top1_agreement"] <= 1 and int8["calibration"].endswith("training images")
+    assert int8["below_agreement"] == (int8["top1_agreement"] < 0.99)
+    assert "top-1 agreement with torch" in (out8 / "README.md").read_text()
+
+
+def test_int8_export_without_executorch_is_refused_in_one_line(finished_study, tmp_path, capsys):
+    from nas.cli import main
+
+    config, _ = finished_study
+    args = ["export", "--storage", config.study.storage_url, "--trial", "0", "--int8"]
+    assert main([*args, "--out", str(tmp_path / "x")]) != 0
+    assert "--int8 quantises the ExecuTorch program: add --executorch" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
