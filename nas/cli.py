@@ -298,6 +298,8 @@ def _search_here(config: Any, prog: str, hooks: Sequence[Any] = (), summary: boo
         n = info.get("trial")
         if kind == "training":
             bar.set_postfix_str(f"trial {n}: training")
+        elif kind == "int8":
+            bar.set_postfix_str(f"trial {n}: int8 accuracy")
         elif kind == "step":
             epoch_bar.step(info)
         elif kind == "epoch":

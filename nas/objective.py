@@ -32,7 +32,7 @@ from nas.exits import calibrate_exits, calibrate_resolution
 from nas.inputs import Inputs
 from nas.lifecycle import library_versions, trial_seed
 from nas.records import Status, TrialRecord, record_failure, set_status, write
-from nas.train import TrainingFailed, evaluate, train_model
+from nas.train import TrainingFailed, evaluate, int8_accuracy, train_model
 from search_spaces.arch import ArchConfig
 from search_spaces.model import LightViT
 
@@ -109,12 +109,13 @@ def check_budgets(trial: optuna.Trial, config: SearchConfig, costs: dict[str, An
 
 
 def objective_values(
-    config: SearchConfig, acc: float, costs: dict[str, Any]
+    config: SearchConfig, acc: float, costs: dict[str, Any], acc_int8: float | None = None
 ) -> float | tuple[float, ...]:
-    """What Optuna is told: the accuracy (single mode), or the study's objectives in order."""
+    """What Optuna is told: the accuracy (single mode), or the study's objectives in order
+    (`acc_int8`: the int8 model's accuracy, for the accuracy_int8 objective)."""
     if config.study.mode == "single":
         return acc
-    values = {"accuracy": acc, **costs}
+    values = {"accuracy": acc, "accuracy_int8": acc_int8, **costs}
     return tuple(float(values[name]) for name in config.study.objective_names)
 
 
@@ -360,7 +361,13 @@ class Objective:
         return self._finish(trial, Status.SCORED, candidate, acc, seconds)
 
     def _finish(
-        self, trial: optuna.Trial, status: Status, candidate: Candidate, acc: float, seconds: float
+        self,
+        trial: optuna.Trial,
+        status: Status,
+        candidate: Candidate,
+        acc: float,
+        seconds: float,
+        acc_int8: float | None = None,
     ) -> float | tuple[float, ...]:
         """A trained or scored candidate: its weights stored, its status, the event, the hooks;
         its objective values."""
@@ -378,10 +385,12 @@ class Objective:
             },
         )
         self.ended(trial, [acc])
-        return self._values(acc, candidate.costs)
+        return self._values(acc, candidate.costs, acc_int8)
 
-    def _values(self, acc: float, costs: dict[str, Any]) -> float | tuple[float, ...]:
-        return objective_values(self.config, acc, costs)
+    def _values(
+        self, acc: float, costs: dict[str, Any], acc_int8: float | None = None
+    ) -> float | tuple[float, ...]:
+        return objective_values(self.config, acc, costs, acc_int8)
 
     def _store_weights(self, trial: optuna.Trial, model: LightViT, arch: ArchConfig) -> None:
         """The weights as a safetensors artifact of the trial (export reads them)."""
@@ -517,4 +526,14 @@ class Objective:
                     reference=self.reference if cfg.latency.device == "cpu" else None,
                 )
                 write(trial, **{key: report.to_dict()})
-        return self._finish(trial, Status.TRAINED, candidate, result.val_acc, result.seconds)
+        acc_int8 = None
+        if cfg.needs_int8:
+            self.on_event("int8", {"trial": trial.number})
+            int8 = int8_accuracy(model, data, arch.img_size, candidate.seed, result.val_acc)
+            write(trial, int8=int8.to_dict())
+            acc_int8 = int8.accuracy
+            if cfg.budget.max_int8_drop is not None:
+                trial.set_constraint("int8_drop", int8.drop - cfg.budget.max_int8_drop)
+        return self._finish(
+            trial, Status.TRAINED, candidate, result.val_acc, result.seconds, acc_int8
+        )

@@ -98,6 +98,7 @@ KEYS = frozenset(
         "from_trial",
         "inherited",
         "inherited_accuracy",
+        "int8",
         "prescreen",
         "proxies",
         "reject_reason",

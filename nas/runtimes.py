@@ -181,11 +181,13 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def _export(model: nn.Module, example: torch.Tensor, runtime: str) -> torch.export.ExportedProgram:
+def _export(
+    model: nn.Module, example: torch.Tensor, runtime: str, dynamic_shapes: Any = None
+) -> torch.export.ExportedProgram:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(model, (example,))
+            return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     except Exception as e:  # an operator or control flow torch.export cannot capture
         raise NotDeployable(runtime, f"torch.export failed: {_first_line(e)}") from e
 
@@ -196,28 +198,36 @@ def _first_line(e: BaseException) -> str:
 
 
 def quantize_pt2e(
-    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor]
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: Iterable[torch.Tensor],
+    dynamic_batch: bool = False,
 ) -> torch.fx.GraphModule:
     """`model` quantised to int8 for XNNPACK by the PT2E flow: exported, its shared weights
     unshared (`unshare_weights`), annotated by `XNNPACKQuantizer` (symmetric, per-channel),
     observed on every tensor of `calibration` (each shaped like `example`) and converted. The
     result runs in torch with quantise/dequantise pairs, i.e. it computes what the int8
-    program computes; `lower_executorch` lowers it."""
+    program computes; `lower_executorch` lowers it. `dynamic_batch`: exported for any batch
+    size (the example's batch must then be at least 2), to measure int8 accuracy in batches."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    graph = unshare_weights(_export(model.eval(), example, "ExecuTorch").module())
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    graph = unshare_weights(_export(model.eval(), example, "ExecuTorch", shapes).module())
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prepared = prepare_pt2e(graph, quantizer)
         for x in calibration:
             prepared(x)
-        return convert_pt2e(prepared)
+        converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # evaluation code calls eval(): harmless here
+    return converted
 
 
 def lower_executorch(

@@ -7,6 +7,7 @@ search can act on).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -78,7 +79,59 @@ def resize(x: torch.Tensor, img_size: int | None) -> torch.Tensor:
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    tensors = [*model.parameters(), *model.buffers()]  # a quantised graph keeps buffers only
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+INT8_CALIBRATION_IMAGES = 32
+
+
+@dataclass(frozen=True)
+class Int8Accuracy:
+    """A trained model's validation accuracy once quantised to int8 (PT2E for XNNPACK),
+    beside its float accuracy."""
+
+    accuracy: float
+    accuracy_float: float
+    calibration: str
+    seconds: float
+
+    @property
+    def drop(self) -> float:
+        return self.accuracy_float - self.accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": round(self.accuracy, 5),
+            "accuracy_float": round(self.accuracy_float, 5),
+            "drop": round(self.drop, 5),
+            "calibration": self.calibration,
+            "quantisation": "PT2E, XNNPACKQuantizer (symmetric, per-channel weights)",
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@torch.no_grad()
+def int8_accuracy(
+    model: nn.Module, data: Dataset, img_size: int, seed: int, accuracy_float: float
+) -> Int8Accuracy:
+    """`model` (trained, on the CPU) quantised to int8 as an ExecuTorch int8 export quantises
+    it (`nas.runtimes.quantize_pt2e`), calibrated on 32 seeded training images, and its top-1
+    accuracy on the validation split, computed by the quantised graph in torch (what the int8
+    program computes); `accuracy_float` is the float model's, for the drop."""
+    from nas import runtimes
+    from nas.loader import sample_batch
+
+    start = time.perf_counter()
+    float_model = copy.deepcopy(model).cpu().eval()  # int8 is a CPU program; `model` stays
+    generator = torch.Generator().manual_seed(seed)
+    images, _ = sample_batch(data, INT8_CALIBRATION_IMAGES, generator)
+    images = resize(images, img_size)
+    quantised = runtimes.quantize_pt2e(float_model, images[:2], [images], dynamic_batch=True)
+    acc = evaluate(quantised, data, "val", img_size=img_size)
+    return Int8Accuracy(
+        acc, accuracy_float, f"{len(images)} training images", time.perf_counter() - start
+    )
 
 
 @torch.no_grad()

@@ -197,3 +197,54 @@ def test_int8_export_without_executorch_is_refused_in_one_line(finished_study, t
     assert main([*args, "--out", str(tmp_path / "x")]) != 0
     assert "--int8 quantises the ExecuTorch program: add --executorch" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_search_can_maximise_int8_accuracy_under_a_drop_budget(tmp_path):
+    study = f"""study:
+      name: int8
+      storage: sqlite:///{tmp_path}/study.db
+      artifacts: {tmp_path}/artifacts
+      n_trials: 3
+      seed: 0
+      mode: multi
+      objectives: [accuracy_int8, latency_ms]"""
+    path = write_config(
+        tmp_path,
+        "int8",
+        study=study,
+        budget="budget: {max_params: 2000000, max_latency_ms: 500.0, max_int8_drop: 0.02}",
+    )
+    config = load_config(path)
+    assert config.needs_int8
+    run = run_search(config)
+    trained = [TrialRecord.of(t) for t in run.study.trials]
+    trained = [r for r in trained if r.status == Status.TRAINED]
+    assert trained
+    for r in trained:
+        int8 = r.attrs["int8"]
+        assert r.values[0] == pytest.approx(int8["accuracy"], abs=1e-5)  # the objective
+        assert int8["accuracy_float"] == pytest.approx(r.curve[-1], abs=1e-5)
+        assert int8["drop"] == pytest.approx(int8["accuracy_float"] - int8["accuracy"], abs=2e-5)
+        assert int8["calibration"] == "32 training images"
+        trial = run.study.trials[r.number]
+        assert trial.constraints["int8_drop"] == pytest.approx(int8["drop"] - 0.02, abs=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("budget: {max_int8_drop: 1.5}", "budget.max_int8_drop is a fraction of accuracy"),
+        ("study: {name: x, mode: multi, objectives: [accuracy_int8]}", "plus one or more"),
+        (
+            "study: {name: x, mode: multi, objectives: [latency_ms, accuracy_int8]}",
+            "starts with accuracy \\(or accuracy_int8\\)",
+        ),
+    ],
+)
+def test_int8_settings_are_checked_when_the_config_loads(tmp_path, section, message):
+    from nas.config import ConfigError
+
+    key = section.split(":")[0]
+    path = write_config(tmp_path, "x", **{key: section})
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_config(path)
