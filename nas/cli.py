@@ -1079,7 +1079,7 @@ class Latency(Command):
         from tqdm import tqdm
 
         from nas.cost import check_device
-        from nas.lut import UNIT_MEASUREMENT, build_lut
+        from nas.lut import UNIT_DEVICES, UNIT_MEASUREMENT, build_lut
         from nas.storage import check_writable
         from search_spaces.spaces import SPACES
 
@@ -1089,6 +1089,13 @@ class Latency(Command):
             check_device(args.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if args.device not in UNIT_DEVICES:
+            raise ConfigError(
+                f"a lookup table times each unit in torch, on {' or '.join(UNIT_DEVICES)}; one "
+                f"for {args.device} is not built yet (its units would each need their own "
+                "program): measure every candidate there instead (budget.latency_source: "
+                "measured)"
+            )
         check_writable(os.path.dirname(os.path.abspath(args.out)), f"--out {args.out}")
         bars: dict[str, Any] = {}
 

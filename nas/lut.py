@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 LUT_FORMAT = "lightweight-vit-latency-lut/1"
+UNIT_DEVICES = ("cpu", "cuda")  # where `measure_unit` times a unit as the models run
 
 Unit = tuple[str, dict[str, Any]]
 
@@ -489,6 +490,8 @@ def build_lut(
     from search_spaces.model import LightViT
 
     cost.check_device(device)
+    if device not in UNIT_DEVICES:
+        raise LutError(f"lookup tables are built on {' or '.join(UNIT_DEVICES)}, not {device}")
     found = space_units(space, img_size, in_chans, num_classes)
     kwargs = {
         "warmup": 5,

@@ -248,3 +248,13 @@ def test_int8_settings_are_checked_when_the_config_loads(tmp_path, section, mess
     path = write_config(tmp_path, "x", **{key: section})
     with pytest.raises((ConfigError, ValueError), match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize("device", ["executorch", "onnxruntime"])
+def test_a_lookup_table_is_refused_where_its_units_cannot_be_timed(device, capsys):
+    from nas.cli import main
+
+    args = ["latency", "build-lut", "--space", "tiny", "--device", device, "--img-size", "16"]
+    assert main([*args, "--out", "/tmp/never-written.json"]) != 0
+    err = capsys.readouterr().err
+    assert f"one for {device} is not built yet" in err and "latency_source: measured" in err
