@@ -19,6 +19,20 @@ from nas.lut import LatencyTable
 from nas.study import run_search
 
 
+def load_experiment(name: str):
+    """A script of experiments/ (`bench_resolution`, ...) imported as a module, registered in
+    sys.modules so that its dataclasses find their module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_config(folder: Path, name: str = "t", **overrides: str) -> Path:
     """A fast search config (synthetic 16px data, 2 epochs) under `folder`; `overrides` replace
     whole sections by their YAML text."""

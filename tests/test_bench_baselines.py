@@ -6,10 +6,8 @@ Markdown table and the plot, and resumes without retraining."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,19 +17,12 @@ from nas.config import TrainConfig
 from nas.data import load_dataset
 from nas.report import load_baselines
 from nas.train import train_model
+from tests.conftest import load_experiment
 from tests.test_data import _make_folder
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_baselines", ROOT / "experiments" / "bench_baselines.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_baselines")
 
 
 ARGS = [

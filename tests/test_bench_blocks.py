@@ -4,24 +4,15 @@ second run resumes without training again."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_blocks", ROOT / "experiments" / "bench_blocks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_blocks")
 
 
 @pytest.mark.slow

@@ -5,25 +5,16 @@ same architectures again and says how far two figures of one model differ."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_latency", ROOT / "experiments" / "bench_latency.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_latency")
 
 
 @pytest.mark.slow

@@ -3,24 +3,15 @@ generated Fashion-MNIST files: trains, calibrates, writes its table, and resumes
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_resolution", ROOT / "experiments" / "bench_resolution.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_resolution")
 
 
 @pytest.mark.slow

@@ -4,26 +4,17 @@ and a rerun resumes from the measured rows."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment
 
 pytest.importorskip("executorch.runtime", reason="the executorch extra is part of dev")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_runtimes", ROOT / "experiments" / "bench_runtimes.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_runtimes")
 
 
 @pytest.mark.slow

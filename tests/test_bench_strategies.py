@@ -3,9 +3,7 @@ tables, small: every strategy's studies, curves on the true accuracies, the summ
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +13,11 @@ from nas.records import Status, TrialRecord
 from nas.report import hypervolume
 from nas.storage import load_study
 from nas.tables import NB201Table
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_experiment
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_strategies", ROOT / "experiments" / "bench_strategies.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_strategies")
 
 
 @pytest.mark.slow
