@@ -65,10 +65,25 @@ class NotDeployable(ValueError):
         self.reason = reason
 
 
+def _import_executorch() -> None:
+    """Import ExecuTorch and torchao once, without the deprecation line torchao's import logs
+    through torch's pytree logger (`KernelPreference ... register_constant()`), which is
+    theirs to fix and not our users' to read."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import executorch.exir  # noqa: F401
+        import executorch.runtime  # noqa: F401
+        import torchao.quantization.pt2e  # noqa: F401
+    finally:
+        logger.setLevel(level)
+
+
 def check_executorch() -> None:
     """Raise ValueError with the install command when ExecuTorch is not installed."""
     try:
-        import executorch.runtime  # noqa: F401
+        _import_executorch()
     except ImportError:
         raise ValueError(
             f"device 'executorch' needs the executorch extra: {INSTALL_HINT}"
@@ -209,6 +224,7 @@ def quantize_pt2e(
     result runs in torch with quantise/dequantise pairs, i.e. it computes what the int8
     program computes; `lower_executorch` lowers it. `dynamic_batch`: exported for any batch
     size (the example's batch must then be at least 2), to measure int8 accuracy in batches."""
+    _import_executorch()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -242,6 +258,7 @@ def lower_executorch(
     (`quantize_pt2e`, on `calibration`, by default `random_calibration`). Checks that the
     runtime has a kernel for every operator left outside the delegate and that the program
     loads. NotDeployable when any step fails."""
+    _import_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -312,6 +329,7 @@ def load_executorch(buffer: bytes, threads: int | None = None) -> Callable[..., 
     """The program's `forward` loaded by ExecuTorch's runtime, as a callable on a tuple of
     input tensors; with `threads`, XNNPACK's thread pool is set to that many threads first
     (one pool per process). NotDeployable with the runtime's own reason when it refuses."""
+    _import_executorch()
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
