@@ -247,8 +247,13 @@ def _trial_line(r: Any, accuracy: float | None = None) -> str:
             if r.attrs.get("table")
             else _duration(r.seconds)
         )
+        int8 = r.attrs.get("int8")
+        if int8:  # both accuracies: the float one and the int8 one, whichever is the objective
+            acc_words = f"acc {int8['accuracy_float']:.4f} int8 {int8['accuracy']:.4f}"
+        else:
+            acc_words = f"acc {acc:.4f}"
         return (
-            f"  #{n:<3} {status.value:<9} acc {acc:.4f}  "
+            f"  #{n:<3} {status.value:<9} {acc_words}  "
             f"{r.latency_ms:6.3f} ms  {r.params / 1e3:7.1f}k params  {r.arch_line}  ({how})"
         )
     if status is Status.INFEASIBLE:

@@ -111,11 +111,13 @@ def front_table(study: optuna.Study) -> str:
     infeasible = sum(r.status is Status.INFEASIBLE for r in recs)
     confirmed = {r.number: confirmed_accuracy(study, r) for r in front}
     shown = any(confirmed.values())
+    objectives = (study.user_attrs.get("config") or {}).get("study", {}).get("objectives")
+    int8 = bool(objectives) and objectives[0] == "accuracy_int8"
     lines = [
-        f"Pareto front of study '{study.study_name}' (accuracy up, latency down): "
-        f"{len(front)} of {trained} trained trials; {infeasible} {Status.INFEASIBLE.words}"
-        f"{others}",
-        f"{'trial':>5}  {'val acc':>7}  "
+        f"Pareto front of study '{study.study_name}' ({'int8 ' if int8 else ''}accuracy up, "
+        f"latency down): {len(front)} of {trained} trained trials; {infeasible} "
+        f"{Status.INFEASIBLE.words}{others}",
+        f"{'trial':>5}  {'int8 acc' if int8 else 'val acc':>7}  "
         + (f"{'confirmed, mean ± sd (n)':>24}  " if shown else "")
         + f"{'latency':>10}  {'params':>7}  {'FLOPs':>7}  architecture",
     ]
