@@ -51,6 +51,7 @@ def _survey_model(index: int = 0, **changes) -> tuple[LightViT, torch.Tensor]:
     return model, torch.randn(1, 3, arch.img_size, arch.img_size)
 
 
+@pytest.mark.slow
 def test_executorch_float32_computes_what_torch_computes_and_reports_its_delegation():
     # a survey architecture with token pruning, conv stem and attention (seed 5, draw 5)
     model, x = _survey_model(5)
@@ -65,6 +66,7 @@ def test_executorch_float32_computes_what_torch_computes_and_reports_its_delegat
     assert "getitem" not in d.fallback_ops
 
 
+@pytest.mark.slow
 def test_token_order_is_argsorts_and_runs_where_sort_has_no_kernel():
     scores = torch.randn(3, 50)
     assert torch.equal(descending(scores, 1), scores.argsort(dim=1, descending=True))
@@ -72,6 +74,7 @@ def test_token_order_is_argsorts_and_runs_where_sort_has_no_kernel():
         runtimes.lower_executorch(_Sorts(), torch.randn(1, 3, 4, 4))
 
 
+@pytest.mark.slow
 def test_int8_program_matches_its_quantised_torch_graph_even_with_shared_weights():
     torch.manual_seed(0)
     model, x = _ConvTwice().eval(), torch.randn(1, 3, 16, 16)
@@ -95,6 +98,7 @@ def test_int8_program_matches_its_quantised_torch_graph_even_with_shared_weights
     assert len(weights) == 2
 
 
+@pytest.mark.slow
 def test_executorch_latency_carries_the_runtime_and_its_conditions():
     model, x = _survey_model(7)
     for dtype in ("float32", "int8"):
@@ -109,6 +113,7 @@ def test_executorch_latency_carries_the_runtime_and_its_conditions():
         assert ("calibration" in c) == (dtype == "int8")
 
 
+@pytest.mark.slow
 def test_onnxruntime_measures_int8_too():
     model, x = _survey_model(4)
     result = cost.measure_latency(
@@ -131,6 +136,7 @@ def test_int8_needs_a_runtime_that_quantises(device, dtype, message):
         cost.check_device(device, dtype)
 
 
+@pytest.mark.slow
 def test_a_search_on_executorch_rejects_what_it_cannot_lower_and_goes_on(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = runtimes._missing_kernels
@@ -157,6 +163,7 @@ def test_a_search_on_executorch_rejects_what_it_cannot_lower_and_goes_on(tmp_pat
     assert all(r.costs["latency"]["conditions"]["device"] == "executorch" for r in trained)
 
 
+@pytest.mark.slow
 def test_export_writes_a_pte_that_the_runtime_runs_as_torch_does(finished_study, tmp_path):
     import json
 
@@ -199,6 +206,7 @@ def test_int8_export_without_executorch_is_refused_in_one_line(finished_study, t
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_a_search_can_maximise_int8_accuracy_under_a_drop_budget(tmp_path):
     study = f"""study:
       name: int8
