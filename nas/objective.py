@@ -530,10 +530,12 @@ class Objective:
         if cfg.needs_int8:
             self.on_event("int8", {"trial": trial.number})
             int8 = int8_accuracy(model, data, arch.img_size, candidate.seed, result.val_acc)
-            write(trial, int8=int8.to_dict())
-            acc_int8 = int8.accuracy
+            record = int8.to_dict()
             if cfg.budget.max_int8_drop is not None:
                 trial.set_constraint("int8_drop", int8.drop - cfg.budget.max_int8_drop)
+                record["within_budget"] = int8.drop <= cfg.budget.max_int8_drop
+            write(trial, int8=record)
+            acc_int8 = int8.accuracy
         return self._finish(
             trial, Status.TRAINED, candidate, result.val_acc, result.seconds, acc_int8
         )

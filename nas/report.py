@@ -44,11 +44,18 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 
 
 def pareto_front(study: optuna.Study) -> list[TrialRecord]:
-    """The trained trials (so within the budgets) that no other trained trial beats on both
-    accuracy and latency, best accuracy first; the same in single and multi mode."""
+    """The trained trials within the budgets (those checked before training, and the int8
+    drop budget checked after) that no other such trial beats on both accuracy and latency,
+    best accuracy first; the same in single and multi mode."""
     trained = (Status.TRAINED, Status.SCORED)  # a duplicate's architecture is listed once
     return nondominated(
-        [r for r in records(study) if r.accuracy is not None and r.status in trained]
+        [
+            r
+            for r in records(study)
+            if r.accuracy is not None
+            and r.status in trained
+            and (r.attrs.get("int8") or {}).get("within_budget", True)
+        ]
     )
 
 

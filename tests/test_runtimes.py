@@ -236,6 +236,11 @@ def test_a_search_can_maximise_int8_accuracy_under_a_drop_budget(tmp_path):
         assert int8["calibration"] == "32 training images"
         trial = run.study.trials[r.number]
         assert trial.constraints["int8_drop"] == pytest.approx(int8["drop"] - 0.02, abs=2e-5)
+        assert int8["within_budget"] == (trial.constraints["int8_drop"] <= 0)
+    from nas.report import pareto_front
+
+    front = pareto_front(run.study)
+    assert all(r.attrs["int8"]["within_budget"] for r in front)  # over the drop: off the front
 
 
 @pytest.mark.parametrize(
