@@ -156,6 +156,21 @@ LATENCY_DTYPES = ("float32", "bfloat16", "float16", "int8")
 RUNTIME_DTYPES = {"onnxruntime": ("float32", "int8"), "executorch": ("float32", "int8")}
 
 
+def dtype_problem(device: str, dtype: str) -> str | None:
+    """Why `dtype` cannot be measured on `device` (with the fix), or None when it can."""
+    if device in RUNTIME_DTYPES and dtype not in RUNTIME_DTYPES[device]:
+        return (
+            f"the {device} device measures {' or '.join(RUNTIME_DTYPES[device])} models, "
+            f"not {dtype}: set latency.dtype to one of them"
+        )
+    if dtype == "int8" and device not in RUNTIME_DTYPES:
+        return (
+            "dtype int8 is a quantised program: measure it on executorch or onnxruntime "
+            "(set latency.device)"
+        )
+    return None
+
+
 def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
@@ -674,17 +689,9 @@ class LatencyConfig:
                 f"latency.dtype '{self.dtype}' is unknown; use one of: "
                 + ", ".join(LATENCY_DTYPES)
             )
-        runtime_dtypes = RUNTIME_DTYPES
-        if self.device in runtime_dtypes and self.dtype not in runtime_dtypes[self.device]:
-            raise ValueError(
-                f"the {self.device} device measures float32 or int8 models, not {self.dtype}: "
-                "set latency.dtype to one of them"
-            )
-        if self.dtype == "int8" and self.device not in runtime_dtypes:
-            raise ValueError(
-                "latency.dtype int8 is a quantised program: measure it on executorch or "
-                "onnxruntime (set latency.device)"
-            )
+        problem = dtype_problem(self.device, self.dtype)
+        if problem:
+            raise ValueError(f"latency: {problem}")
         _positive(
             "latency",
             threads=self.threads,

@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas import runtimes
-from nas.config import LATENCY_DEVICES, LATENCY_DTYPES, RUNTIME_DTYPES
+from nas.config import LATENCY_DEVICES, LATENCY_DTYPES, dtype_problem
 
 __all__ = [
     "DEVICES",
@@ -606,15 +606,9 @@ def check_device(device: str, dtype: str = "float32") -> None:
             "device 'cuda' needs a CUDA GPU, and torch sees none here; measure on cpu or "
             "onnxruntime, or run on the GPU machine"
         )
-    if device in RUNTIME_DTYPES and dtype not in RUNTIME_DTYPES[device]:
-        raise ValueError(
-            f"the {device} device measures {' or '.join(RUNTIME_DTYPES[device])} models, "
-            f"not {dtype}"
-        )
-    if dtype == "int8" and device not in RUNTIME_DTYPES:
-        raise ValueError(
-            "dtype int8 is a quantised program: measure it on executorch or onnxruntime"
-        )
+    problem = dtype_problem(device, dtype)
+    if problem:
+        raise ValueError(problem)
     if device == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
