@@ -403,6 +403,10 @@ class StructureAwareAttention(nn.Module):
         self.table = nn.Parameter(
             torch.randn(heads, patterns, 2 * grid[0] - 1, 2 * grid[1] - 1) * 0.02
         )
+        # the Toeplitz lookup of the grid it was built for, a buffer: a tensor made outside
+        # the module would be a constant torch.export lifts, which PT2E's graph cannot export
+        # again (int8 on ExecuTorch)
+        self.register_buffer("offsets", grid_offsets(self.grid), persistent=False)
 
     def kernels(self, hw: tuple[int, int]) -> torch.Tensor:
         """(heads, patterns, 2H-1, 2W-1): entry (dy + H - 1, dx + W - 1) weighs the value at
@@ -420,7 +424,8 @@ class StructureAwareAttention(nn.Module):
         b, h, n, d = v.shape
         kernel = self.kernels(hw)
         if not (self.fft if self.fft is not None else n > self.FFT_ABOVE):
-            coords = grid_offsets(hw, v.device)  # (N, N, 2): p_j - p_i, shifted to >= 0
+            # (N, N, 2): p_j - p_i, shifted to >= 0
+            coords = self.offsets if tuple(hw) == self.grid else grid_offsets(hw, v.device)
             toeplitz = kernel[:, :, coords[..., 0], coords[..., 1]]  # (h, K, N, N)
             return torch.einsum("hkij,bhjd->bhkid", toeplitz, v)
         (gh, gw), size = hw, (2 * hw[0] - 1 + hw[0] - 1, 2 * hw[1] - 1 + hw[1] - 1)
@@ -447,8 +452,9 @@ class StructureAwareAttention(nn.Module):
 
 
 def grid_offsets(hw: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
-    """(N, N, 2) long: p_j - p_i + (H - 1, W - 1) for tokens i, j of a row-major grid."""
-    return _grid_offsets(tuple(hw)).to(device)
+    """(N, N, 2) long: p_j - p_i + (H - 1, W - 1) for tokens i, j of a row-major grid (a
+    copy: a module may keep it)."""
+    return _grid_offsets(tuple(hw)).to(device, copy=True)
 
 
 @functools.lru_cache(maxsize=64)

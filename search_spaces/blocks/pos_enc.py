@@ -334,9 +334,13 @@ class RelPosBias(AttentionPosEnc):
         self.grid = tuple(grid)
         self.table = nn.Parameter(torch.zeros(heads, 2 * grid[0] - 1, 2 * grid[1] - 1))
         trunc_normal_(self.table, std=0.02)
+        # the lookup of the grid it was built for, a constant: computed in the forward pass,
+        # its integer arithmetic would be quantised with the rest by PT2E (and fail)
+        self.register_buffer("index", relative_index(self.grid), persistent=False)
 
     def bias(self, hw: tuple[int, int]) -> torch.Tensor:
         table = self.table
+        index = self.index
         if tuple(hw) != self.grid:
             table = nn.functional.interpolate(
                 table[None],
@@ -344,9 +348,16 @@ class RelPosBias(AttentionPosEnc):
                 mode="bicubic",
                 align_corners=True,
             )[0]
-        coords = grid_coords(hw, table.device).long()
-        offset = coords[:, None, :] - coords[None, :, :]  # (N, N, 2), in [-(H-1), H-1]
-        return table[:, offset[..., 0] + hw[0] - 1, offset[..., 1] + hw[1] - 1]
+            index = relative_index(hw, table.device)
+        return table.flatten(1)[:, index]
+
+
+def relative_index(hw: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(N, N) long: where the offset p_i - p_j of tokens i, j of a row-major grid sits in a
+    flattened (2H-1) x (2W-1) table of offsets, (dy + H - 1) * (2W - 1) + dx + W - 1."""
+    coords = grid_coords(hw, device).long()
+    offset = coords[:, None, :] - coords[None, :, :]  # (N, N, 2), in [-(H-1), H-1]
+    return (offset[..., 0] + hw[0] - 1) * (2 * hw[1] - 1) + offset[..., 1] + hw[1] - 1
 
 
 @register(POS_ENCODINGS, "fire")
