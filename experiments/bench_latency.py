@@ -35,7 +35,7 @@ from scipy.stats import kendalltau
 from tqdm import tqdm
 
 from nas.cost import cpu_name
-from nas.lut import UNIT_MEASUREMENT, LatencyTable, build_lut, validate
+from nas.lut import UNIT_MEASUREMENT, LatencyTable, build_lut, measure_like, validate
 from search_spaces.spaces import get_space
 
 
@@ -221,7 +221,6 @@ def _repeat(table: LatencyTable, archs: list, first, passes: int) -> dict:
     with the validation's own figures, how far the figures of one model spread (max / min - 1,
     median and 90th percentile over the models) and the table's error in each pass."""
     from nas import cost
-    from search_spaces.model import LightViT
 
     reference = cost.Reference.from_dict(table.reference)
     n = len(archs)
@@ -230,14 +229,7 @@ def _repeat(table: LatencyTable, archs: list, first, passes: int) -> dict:
     bar = tqdm(total=n * passes, desc="repeat check", unit="arch", disable=None)
     for _ in range(passes):
         for i, arch in enumerate(archs):
-            result = cost.measure_latency(
-                LightViT(arch),
-                (arch.in_chans, arch.img_size, arch.img_size),
-                device=table.device,
-                threads=table.threads,
-                batch_size=table.batch_size,
-                reference=reference,
-            )
+            result = measure_like(table, arch, reference)
             corrected[i].append(result.median_ms)
             raw[i].append(result.raw_ms)
             bar.update(1)

@@ -38,6 +38,9 @@ from nas.errors import ConfigError
 __all__ = ["main", "COMMANDS"]
 
 MAX_WORKERS = 64  # local worker processes (each holds torch and the data set)
+# units `latency build-lut` measures on a runtime by default, where each is its own program
+# (seconds to build); the rest are predicted from them (`nas.lut.UnitPredictor`)
+RUNTIME_UNITS = 1_500
 
 
 def _duration(seconds: float) -> str:
@@ -910,6 +913,14 @@ class Latency(Command):
             default=100,
             help="whole architectures measured to calibrate the sum (100)",
         )
+        build.add_argument(
+            "--units",
+            type=int,
+            default=None,
+            help="measure a sample of this many units and predict the rest (default: every "
+            f"unit on cpu and cuda, {RUNTIME_UNITS:,} on executorch and onnxruntime, where "
+            "each unit is a program of its own)",
+        )
         build.add_argument("--seed", type=int, default=0, help="seed of those architectures")
         validate = actions.add_parser("validate", help="predicted against measured latency")
         validate.add_argument("--lut", required=True, help="a table from build-lut")
@@ -928,7 +939,13 @@ class Latency(Command):
             sub_parser.add_argument("--device", default="cpu", choices=DEVICES)
             sub_parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1)")
             sub_parser.add_argument("--batch", type=int, default=1, help="batch size (1)")
-        measure.add_argument("--dtype", default="float32", choices=list(DTYPES))
+        for sub_parser in (measure, build):
+            sub_parser.add_argument(
+                "--dtype",
+                default="float32",
+                choices=list(DTYPES),
+                help="precision (float32; int8 on executorch and onnxruntime)",
+            )
         measure.add_argument("--runs", type=int, default=50, help="timed runs per round (50)")
         measure.add_argument("--warmup", type=int, default=10, help="untimed runs (10)")
         measure.add_argument(
@@ -950,6 +967,7 @@ class Latency(Command):
         "batch": 1_024,
         "n": 10_000,
         "calibration": 10_000,
+        "units": 10_000_000,
         "runs": 100_000,
         "num_classes": 100_000,
     }
@@ -957,7 +975,7 @@ class Latency(Command):
     def take_action(self, args: argparse.Namespace) -> int:
         for name, top in self.BOUNDS.items():
             value = getattr(args, name, 1)
-            if not 1 <= value <= top:
+            if value is not None and not 1 <= value <= top:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be 1 to {top:,}, got {value}")
         if getattr(args, "warmup", 0) < 0 or getattr(args, "warmup", 0) > 10_000:
@@ -1083,24 +1101,27 @@ class Latency(Command):
     def _build(self, args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
+        from nas.config import dtype_problem
         from nas.cost import check_device
-        from nas.lut import UNIT_DEVICES, UNIT_MEASUREMENT, build_lut
+        from nas.lut import UNIT_DEVICES, UNIT_MEASUREMENT, LutError, build_lut
         from nas.storage import check_writable
         from search_spaces.spaces import SPACES
 
         if args.space not in SPACES:
             raise ConfigError(f"unknown space '{args.space}'; use one of: {', '.join(SPACES)}")
+        problem = dtype_problem(args.device, args.dtype)
+        if problem:
+            flags = {"set latency.dtype": "pass --dtype", "set latency.device": "pass --device"}
+            for key, flag in flags.items():
+                problem = problem.replace(key, flag)
+            raise ConfigError(problem)
         try:
-            check_device(args.device)
+            check_device(args.device, args.dtype)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if args.device not in UNIT_DEVICES:
-            raise ConfigError(
-                f"a lookup table times each unit in torch, on {' or '.join(UNIT_DEVICES)}; one "
-                f"for {args.device} is not built yet (its units would each need their own "
-                "program): measure every candidate there instead (budget.latency_source: "
-                "measured)"
-            )
+        units = args.units
+        if units is None and args.device not in UNIT_DEVICES:
+            units = RUNTIME_UNITS
         check_writable(os.path.dirname(os.path.abspath(args.out)), f"--out {args.out}")
         bars: dict[str, Any] = {}
 
@@ -1115,9 +1136,9 @@ class Latency(Command):
             bars[phase].update(done - bars[phase].n)
 
         print(
-            f"lvit latency build-lut: space '{args.space}' on {args.device}, {args.threads} "
-            f"thread(s), batch {args.batch}, {args.img_size}px data, {args.num_classes} "
-            "classes; enumerating units...",
+            f"lvit latency build-lut: space '{args.space}' on {args.device} ({args.dtype}), "
+            f"{args.threads} thread(s), batch {args.batch}, {args.img_size}px data, "
+            f"{args.num_classes} classes; enumerating units...",
             file=sys.stderr,
         )
         try:
@@ -1128,22 +1149,41 @@ class Latency(Command):
                 img_size=args.img_size,
                 num_classes=args.num_classes,
                 batch_size=args.batch,
+                dtype=args.dtype,
                 calibration_archs=args.calibration,
+                max_units=units,
                 seed=args.seed,
                 progress=progress,
                 measure_kwargs=UNIT_MEASUREMENT,
             )
+        except LutError as e:
+            raise ConfigError(str(e)) from None
         finally:
             for bar in bars.values():
                 bar.close()
         table.save(args.out)
         cal = table.calibration
         scales = ", ".join(f"{g} {w:.2f}" for g, w in cal["scale"].items())
+        meta = table.meta
+        measured = f"{len(table.entries)} units measured"
+        if meta["measured_units"] < meta["units"]:
+            fit = meta["unit_predictor"]
+            measured = (
+                f"{meta['measured_units']:,} of {meta['units']:,} units measured, the rest "
+                f"predicted from them ({100 * fit['cv_within_10']:.0f}% within +-10% in "
+                "cross-validation)"
+            )
+        refused = (
+            f"; {len(table.not_deployable)} units {args.device} cannot run (models with one are "
+            "refused)"
+            if table.not_deployable
+            else ""
+        )
         print(
-            f"Wrote {args.out}: {len(table.entries)} units measured on {table.meta['hardware']}"
-            f" in {_duration(table.meta['seconds'])}; calibrated on {cal['n']} whole models: "
+            f"Wrote {args.out}: {measured} on {meta['hardware']} in "
+            f"{_duration(meta['seconds'])}; calibrated on {cal['n']} whole models: "
             f"latency = sum of units x their group's scale + {cal['b']:.3f} ms; scales: "
-            f"{scales}"
+            f"{scales}{refused}"
         )
         print(f"Check it:  lvit latency validate --lut {args.out} --n 100")
         return 0
@@ -1161,6 +1201,7 @@ class Latency(Command):
                 space=space.name,
                 space_version=space.version,
                 device=table.device,
+                dtype=table.dtype,
                 threads=table.threads,
                 path=args.lut,
             )

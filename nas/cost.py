@@ -732,17 +732,9 @@ def _forward_fn(
 ) -> tuple[Callable[[], Any], Callable | None, dict[str, Any]]:
     """The call to time, its timer (None: the wall clock) and what building it adds to the
     record (a runtime's delegation, its calibration)."""
-    if device == "onnxruntime":
-        session, feed, built = _onnx_session(model, shape, threads, dtype)
-        return (lambda: session.run(None, feed)), None, built
-    if device == "executorch":
-        x = torch.randn(*shape)
-        lowered = runtimes.lower_executorch(model, x, dtype)
-        run = runtimes.load_executorch(lowered.buffer, threads)
-        built = {"delegation": lowered.delegation.to_dict(), "program_bytes": len(lowered.buffer)}
-        if lowered.calibration:
-            built["calibration"] = lowered.calibration
-        return (lambda: run((x,))), None, built
+    if device in RUNTIME_DEVICES:
+        fn, built = runtime_fn(model, (torch.randn(*shape),), device, threads, dtype)
+        return fn, None, built
     target = torch.device("cuda" if device == "cuda" else "cpu")
     torch_dtype = DTYPES[dtype]
     if torch_dtype != torch.float32 or target.type != "cpu":
@@ -751,35 +743,62 @@ def _forward_fn(
     return (lambda: model(x)), (_cuda_events if device == "cuda" else None), {}
 
 
+RUNTIME_DEVICES = ("onnxruntime", "executorch")  # devices that run a converted program
+
+
+def runtime_fn(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    device: str,
+    threads: int,
+    dtype: str = "float32",
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """`model` (eval mode) converted for a runtime device (`RUNTIME_DEVICES`) and the call
+    that runs it on `inputs`, with what converting it adds to the record. NotDeployable
+    when the runtime cannot take it."""
+    if device == "onnxruntime":
+        session, feed, built = _onnx_session(model, inputs, threads, dtype)
+        return (lambda: session.run(None, feed)), built
+    if device == "executorch":
+        lowered = runtimes.lower_executorch(model, inputs, dtype)
+        run = runtimes.load_executorch(lowered.buffer, threads)
+        built = {"delegation": lowered.delegation.to_dict(), "program_bytes": len(lowered.buffer)}
+        if lowered.calibration:
+            built["calibration"] = lowered.calibration
+        return (lambda: run(inputs)), built
+    raise ValueError(f"{device} is not a runtime device; use one of {', '.join(RUNTIME_DEVICES)}")
+
+
 def _onnx_session(
-    model: nn.Module, shape: tuple[int, ...], threads: int, dtype: str = "float32"
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, dtype: str = "float32"
 ) -> tuple[Any, dict, dict[str, Any]]:
     """Export to a temporary ONNX file (int8: then ONNX Runtime's static quantisation,
     calibrated on random inputs, which latency does not depend on) and open an ONNX Runtime
     CPU session on it."""
     import onnxruntime as ort
 
-    x = torch.randn(*shape)
     built: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.onnx"
         try:
-            export_onnx(model, x, path)
+            export_onnx(model, inputs, path)
         except Exception as e:
             raise runtimes.NotDeployable("ONNX Runtime", f"ONNX export failed: {e}") from e
         if dtype == "int8":
-            runtimes.onnx_int8(path, f"{tmp}/int8.onnx", runtimes.random_calibration(x))
+            runtimes.onnx_int8(path, f"{tmp}/int8.onnx", runtimes.random_calibration(inputs))
             path = f"{tmp}/int8.onnx"
             built["calibration"] = "8 random normal inputs (latency only)"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return session, {session.get_inputs()[0].name: x.numpy()}, built
+    names = [i.name for i in session.get_inputs()]
+    return session, {n: x.numpy() for n, x in zip(names, inputs, strict=True)}, built
 
 
-def export_onnx(model: nn.Module, x: torch.Tensor, path: str) -> None:
-    """torch.onnx export (the dynamo exporter, opset 18), quietly."""
+def export_onnx(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], path: str) -> None:
+    """torch.onnx export (the dynamo exporter, opset 18) for input `x` (or inputs), quietly."""
+    inputs = x if isinstance(x, tuple) else (x,)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), path, dynamo=True, opset_version=18, verbose=False)
+        torch.onnx.export(model, inputs, path, dynamo=True, opset_version=18, verbose=False)

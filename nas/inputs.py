@@ -19,7 +19,8 @@ __all__ = ["Inputs", "prepare_inputs"]
 
 def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
     """The search's latency table, refused (with the command that builds the right one) when it
-    was made for another space version, device, thread count, data size or class count."""
+    was made for another space version, device, precision, thread count, data size or class
+    count."""
     from nas.lut import LatencyTable, LutError
 
     path = config.budget.lut_path
@@ -29,6 +30,7 @@ def _load_table(config: SearchConfig, data: Dataset, space: Any) -> Any:
             space=space.name,
             space_version=space.version,
             device=config.latency.device,
+            dtype=config.latency.dtype,
             threads=config.latency.threads,
             img_size=data.img_size,
             num_classes=data.num_classes,

@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import nn
+
 from search_spaces.arch import (
     ATTENTION_MIXERS,
     ATTENTION_POS_ENCS,
@@ -54,7 +57,8 @@ __all__ = [
 ]
 
 LUT_FORMAT = "lightweight-vit-latency-lut/1"
-UNIT_DEVICES = ("cpu", "cuda")  # where `measure_unit` times a unit as the models run
+UNIT_DEVICES = ("cpu", "cuda")  # where units run as modules in torch, as the models do
+RUNTIME_NAMES = {"executorch": "ExecuTorch", "onnxruntime": "ONNX Runtime"}
 
 Unit = tuple[str, dict[str, Any]]
 
@@ -299,9 +303,29 @@ class LatencyTable:
     # the reference model's calibrated latency at build time (`nas.cost.Reference`): every
     # entry and the calibration are at that machine speed; None in tables built before
     reference: dict[str, Any] | None = None
+    dtype: str = "float32"  # the precision the units ran in (int8: a runtime's quantised form)
+    # units the runtime could not take, with its reason: a model holding one cannot run there
+    not_deployable: dict[str, str] = field(default_factory=dict)
+
+    def refusal(self, arch: ArchConfig) -> str | None:
+        """Why the table's runtime cannot run `arch` (one of its units was refused when the
+        table was built), or None."""
+        if not self.not_deployable:
+            return None
+        for kind, cfg in units(arch):
+            reason = self.not_deployable.get(unit_key(kind, cfg))
+            if reason is not None:
+                return f"its {kind} unit: {reason}"
+        return None
 
     def predict(self, arch: ArchConfig) -> float:
-        """Predicted latency of `arch` in ms: the calibrated sum of its units."""
+        """Predicted latency of `arch` in ms: the calibrated sum of its units.
+        `runtimes.NotDeployable` when the table's runtime refused one of its units."""
+        reason = self.refusal(arch)
+        if reason is not None:
+            from nas.runtimes import NotDeployable
+
+            raise NotDeployable(RUNTIME_NAMES.get(self.device, self.device), reason)
         cal = self.calibration
         scale = cal.get("scale", {})
         return (
@@ -321,7 +345,7 @@ class LatencyTable:
                     f"'{self.space}' with {self.img_size}px data and {self.num_classes} classes: "
                     + self.rebuild_hint(img_size=arch.img_size, num_classes=arch.num_classes)
                 ) from None
-            group = f"block:{cfg['mixer']}" if kind == "block" else kind
+            group = unit_group(kind, cfg)
             sums[group] = sums.get(group, 0.0) + ms
         return sums
 
@@ -334,11 +358,13 @@ class LatencyTable:
             "threads": self.threads,
             "img_size": self.img_size,
             "num_classes": self.num_classes,
+            "dtype": self.dtype,
             **{k: v for k, v in wanted.items() if v is not None},
         }
+        dtype = f" --dtype {w['dtype']}" if w["dtype"] != "float32" else ""
         return (
             f"build one with `lvit latency build-lut --space {w['space']} --device "
-            f"{w['device']} --threads {w['threads']} --img-size {w['img_size']} "
+            f"{w['device']}{dtype} --threads {w['threads']} --img-size {w['img_size']} "
             f"--num-classes {w['num_classes']} --out luts/NAME.json`"
         )
 
@@ -351,6 +377,7 @@ class LatencyTable:
         threads: int,
         img_size: int | None = None,
         num_classes: int | None = None,
+        dtype: str = "float32",
         path: str = "",
     ) -> None:
         """Refuse a request this table was not built for, naming the difference and the fix."""
@@ -358,12 +385,14 @@ class LatencyTable:
             "space": space,
             "space version": space_version,
             "device": device,
+            "dtype": dtype,
             "threads": threads,
         }
         have = {
             "space": self.space,
             "space version": self.space_version,
             "device": self.device,
+            "dtype": self.dtype,
             "threads": self.threads,
         }
         if img_size is not None:
@@ -377,6 +406,7 @@ class LatencyTable:
                 + self.rebuild_hint(
                     space=space,
                     device=device,
+                    dtype=dtype,
                     threads=threads,
                     img_size=img_size,
                     num_classes=num_classes,
@@ -389,6 +419,7 @@ class LatencyTable:
             "space": self.space,
             "space_version": self.space_version,
             "device": self.device,
+            "dtype": self.dtype,
             "threads": self.threads,
             "batch_size": self.batch_size,
             "img_size": self.img_size,
@@ -397,6 +428,7 @@ class LatencyTable:
             "calibration": self.calibration,
             "meta": self.meta,
             "reference": self.reference,
+            "not_deployable": self.not_deployable,
             "entries": self.entries,
         }
 
@@ -446,6 +478,7 @@ class LatencyTable:
 
 
 CHUNK = 2000  # units per worker process
+RUNTIME_CHUNK = 50  # on a runtime, where every unit is a program of its own
 # How `build-lut` times each unit: short, and settled once the median is known to 3% (a whole
 # model sums about ten units, whose errors partly cancel)
 UNIT_MEASUREMENT = {
@@ -466,17 +499,24 @@ def build_lut(
     num_classes: int,
     in_chans: int = 3,
     batch_size: int = 1,
+    dtype: str = "float32",
     calibration_archs: int = 100,
+    max_units: int | None = None,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     measure_kwargs: dict[str, Any] | None = None,
 ) -> LatencyTable:
-    """Measure every unit of `space` on `device`, then calibrate on whole architectures.
+    """Measure every unit of `space` on `device` at `dtype`, then calibrate on whole
+    architectures.
 
     The whole architectures are measured first, in this process while it is fresh; the units
     then run in fresh worker processes, a chunk each: a process that has built and freed
     thousands of modules runs whole models measurably slower (17% here), which would bias the
-    calibration.
+    calibration. With `max_units` below the space's unit count, a seeded sample of that many
+    units (every unit kind and mixer among them) is measured and the rest are predicted from
+    it (`UnitPredictor`): on a runtime each unit is its own program, seconds to build, so a
+    large space's tens of thousands of units cannot all be measured. The table records which
+    share was measured and the predictor's cross-validated error.
     `progress(phase, done, total)` is called as measurements finish.
     """
     import multiprocessing
@@ -484,14 +524,11 @@ def build_lut(
 
     import optuna
     import timm
-    import torch
 
-    from nas import cost
+    from nas import cost, runtimes
     from search_spaces.model import LightViT
 
-    cost.check_device(device)
-    if device not in UNIT_DEVICES:
-        raise LutError(f"lookup tables are built on {' or '.join(UNIT_DEVICES)}, not {device}")
+    cost.check_device(device, dtype)
     found = space_units(space, img_size, in_chans, num_classes)
     kwargs = {
         "warmup": 5,
@@ -501,47 +538,80 @@ def build_lut(
         **(measure_kwargs or {}),
     }
     items = sorted(found.items())
+    sampled = sample_units(items, max_units, seed) if max_units is not None else items
     # the machine speed every figure of the table refers to: whole models and units are timed
     # beside the reference model and scaled to it, so a change of speed during the build
     # (a neighbour's load, throttling) cannot bias the entries or the calibration
     reference = cost.calibrate_reference(device, threads)
 
     # whole architectures first, in this process while it is fresh, as the search measures them
-    archs = space.sample_many(
+    candidates = space.sample_many(
         calibration_archs, seed=seed, num_classes=num_classes, in_chans=in_chans, img_size=img_size
     )
-    measured, drifts = [], []
-    for i, arch in enumerate(archs):
-        result = cost.measure_latency(
-            LightViT(arch),
-            (in_chans, arch.img_size, arch.img_size),
-            device=device,
-            threads=threads,
-            batch_size=batch_size,
-            reference=reference,
-        )
-        measured.append(result.median_ms)
-        drifts.append(result.drift)
+    archs, measured, drifts, refused_archs = [], [], [], 0
+    for i, arch in enumerate(candidates):
+        try:
+            result = cost.measure_latency(
+                LightViT(arch),
+                (in_chans, arch.img_size, arch.img_size),
+                device=device,
+                threads=threads,
+                batch_size=batch_size,
+                dtype=dtype,
+                reference=reference,
+            )
+        except runtimes.NotDeployable:
+            refused_archs += 1  # the runtime cannot run it: nothing to calibrate on
+        else:
+            archs.append(arch)
+            measured.append(result.median_ms)
+            drifts.append(result.drift)
         if progress is not None:
             progress("calibration", i + 1, calibration_archs)
+    if len(archs) < 2:
+        raise LutError(
+            f"{device} ran {len(archs)} of the {calibration_archs} sampled architectures: "
+            "too few to calibrate the table on; sample more with --calibration"
+        )
 
-    # then every unit, in fresh worker processes
-    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    # then every unit (or the sample), in fresh worker processes
+    chunk_size = CHUNK if device in UNIT_DEVICES else RUNTIME_CHUNK
+    chunks = [sampled[i : i + chunk_size] for i in range(0, len(sampled), chunk_size)]
     entries: dict[str, float] = {}
+    refused: dict[str, str] = {}
     start = time.perf_counter()
     if progress is not None:
-        progress("units", 0, len(items))
+        progress("units", 0, len(sampled))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
         for chunk in chunks:
-            measured_units, unit_drifts = pool.submit(
-                _measure_units, chunk, device, threads, batch_size, kwargs, reference.to_dict()
+            measured_units, unit_drifts, refused_units = pool.submit(
+                _measure_units,
+                chunk,
+                device,
+                threads,
+                batch_size,
+                dtype,
+                kwargs,
+                reference.to_dict(),
             ).result()
             entries.update(measured_units)
+            refused.update(refused_units)
             drifts += unit_drifts
             if progress is not None:
-                progress("units", len(entries), len(items))
+                progress("units", len(entries) + len(refused), len(sampled))
     unit_seconds = time.perf_counter() - start
+    predictor_meta: dict[str, Any] = {}
+    if len(sampled) < len(items):
+        predictor = UnitPredictor(seed=seed).fit(
+            [found[k] for k in entries], list(entries.values())
+        )
+        predictor_meta = predictor.cross_validate(
+            [found[k] for k in entries], list(entries.values())
+        )
+        rest = [k for k, _ in items if k not in entries and k not in refused]
+        predicted = predictor.predict([found[k] for k in rest])
+        entries.update({k: round(v, 5) for k, v in zip(rest, predicted, strict=True)})
     table = LatencyTable(
         space.name,
         space.version,
@@ -552,8 +622,13 @@ def build_lut(
         num_classes,
         in_chans,
         entries,
+        dtype=dtype,
+        not_deployable=refused,
     )
-    table.calibration = fit_calibration([table.group_sums(a) for a in archs], measured)
+    deployable = [i for i, a in enumerate(archs) if not table.refusal(a)]
+    table.calibration = fit_calibration(
+        [table.group_sums(archs[i]) for i in deployable], [measured[i] for i in deployable]
+    )
     table.reference = reference.to_dict()
     table.meta = {
         "hardware": cost.device_name(device),
@@ -562,15 +637,148 @@ def build_lut(
         "torch": torch.__version__,
         "timm": timm.__version__,
         "optuna": optuna.__version__,
-        "units": len(entries),
+        **({"executorch": runtimes.executorch_version()} if device == "executorch" else {}),
+        "units": len(items),
+        "measured_units": len(sampled),
+        **({"unit_predictor": predictor_meta} if predictor_meta else {}),
         "unit_measurement": kwargs,
         "calibration_archs": calibration_archs,
+        "calibration_refused": refused_archs,
         "seconds": round(time.perf_counter() - start, 1),
         "unit_seconds": round(unit_seconds, 1),
         "drift": _drift_summary(drifts),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return table
+
+
+UNITS_PER_GROUP = 5  # a sample of units holds at least this many of each group (or all)
+
+
+def unit_group(kind: str, cfg: dict[str, Any]) -> str:
+    """The calibration group of a unit: its kind, and for a block its mixer."""
+    return f"block:{cfg['mixer']}" if kind == "block" else kind
+
+
+def sample_units(items: list[tuple[str, Unit]], n: int, seed: int = 0) -> list[tuple[str, Unit]]:
+    """A seeded sample of `n` of `items` (all of them when there are no more): at least
+    `UNITS_PER_GROUP` of every group (`unit_group`), the rest drawn uniformly, sorted by key."""
+    import random
+
+    if n >= len(items):
+        return list(items)
+    if n < 1:
+        raise LutError(f"a table needs at least one measured unit, not {n}")
+    rng = random.Random(seed)
+    order = list(items)
+    rng.shuffle(order)
+    taken: dict[str, int] = {}
+    chosen, rest = [], []
+    for item in order:
+        group = unit_group(*item[1])
+        if taken.get(group, 0) < UNITS_PER_GROUP:
+            taken[group] = taken.get(group, 0) + 1
+            chosen.append(item)
+        else:
+            rest.append(item)
+    chosen += rest[: max(0, n - len(chosen))]
+    return sorted(chosen, key=lambda item: item[0])
+
+
+class UnitPredictor:
+    """The latency of units that were not measured, learned from those that were, in the way
+    of LitePred's kernel predictors ("LitePred: Transferable and Scalable Latency Prediction
+    for Hardware-Aware Neural Architecture Design", NSDI 2024) and nn-Meter's (MobiSys 2021):
+    gradient-boosted trees on the log of the latency, from each unit's configuration (every
+    field: names as categories, numbers as they are) and the sizes its cost grows with
+    (tokens x width, tokens x width^2 x MLP ratio, tokens^2 x width)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.columns: list[str] = []
+        self.categories: dict[str, dict[str, int]] = {}
+        self.model: Any = None
+
+    @staticmethod
+    def _fields(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": kind, **cfg}
+        grid = cfg.get("grid") or 0
+        n = cfg.get("tokens") or grid * grid or (cfg.get("img") or 0) ** 2
+        d = cfg.get("dim") or cfg.get("out_dim") or 0
+        ratio = cfg.get("mlp_ratio") or 1.0
+        out["_nd"] = float(n * d)
+        out["_nd2"] = float(n * d * d * ratio)
+        out["_n2d"] = float(n * n * d)
+        return out
+
+    def _matrix(self, units: list[Unit]) -> Any:
+        import numpy as np
+
+        x = np.full((len(units), len(self.columns)), np.nan)
+        for i, unit in enumerate(units):
+            fields = self._fields(*unit)
+            for j, column in enumerate(self.columns):
+                value = fields.get(column)
+                if column in self.categories:
+                    code = self.categories[column].get(str(value)) if value is not None else None
+                    x[i, j] = np.nan if code is None else code
+                elif isinstance(value, (bool, int, float)):
+                    x[i, j] = float(value)
+        return x
+
+    def fit(self, units: list[Unit], ms: list[float]) -> UnitPredictor:
+        import numpy as np
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        rows = [self._fields(*u) for u in units]
+        self.columns = sorted({k for r in rows for k in r})
+        self.categories = {}
+        for column in self.columns:
+            values = {str(r[column]) for r in rows if isinstance(r.get(column), str)}
+            if values:
+                self.categories[column] = {v: i for i, v in enumerate(sorted(values))}
+        self.model = HistGradientBoostingRegressor(
+            max_iter=400,
+            learning_rate=0.05,
+            min_samples_leaf=5,
+            categorical_features=[c in self.categories for c in self.columns],
+            random_state=self.seed,
+        )
+        self.model.fit(self._matrix(units), np.log(np.maximum(ms, 1e-6)))
+        return self
+
+    def predict(self, units: list[Unit]) -> list[float]:
+        import numpy as np
+
+        if not units:
+            return []
+        return [float(v) for v in np.exp(self.model.predict(self._matrix(units)))]
+
+    def cross_validate(self, units: list[Unit], ms: list[float], folds: int = 5) -> dict[str, Any]:
+        """5-fold cross-validated error of this predictor's recipe on measured units."""
+        import random
+        import statistics
+
+        order = list(range(len(units)))
+        random.Random(self.seed).shuffle(order)
+        errors = []
+        for k in range(folds):
+            held = set(order[k::folds])
+            train = [i for i in order if i not in held]
+            if not held or len(train) < 2:
+                continue
+            model = UnitPredictor(self.seed).fit([units[i] for i in train], [ms[i] for i in train])
+            predicted = model.predict([units[i] for i in sorted(held)])
+            errors += _errors(predicted, [ms[i] for i in sorted(held)])
+        return {
+            "model": "HistGradientBoostingRegressor on log latency (nas.lut.UnitPredictor)",
+            "trained_on": len(units),
+            "cv_folds": folds,
+            "cv_median_abs_error": round(statistics.median(abs(e) for e in errors), 4)
+            if errors
+            else None,
+            "cv_within_10": round(_within(errors), 4) if errors else None,
+        }
 
 
 def fit_calibration(
@@ -608,54 +816,41 @@ def fit_calibration(
     }
 
 
-class _ReuseUnit:
+class _ReuseUnit(nn.Module):
     """What dynamic resolution adds to the two passes' blocks (`LightViT.forward`): the image
     resized to the first pass's side, that pass's final norm and pooling, and the projection
     of its features that the full-resolution classifier adds (`LightViT.reuse`)."""
 
     def __init__(self, low: int, dim: int) -> None:
-        import torch
-
+        super().__init__()
         self.low = low
-        self.norm = torch.nn.LayerNorm(dim)
-        self.reuse = torch.nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.reuse = nn.Linear(dim, dim)
 
-    def to(self, device: Any) -> _ReuseUnit:
-        self.norm, self.reuse = self.norm.to(device), self.reuse.to(device)
-        return self
-
-    def __call__(self, image: Any, x: Any, size: Any) -> Any:
-        import torch
-
+    def forward(self, image: Any, x: Any, size: Any) -> Any:
         from search_spaces.blocks.exits import pool_tokens
 
-        small = torch.nn.functional.interpolate(
+        small = nn.functional.interpolate(
             image, size=(self.low, self.low), mode="bilinear", align_corners=False
         )
         return small, self.reuse(pool_tokens(self.norm(x), size))
 
 
-class _HeadUnit:
+class _HeadUnit(nn.Module):
     """LightViT's final norm, size-weighted pooling and classifier (and the distillation head,
     averaged with it, where there is one), as one timed unit."""
 
     def __init__(self, dim: int, num_classes: int, distill: bool = False) -> None:
-        import torch
+        super().__init__()
 
-        def linear() -> torch.nn.Module:
-            return torch.nn.Linear(dim, num_classes) if num_classes else torch.nn.Identity()
+        def linear() -> nn.Module:
+            return nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
-        self.norm = torch.nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)
         self.head = linear()
         self.head_dist = linear() if distill else None
 
-    def to(self, device: Any) -> _HeadUnit:
-        for name in ("norm", "head", "head_dist"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    def __call__(self, x: Any, size: Any) -> Any:
+    def forward(self, x: Any, size: Any) -> Any:
         from search_spaces.blocks.exits import pool_tokens
 
         x = pool_tokens(self.norm(x), size)
@@ -664,15 +859,30 @@ class _HeadUnit:
         return (self.head(x) + self.head_dist(x)) / 2
 
 
-def _unit_call(
-    kind: str,
-    cfg: dict[str, Any],
-    batch_size: int,
-    device: Any,
-) -> Callable[[], Any]:
-    """Build one unit with random weights and inputs of its recorded shape."""
-    import torch
+class _Bound(nn.Module):
+    """A unit as a module of tensor inputs and outputs only, as torch.export and a runtime
+    take it: its other arguments (grid sides, an absent size vector) are bound, and the
+    tensors of its output are returned as a flat tuple."""
 
+    def __init__(self, unit: nn.Module, args: tuple) -> None:
+        super().__init__()
+        self.unit = unit
+        self.bound = [None if isinstance(a, torch.Tensor) else a for a in args]
+        self.slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        args = list(self.bound)
+        for i, t in zip(self.slots, tensors, strict=True):
+            args[i] = t
+        leaves = torch.utils._pytree.tree_leaves(self.unit(*args))
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+
+
+def _unit_module(
+    kind: str, cfg: dict[str, Any], batch_size: int, device: Any
+) -> tuple[nn.Module, tuple]:
+    """One unit with random weights (eval mode, on `device`) and its arguments: inputs of its
+    recorded shape, grid sides and size vectors as the model passes them."""
     from search_spaces.blocks import POS_ENCODINGS, STEMS
     from search_spaces.model import Block, Transition
 
@@ -723,23 +933,43 @@ def _unit_call(
         args = (tokens(n, cfg["dim"]), size)
     else:
         raise ValueError(f"unknown unit kind {kind!r}")
-    module = module.to(device)
-    if isinstance(module, torch.nn.Module):
-        module = module.eval()
-    return lambda: module(*args)
+    return module.to(device).eval(), args
 
 
 def measure_unit(
-    kind: str, cfg: dict[str, Any], *, device: str, threads: int, batch_size: int, **kwargs: Any
+    kind: str,
+    cfg: dict[str, Any],
+    *,
+    device: str,
+    threads: int,
+    batch_size: int,
+    dtype: str = "float32",
+    **kwargs: Any,
 ) -> float:
-    """Median latency in ms of one unit alone on `device` (eval mode, no_grad)."""
-    import torch
-
+    """Median latency in ms of one unit alone on `device` (eval mode, no_grad). On a runtime
+    (`cost.RUNTIME_DEVICES`) the unit alone is converted to that runtime's program (int8:
+    quantised first, as whole models are) and run there; `runtimes.NotDeployable` when the
+    runtime cannot take it."""
     from nas import cost
 
     with cost.torch_threads(threads), torch.no_grad():
-        fn = _unit_call(kind, cfg, batch_size, torch.device("cuda" if device == "cuda" else "cpu"))
-        timer = cost._cuda_events if device == "cuda" else None
+        if device in cost.RUNTIME_DEVICES:
+            module, args = _unit_module(kind, cfg, batch_size, torch.device("cpu"))
+            inputs = tuple(a for a in args if isinstance(a, torch.Tensor))
+            fn, _ = cost.runtime_fn(_Bound(module, args), inputs, device, threads, dtype)
+            timer = None
+        else:
+            target = torch.device("cuda" if device == "cuda" else "cpu")
+            module, args = _unit_module(kind, cfg, batch_size, target)
+            torch_dtype = cost.DTYPES[dtype]
+            if torch_dtype != torch.float32:  # the model's precision (float16 on a GPU)
+                module = module.to(torch_dtype)
+                args = tuple(a.to(torch_dtype) if isinstance(a, torch.Tensor) else a for a in args)
+
+            def fn() -> Any:
+                return module(*args)
+
+            timer = cost._cuda_events if device == "cuda" else None
         times = cost.time_calls(fn, timer=timer, **kwargs)
     return round(cost._quartiles(times)[1], 5)
 
@@ -769,6 +999,7 @@ class Validation:
     measure_s: float  # median time to build and measure one architecture
     raw: list[float] = field(default_factory=list)  # the plain measured medians
     drifts: list[float] = field(default_factory=list)  # reference now / at the build
+    refused: int = 0  # sampled architectures the table's runtime cannot run (left out)
 
     @property
     def kendall_tau(self) -> float:
@@ -806,6 +1037,8 @@ class Validation:
                 f"{100 * _within(self.raw_errors):.1f}% scaled by the drift "
                 f"({min(self.drifts):.2f}-{max(self.drifts):.2f}x)"
             )
+        if self.refused:
+            line += f"; {self.refused} the runtime cannot run left out"
         return (
             f"{line}; LUT check {self.predict_ms:.2f} ms, measured check "
             f"{self.measure_s:.2f} s (medians per architecture)"
@@ -848,6 +1081,24 @@ class Validation:
         return path
 
 
+def measure_like(table: LatencyTable, arch: ArchConfig, reference: Any, **kwargs: Any) -> Any:
+    """`arch` measured as `table` measured its whole models: its device, precision, threads
+    and batch, drift-corrected against `reference` (a `nas.cost.Reference`, or None)."""
+    from nas import cost
+    from search_spaces.model import LightViT
+
+    return cost.measure_latency(
+        LightViT(arch),
+        (arch.in_chans, arch.img_size, arch.img_size),
+        device=table.device,
+        threads=table.threads,
+        batch_size=table.batch_size,
+        dtype=table.dtype,
+        reference=reference,
+        **kwargs,
+    )
+
+
 def validate(
     table: LatencyTable,
     space: Any,
@@ -857,11 +1108,12 @@ def validate(
     progress: Callable[[str, int, int], None] | None = None,
     measure_kwargs: dict[str, Any] | None = None,
 ) -> Validation:
-    """Sample `n` architectures (seeded), predict each with the table and measure it."""
+    """Sample `n` architectures (seeded), predict each with the table and measure it. On a
+    runtime, an architecture it cannot run (refused by the table or by the runtime itself) is
+    counted in `Validation.refused` and left out of the figures."""
     import statistics
 
-    from nas import cost
-    from search_spaces.model import LightViT
+    from nas import cost, runtimes
 
     sampled = space.sample_many(
         n,
@@ -872,29 +1124,28 @@ def validate(
     )
     reference = cost.Reference.from_dict(table.reference) if table.reference else None
     predicted, measured, archs, predict_times, measure_times = [], [], [], [], []
-    raw, drifts = [], []
+    raw, drifts, refused = [], [], 0
     for i, arch in enumerate(sampled):
-        start = time.perf_counter()
-        predicted.append(table.predict(arch))
-        predict_times.append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        model = LightViT(arch)
-        result = cost.measure_latency(
-            model,
-            (arch.in_chans, arch.img_size, arch.img_size),
-            device=table.device,
-            threads=table.threads,
-            batch_size=table.batch_size,
-            reference=reference,
-            **(measure_kwargs or {}),
-        )
-        measure_times.append(time.perf_counter() - start)
-        measured.append(result.median_ms)
-        raw.append(result.raw_ms if result.raw_ms is not None else result.median_ms)
-        drifts.append(result.drift if result.drift is not None else 1.0)
-        archs.append(arch.describe())
+        try:
+            start = time.perf_counter()
+            prediction = table.predict(arch)
+            predict_time = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
+            result = measure_like(table, arch, reference, **(measure_kwargs or {}))
+        except runtimes.NotDeployable:
+            refused += 1
+        else:
+            predicted.append(prediction)
+            predict_times.append(predict_time)
+            measure_times.append(time.perf_counter() - start)
+            measured.append(result.median_ms)
+            raw.append(result.raw_ms if result.raw_ms is not None else result.median_ms)
+            drifts.append(result.drift if result.drift is not None else 1.0)
+            archs.append(arch.describe())
         if progress is not None:
             progress("validate", i + 1, n)
+    if len(measured) < 2:
+        raise LutError(f"{table.device} ran {len(measured)} of {n} sampled architectures")
     return Validation(
         predicted,
         measured,
@@ -903,6 +1154,7 @@ def validate(
         statistics.median(measure_times),
         raw=raw,
         drifts=drifts,
+        refused=refused,
     )
 
 
@@ -914,31 +1166,42 @@ def _measure_units(
     device: str,
     threads: int,
     batch_size: int,
+    dtype: str,
     kwargs: dict[str, Any],
     reference: dict[str, Any],
-) -> tuple[dict[str, float], list[float]]:
+) -> tuple[dict[str, float], list[float], dict[str, str]]:
     """Worker: measure a chunk of units, timing the reference model before and after every
     `REFERENCE_EVERY` units and scaling those units to the reference's calibrated speed by the
-    mean of the two. Returns the entries and the drift of each group."""
-    from nas import cost
+    mean of the two. Returns the entries, the drift of each group and the units the runtime
+    refused, with its reason."""
+    from nas import cost, runtimes
 
     ref = cost.Reference.from_dict(reference)
     entries: dict[str, float] = {}
+    refused: dict[str, str] = {}
     drifts = []
     before = cost.reference_now(ref)
     for start in range(0, len(items), REFERENCE_EVERY):
-        group = {
-            key: measure_unit(
-                kind, cfg, device=device, threads=threads, batch_size=batch_size, **kwargs
-            )
-            for key, (kind, cfg) in items[start : start + REFERENCE_EVERY]
-        }
+        group = {}
+        for key, (kind, cfg) in items[start : start + REFERENCE_EVERY]:
+            try:
+                group[key] = measure_unit(
+                    kind,
+                    cfg,
+                    device=device,
+                    threads=threads,
+                    batch_size=batch_size,
+                    dtype=dtype,
+                    **kwargs,
+                )
+            except runtimes.NotDeployable as e:
+                refused[key] = e.reason
         after = cost.reference_now(ref)
         drift = (before + after) / 2 / ref.ms
         entries.update({key: round(ms / drift, 5) for key, ms in group.items()})
         drifts.append(drift)
         before = after
-    return entries, drifts
+    return entries, drifts, refused
 
 
 def _drift_summary(drifts: list[float | None]) -> dict[str, float]:

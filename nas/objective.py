@@ -281,6 +281,7 @@ class Objective:
             costs["latency_lut"] = {
                 "path": cfg.budget.lut_path,
                 "device": self.table.device,
+                "dtype": self.table.dtype,
                 "threads": self.table.threads,
                 "hardware": self.table.meta.get("hardware"),
             }

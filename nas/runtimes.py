@@ -51,6 +51,7 @@ __all__ = [
     "quantize_pt2e",
     "random_calibration",
     "unshare_weights",
+    "Example",
 ]
 
 INSTALL_HINT = "pip install 'lightweight-vit[executorch]' (or pip install -e '.[executorch]')"
@@ -158,12 +159,26 @@ class Lowered:
     calibration: str = ""
 
 
-def random_calibration(example: torch.Tensor, n: int = 8, seed: int = 0) -> list[torch.Tensor]:
-    """`n` seeded standard-normal inputs shaped like `example`: enough to calibrate a model
-    whose int8 latency is wanted (latency does not depend on the values), never its
-    accuracy: that calibrates on training images."""
+Example = torch.Tensor | tuple[torch.Tensor, ...]  # a model's input, or its inputs
+
+
+def _as_tuple(example: Example) -> tuple[torch.Tensor, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def random_calibration(example: Example, n: int = 8, seed: int = 0) -> list[Example]:
+    """`n` seeded standard-normal inputs shaped like `example` (a tensor, or a tuple of them
+    for a model of several inputs): enough to calibrate a model whose int8 latency is wanted
+    (latency does not depend on the values), never its accuracy: that calibrates on training
+    images."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(example.shape, generator=generator) for _ in range(n)]
+
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator)
+
+    if isinstance(example, tuple):
+        return [tuple(draw(x) for x in example) for _ in range(n)]
+    return [draw(example) for _ in range(n)]
 
 
 def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -197,12 +212,12 @@ def unshare_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def _export(
-    model: nn.Module, example: torch.Tensor, runtime: str, dynamic_shapes: Any = None
+    model: nn.Module, example: Example, runtime: str, dynamic_shapes: Any = None
 ) -> torch.export.ExportedProgram:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+            return torch.export.export(model, _as_tuple(example), dynamic_shapes=dynamic_shapes)
     except Exception as e:  # an operator or control flow torch.export cannot capture
         raise NotDeployable(runtime, f"torch.export failed: {_first_line(e)}") from e
 
@@ -214,13 +229,13 @@ def _first_line(e: BaseException) -> str:
 
 def quantize_pt2e(
     model: nn.Module,
-    example: torch.Tensor,
-    calibration: Iterable[torch.Tensor],
+    example: Example,
+    calibration: Iterable[Example],
     dynamic_batch: bool = False,
 ) -> torch.fx.GraphModule:
     """`model` quantised to int8 for XNNPACK by the PT2E flow: exported, its shared weights
     unshared (`unshare_weights`), annotated by `XNNPACKQuantizer` (symmetric, per-channel),
-    observed on every tensor of `calibration` (each shaped like `example`) and converted. The
+    observed on every input of `calibration` (each shaped like `example`) and converted. The
     result runs in torch with quantise/dequantise pairs, i.e. it computes what the int8
     program computes; `lower_executorch` lowers it. `dynamic_batch`: exported for any batch
     size (the example's batch must then be at least 2), to measure int8 accuracy in batches."""
@@ -234,13 +249,14 @@ def quantize_pt2e(
 
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = tuple({0: batch} for _ in _as_tuple(example)) if dynamic_batch else None
     graph = unshare_weights(_export(model.eval(), example, "ExecuTorch", shapes).module())
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prepared = prepare_pt2e(graph, quantizer)
         for x in calibration:
-            prepared(x)
+            prepared(*_as_tuple(x))
         converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # evaluation code calls eval(): harmless here
     return converted
@@ -248,16 +264,16 @@ def quantize_pt2e(
 
 def lower_executorch(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Example,
     dtype: str = "float32",
-    calibration: Iterable[torch.Tensor] | None = None,
+    calibration: Iterable[Example] | None = None,
     calibration_label: str = "",
 ) -> Lowered:
     """`model` (eval mode, deployment form) lowered to an ExecuTorch program with the
-    XNNPACK delegate for inputs shaped like `example`; int8 quantises first
-    (`quantize_pt2e`, on `calibration`, by default `random_calibration`). Checks that the
-    runtime has a kernel for every operator left outside the delegate and that the program
-    loads. NotDeployable when any step fails."""
+    XNNPACK delegate for inputs shaped like `example` (a tensor, or a tuple of them); int8
+    quantises first (`quantize_pt2e`, on `calibration`, by default `random_calibration`).
+    Checks that the runtime has a kernel for every operator left outside the delegate and that
+    the program loads. NotDeployable when any step fails."""
     _import_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -371,9 +387,10 @@ def _quiet_logging() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def onnx_int8(fp32_path: str, int8_path: str, calibration: Iterable[torch.Tensor]) -> None:
+def onnx_int8(fp32_path: str, int8_path: str, calibration: Iterable[Example]) -> None:
     """ONNX Runtime's static int8 quantisation of an ONNX file (QDQ format, per-channel
-    symmetric int8 weights, int8 activations calibrated by min-max on `calibration`)."""
+    symmetric int8 weights, int8 activations calibrated by min-max on `calibration`, each a
+    tensor or a tuple of the file's inputs)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -383,11 +400,16 @@ def onnx_int8(fp32_path: str, int8_path: str, calibration: Iterable[torch.Tensor
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    input_name = onnx.load(fp32_path, load_external_data=False).graph.input[0].name
+    names = [i.name for i in onnx.load(fp32_path, load_external_data=False).graph.input]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{input_name: x.numpy()} for x in calibration])
+            self.batches = iter(
+                [
+                    {n: t.numpy() for n, t in zip(names, _as_tuple(x), strict=True)}
+                    for x in calibration
+                ]
+            )
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)

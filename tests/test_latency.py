@@ -241,3 +241,61 @@ def test_build_and_validate_commands(tiny_table, tmp_path, capsys) -> None:
     (tmp_path / "bad.json").write_text("{}")
     assert main(["latency", "validate", "--lut", str(tmp_path / "bad.json")]) == 2
     assert "is not a latency table" in capsys.readouterr().err
+
+
+def test_a_sample_of_units_holds_every_group_and_is_seeded() -> None:
+    from nas.lut import UNITS_PER_GROUP, sample_units, unit_group
+
+    items = sorted(space_units(get_space("survey"), 32, 3, 10).items())
+    groups = {unit_group(*u) for _, u in items}
+    sample = sample_units(items, 200, seed=1)
+    assert len(sample) == 200 and len({k for k, _ in sample}) == 200
+    counts = {g: sum(unit_group(*u) == g for _, u in sample) for g in groups}
+    assert min(counts.values()) >= UNITS_PER_GROUP  # the rarest (pos: 72 units) too
+    assert sample == sample_units(items, 200, seed=1) != sample_units(items, 200, seed=2)
+    assert sample_units(items, len(items) + 5) == items
+    with pytest.raises(LutError, match="at least one measured unit"):
+        sample_units(items, 0)
+
+
+def test_the_unit_predictor_learns_how_cost_grows_with_size() -> None:
+    """On a known law (MLP-like cost tokens x width^2 x ratio, attention-like tokens^2 x width
+    for attention mixers, a per-kind constant), 600 units predict 2,000 others they never saw
+    within 10% for most of them: what lets a runtime's table measure a sample."""
+    import random
+
+    from nas.lut import UnitPredictor
+
+    items = sorted(space_units(get_space("survey"), 32, 3, 10).values(), key=str)
+    random.Random(0).shuffle(items)
+
+    def law(kind: str, cfg: dict) -> float:
+        n = cfg.get("tokens") or (cfg.get("grid") or 4) ** 2
+        d = cfg.get("dim") or cfg.get("out_dim") or 16
+        ms = 0.01 + 2e-8 * n * d * d * cfg.get("mlp_ratio", 1.0)
+        if cfg.get("mixer") == "mhsa":
+            ms += 5e-7 * n * n * d
+        return ms * {"block": 1.0, "head": 0.3, "stem": 2.0}.get(kind, 0.6)
+
+    train, held = items[:600], items[600:2600]
+    predictor = UnitPredictor(seed=0).fit(train, [law(*u) for u in train])
+    predicted = predictor.predict(held)
+    errors = [abs(p - law(*u)) / law(*u) for p, u in zip(predicted, held, strict=True)]
+    assert sum(e <= 0.10 for e in errors) / len(errors) >= 0.8
+    fit = predictor.cross_validate(train, [law(*u) for u in train])
+    assert fit["trained_on"] == 600 and fit["cv_within_10"] >= 0.7
+
+
+def test_a_table_refuses_an_architecture_holding_a_unit_its_runtime_refused(tiny_table) -> None:
+    from nas.runtimes import NotDeployable
+
+    table, _ = tiny_table
+    arch = _sampled("tiny", 1, 16)[0]
+    kind, cfg = units(arch)[1]
+    refusing = dataclasses.replace(
+        table, device="executorch", not_deployable={unit_key(kind, cfg): "no kernel for sort"}
+    )
+    assert refusing.refusal(arch) == f"its {kind} unit: no kernel for sort"
+    with pytest.raises(NotDeployable, match="ExecuTorch cannot run this model: its"):
+        refusing.predict(arch)
+    assert table.refusal(arch) is None and table.predict(arch) > 0

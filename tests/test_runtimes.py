@@ -4,6 +4,7 @@ as latency devices and in a search."""
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -263,11 +264,95 @@ def test_int8_settings_are_checked_when_the_config_loads(tmp_path, section, mess
         load_config(path)
 
 
-@pytest.mark.parametrize("device", ["executorch", "onnxruntime"])
-def test_a_lookup_table_is_refused_where_its_units_cannot_be_timed(device, capsys):
+def test_build_lut_refuses_a_precision_its_device_cannot_measure(capsys):
     from nas.cli import main
 
-    args = ["latency", "build-lut", "--space", "tiny", "--device", device, "--img-size", "16"]
-    assert main([*args, "--out", "/tmp/never-written.json"]) != 0
+    args = ["latency", "build-lut", "--space", "tiny", "--img-size", "16", "--dtype", "int8"]
+    assert main([*args, "--out", "/tmp/never-written.json"]) == 2
     err = capsys.readouterr().err
-    assert f"one for {device} is not built yet" in err and "latency_source: measured" in err
+    assert "int8 is a quantised program" in err and "pass --device" in err
+    assert not os.path.exists("/tmp/never-written.json")
+
+
+@pytest.mark.slow
+def test_a_unit_alone_runs_on_executorch_as_it_computes_in_torch():
+    """The unit build-lut times on a runtime is the torch unit: a Mobile-Former block (two
+    tensor inputs, the grid side bound) lowered alone computes what it computes in torch."""
+    from nas.lut import _Bound, _unit_module, measure_unit, space_units
+
+    found = space_units(get_space("survey"), 32, 3, 10)
+    kind, cfg = next(
+        u for u in found.values() if u[0] == "block" and u[1]["mixer"] == "mobileformer"
+    )
+    torch.manual_seed(0)
+    module, args = _unit_module(kind, cfg, 1, torch.device("cpu"))
+    bound = _Bound(module, args).eval()
+    inputs = tuple(a for a in args if isinstance(a, torch.Tensor))
+    assert len(inputs) == 2  # the tokens and the global tokens; the grid is bound
+    lowered = runtimes.lower_executorch(bound, inputs)
+    outputs = runtimes.load_executorch(lowered.buffer)(inputs)
+    with torch.no_grad():
+        expected = bound(*inputs)
+    assert len(outputs) == len(expected)
+    for got, want in zip(outputs, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-4)
+    for dtype in ("float32", "int8"):
+        ms = measure_unit(
+            kind, cfg, device="executorch", threads=1, batch_size=1, dtype=dtype, runs=3
+        )
+        assert 0 < ms < 1_000
+
+
+@pytest.mark.slow
+def test_an_executorch_int8_table_from_sampled_units_predicts_and_refuses(tmp_path, capsys):
+    """`build-lut --device executorch --dtype int8 --units N`: N units measured as int8
+    programs, the rest predicted, the table refused for float32 or eager searches."""
+    from nas.cli import main
+    from nas.lut import LatencyTable, LutError
+
+    out = tmp_path / "et-int8.json"
+    args = ["latency", "build-lut", "--space", "tiny", "--img-size", "16", "--num-classes", "4"]
+    args += ["--device", "executorch", "--dtype", "int8", "--units", "40", "--calibration", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "40 of 236 units measured, the rest predicted" in text
+    table = LatencyTable.load(str(out))
+    assert table.device == "executorch" and table.dtype == "int8"
+    assert table.meta["measured_units"] == 40 and table.meta["units"] == 236
+    assert len(table.entries) + len(table.not_deployable) == 236
+    assert table.meta["unit_predictor"]["trained_on"] == 40 - len(table.not_deployable)
+    assert table.meta["executorch"] == runtimes.executorch_version()
+    for arch in get_space("tiny").sample_many(10, seed=3, num_classes=4, img_size=16):
+        assert table.predict(arch) > 0
+    wanted = dict(space="tiny", space_version=1, device="executorch", threads=1)
+    table.check(**wanted, dtype="int8")
+    with pytest.raises(LutError, match=r"dtype int8 \(needed float32\)") as err:
+        table.check(**wanted, dtype="float32")
+    assert "--device executorch --threads 1" in str(err.value)
+    with pytest.raises(LutError, match="dtype int8"):
+        table.check(**{**wanted, "device": "cpu"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mixer", "attn_pos"), [("window", "rel_bias"), ("lisa", "none"), ("mhsa", "rel_bias")]
+)
+def test_blocks_with_index_tables_lower_to_int8(mixer, attn_pos):
+    """Relative-position lookups are constant buffers: computed in the forward pass, PT2E
+    quantised their integer arithmetic (rel_bias: IndexError) or could not export the lifted
+    constant again (lisa)."""
+    from nas.lut import _Bound, _unit_module, space_units
+
+    found = space_units(get_space("survey"), 32, 3, 10)
+    kind, cfg = min(
+        (
+            u
+            for u in found.values()
+            if u[0] == "block" and u[1]["mixer"] == mixer and u[1]["attn_pos"] == attn_pos
+        ),
+        key=lambda u: u[1]["tokens"] * u[1]["dim"],  # the smallest: quickest to lower
+    )
+    module, args = _unit_module(kind, cfg, 1, torch.device("cpu"))
+    inputs = tuple(a for a in args if isinstance(a, torch.Tensor))
+    lowered = runtimes.lower_executorch(_Bound(module, args), inputs, "int8")
+    assert lowered.delegation.delegated > 0
