@@ -17,6 +17,12 @@ measurements of one model disagree, drift-corrected and raw, beside how far the 
     python experiments/bench_latency.py --rebuild --tag loaded --load
     python experiments/bench_latency.py --lut luts/cpu-1t-survey-32px-quiet.json --n 60 \
         --repeat 3 --tag repeat
+    python experiments/bench_latency.py --device executorch --dtype int8 --units 1500 \
+        --calibration 30 --n 120
+
+On a runtime (`--device executorch` or `onnxruntime`) the table measures `--units` units and
+predicts the rest (`nas.lut.UnitPredictor`); the summary gives its cross-validated error and
+how many validation architectures the runtime could not run.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tqdm import tqdm
 
 from nas.cost import cpu_name
 from nas.lut import UNIT_MEASUREMENT, LatencyTable, build_lut, measure_like, validate
+from nas.runtimes import NotDeployable
 from search_spaces.spaces import get_space
 
 
@@ -43,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="survey")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, executorch, onnxruntime")
+    parser.add_argument("--dtype", default="float32", help="float32 (int8 on a runtime)")
+    parser.add_argument(
+        "--units", type=int, default=None, help="units measured (default: all; 1,500 on a runtime)"
+    )
+    parser.add_argument(
+        "--calibration", type=int, default=100, help="whole models the table calibrates on"
+    )
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--n", type=int, default=120, help="architectures to validate on")
@@ -68,13 +83,20 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     space = get_space(args.space)
     suffix = f"-{args.tag}" if args.tag else ""
-    lut_path = args.lut or f"luts/cpu-{args.threads}t-{args.space}-{args.img_size}px{suffix}.json"
+    device = args.device if args.dtype == "float32" else f"{args.device}-{args.dtype}"
+    lut_path = (
+        args.lut or f"luts/{device}-{args.threads}t-{args.space}-{args.img_size}px{suffix}.json"
+    )
+    units = args.units
+    if units is None and args.device in ("executorch", "onnxruntime"):
+        units = 1_500
     if os.path.isfile(lut_path) and not args.rebuild:
         table = LatencyTable.load(lut_path)
         table.check(
             space=space.name,
             space_version=space.version,
-            device="cpu",
+            device=args.device,
+            dtype=args.dtype,
             threads=args.threads,
             img_size=args.img_size,
             num_classes=args.num_classes,
@@ -84,10 +106,13 @@ def _run(args: argparse.Namespace) -> int:
         bar = tqdm(desc="building the table", unit="", disable=None)
         table = build_lut(
             space,
-            device="cpu",
+            device=args.device,
+            dtype=args.dtype,
             threads=args.threads,
             img_size=args.img_size,
             num_classes=args.num_classes,
+            calibration_archs=args.calibration,
+            max_units=units,
             progress=lambda _, done, total: (
                 setattr(bar, "total", total),
                 bar.update(done - bar.n),
@@ -108,19 +133,27 @@ def _run(args: argparse.Namespace) -> int:
     )
     bar.close()
     check_ms = _full_check_ms(space, table, args)
-    archs = space.sample_many(
+    sampled = space.sample_many(
         args.n,
         seed=args.seed,
         num_classes=table.num_classes,
         in_chans=table.in_chans,
         img_size=table.img_size,
     )
+    ran = iter(result.archs)  # in order; the runtime's refusals left out
+    line = next(ran, None)
+    archs = []
+    for arch in sampled:
+        if arch.describe() == line:
+            archs.append(arch)
+            line = next(ran, None)
     repeat = _repeat(table, archs[: args.repeat_n], result, args.repeat) if args.repeat else None
     os.makedirs(args.out, exist_ok=True)
-    stem = f"{args.space}-cpu-{args.threads}t{suffix}"
+    stem = f"{args.space}-{device}-{args.threads}t{suffix}"
     plot = result.plot(
         os.path.join(args.out, f"{stem}.png"),
-        f"{args.space}: LUT vs measured, {cpu_name()}, {args.threads} thread(s)",
+        f"{args.space}: LUT vs measured, {table.meta.get('hardware', cpu_name())} "
+        f"({args.dtype}), {args.threads} thread(s)",
     )
     with open(os.path.join(args.out, f"{stem}.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -141,7 +174,10 @@ def _run(args: argparse.Namespace) -> int:
     summary = {
         "space": args.space,
         "threads": args.threads,
+        "device": args.device,
+        "dtype": args.dtype,
         "n": args.n,
+        "refused_by_the_runtime": result.refused,
         "seed": args.seed,
         "load": "a second process burning one core" if args.load else "none",
         "kendall_tau": round(result.kendall_tau, 4),
@@ -168,6 +204,9 @@ def _run(args: argparse.Namespace) -> int:
         "table": {
             "path": lut_path,
             "units": len(table.entries),
+            "measured_units": table.meta.get("measured_units", len(table.entries)),
+            "unit_predictor": table.meta.get("unit_predictor"),
+            "not_deployable_units": len(table.not_deployable),
             "calibration": table.calibration,
             "build_seconds": table.meta.get("seconds"),
             "reference": table.reference,
@@ -271,7 +310,10 @@ def _full_check_ms(space, table: LatencyTable, args: argparse.Namespace) -> floa
         model = LightViT(arch)
         count_params(model)
         count_flops(model, (arch.in_chans, arch.img_size, arch.img_size))
-        table.predict(arch)
+        try:
+            table.predict(arch)
+        except NotDeployable:  # rejected as the search rejects it: the check is as long
+            pass
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 

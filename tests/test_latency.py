@@ -299,3 +299,18 @@ def test_a_table_refuses_an_architecture_holding_a_unit_its_runtime_refused(tiny
     with pytest.raises(NotDeployable, match="ExecuTorch cannot run this model: its"):
         refusing.predict(arch)
     assert table.refusal(arch) is None and table.predict(arch) > 0
+
+
+def test_validation_leaves_out_what_the_runtime_refuses_and_counts_it(tiny_table) -> None:
+    from nas.lut import validate
+
+    table, _ = tiny_table
+    sampled = _sampled("tiny", 6, 16, seed=2)
+    kind, cfg = units(sampled[0])[0]  # the first architecture's stem
+    refusing = dataclasses.replace(table, not_deployable={unit_key(kind, cfg): "no kernel"})
+    refused = sum(refusing.refusal(a) is not None for a in sampled)
+    result = validate(refusing, get_space("tiny"), 6, seed=2, measure_kwargs={"runs": 3})
+    assert refused >= 1 and result.refused == refused
+    assert len(result.measured) == len(result.archs) == 6 - refused
+    assert sampled[0].describe() not in result.archs
+    assert f"{refused} the runtime cannot run left out" in result.summary()
