@@ -21,7 +21,6 @@ import collections
 import itertools
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from nas import cost, runtimes
-from nas.bench import set_mode_defaults
+from nas.bench import command_line, set_mode_defaults
 from nas.export import deployment_form
 from nas.report import write_results
 from search_spaces.model import LightViT
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows, args.runtimes)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": shlex.join(["python", "experiments/bench_runtimes.py", *_asked(argv)]),
+        "command": command_line("bench_runtimes.py", argv),
         "machine": f"{cost.cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"executorch {runtimes.executorch_version()}",
         "space": f"{args.space} v{space.version}, {args.img_size}px, seed {args.seed}",
@@ -114,16 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{meta['seconds'] / 60:.1f} min; wrote {args.out}/results.md"
     )
     return 0
-
-
-def _asked(argv: list[str] | None) -> list[str]:
-    """The options this run was given, less where it keeps its files."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    for flag in ("--work", "--out"):
-        while flag in given:
-            at = given.index(flag)
-            del given[at : at + 2]
-    return given
 
 
 def _read_rows(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:

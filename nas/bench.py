@@ -5,6 +5,8 @@ import the package only, never each other."""
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from typing import Any
 
 import optuna
@@ -15,7 +17,7 @@ from nas.lifecycle import load_finished
 from nas.records import Status, TrialRecord
 from nas.study import create_or_resume_study, finished_count, run_search
 
-__all__ = ["run_until", "set_mode_defaults", "trained_count", "wall_seconds"]
+__all__ = ["command_line", "run_until", "set_mode_defaults", "trained_count", "wall_seconds"]
 
 
 def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tuple]) -> None:
@@ -28,6 +30,17 @@ def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tup
     for key, value in {**values, "work": (work, work), "out": (out, out)}.items():
         if getattr(args, key) is None:
             setattr(args, key, value[0] if quick else value[1])
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that reproduces this run, as a results page quotes it: the options it was
+    given (`argv`, or the process's own), less `--work` and `--out`, where it kept its files."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    for flag in ("--work", "--out"):
+        while flag in given:
+            at = given.index(flag)
+            del given[at : at + 2]
+    return shlex.join(["python", f"experiments/{script}", *given])
 
 
 def trained_count(study: optuna.Study) -> int:
