@@ -603,6 +603,12 @@ def build_lut(
     unit_seconds = time.perf_counter() - start
     predictor_meta: dict[str, Any] = {}
     if len(sampled) < len(items):
+        if len(entries) < MIN_PREDICTOR_UNITS:
+            raise LutError(
+                f"{device} ran {len(entries)} of the {len(sampled)} sampled units: too few to "
+                f"predict the other {len(items) - len(sampled):,} from (at least "
+                f"{MIN_PREDICTOR_UNITS}); measure more with --units"
+            )
         predictor = UnitPredictor(seed=seed).fit(
             [found[k] for k in entries], list(entries.values())
         )
@@ -653,6 +659,7 @@ def build_lut(
 
 
 UNITS_PER_GROUP = 5  # a sample of units holds at least this many of each group (or all)
+MIN_PREDICTOR_UNITS = 20  # measured units below which the rest are not predicted
 
 
 def unit_group(kind: str, cfg: dict[str, Any]) -> str:
