@@ -215,7 +215,7 @@ def space_units(
     found: dict[str, Unit] = {}
     seen: set[tuple] = set()  # cheap keys, so each unit is serialised once
     stage_memo: dict[Any, list[StageConfig]] = {}
-    walked: set[Any] = set()  # (ctx, entry grid, previous widths) already turned into units
+    walked: set[Any] = set()  # (ctx, entry grid, previous widths, pass) turned into units
 
     def add(items: Iterable[Unit]) -> None:
         for kind, cfg in items:
@@ -244,8 +244,11 @@ def space_units(
             if prev_dims is None:
                 for dim in sorted({s.dim for s in stages}):
                     add(_stem_units(g["stem"], in_chans, dim, g["patch_size"], img, g["pos_enc"]))
-            if (ctx, entry_grid, prev_dims) not in walked:
-                walked.add((ctx, entry_grid, prev_dims))
+            # a first pass ends in a reuse unit of its own sides where a full pass ends in a
+            # head: the same stages walked at the same grid are not the same units
+            key = (ctx, entry_grid, prev_dims, (g["img_size"], img) if low else None)
+            if key not in walked:
+                walked.add(key)
                 for stage in stages:
                     for in_dim in sorted(prev_dims or {stage.dim}):
                         stage_out, tokens, sized = _stage_units(

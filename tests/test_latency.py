@@ -314,3 +314,17 @@ def test_validation_leaves_out_what_the_runtime_refuses_and_counts_it(tiny_table
     assert len(result.measured) == len(result.archs) == 6 - refused
     assert sampled[0].describe() not in result.archs
     assert f"{refused} the runtime cannot run left out" in result.summary()
+
+
+@pytest.mark.slow
+def test_the_enumeration_at_32px_covers_first_passes_down_to_one_token() -> None:
+    """A first pass at 16px whose last stage leaves one token ends in a reuse unit of its own;
+    the walk once skipped it when a full pass had walked the same stages at the same grid."""
+    found = space_units(get_space("survey"), 32, 3, 10)
+    archs = get_space("survey").sample_many(200, seed=1, num_classes=10, img_size=32)
+    one_token = 0
+    for arch in archs:
+        for kind, cfg in units(arch):
+            assert unit_key(kind, cfg) in found, (kind, cfg, arch.describe())
+            one_token += kind == "reuse" and cfg["tokens"] == 1
+    assert one_token >= 1  # the sample holds the case
