@@ -379,7 +379,10 @@ def search_config(args: argparse.Namespace, data_cfg: DataConfig, b: Budget, sam
     )
     return SearchConfig(
         study=StudyConfig(
-            name=f"{data_label(data_cfg)}-{b.name}-{sampler}",
+            # a study per search seed (seed 0 keeps the name earlier runs resume from): another
+            # --search-seed in the same --work folder searches again instead of reusing seed 0's
+            name=f"{data_label(data_cfg)}-{b.name}-{sampler}"
+            + (f"-seed{args.search_seed}" if args.search_seed else ""),
             storage=f"sqlite:///{args.work}/search.db",
             artifacts=os.path.join(args.work, "artifacts"),
             n_trials=1,

@@ -5,6 +5,7 @@ Markdown table and the plot, and resumes without retraining."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import struct
@@ -105,6 +106,22 @@ def test_a_second_run_resumes_without_retraining(bench_run) -> None:
     assert log.read_text() == before  # every (architecture, seed) came from the record
     accuracy = {(r["budget"], r["name"]): r["accuracy"] for r in rows_before}
     assert {(r["budget"], r["name"]): r["accuracy"] for r in _rows(folder)} == accuracy
+
+
+def test_each_search_seed_searches_in_its_own_study(tmp_path) -> None:
+    bench = _bench()
+    budget = bench.Budget("deit-style w48", 175_642, 2.47)
+    data_cfg = bench.DataConfig(name="digits", img_size=16)
+    names = {}
+    for seed in (0, 1, 2):
+        args = argparse.Namespace(
+            search_seed=seed, work=str(tmp_path), space_version=1, proxy_epochs=1, threads=1
+        )
+        cfg = bench.search_config(args, data_cfg, budget, "tpe")
+        names[seed] = cfg.study.name
+        assert cfg.study.seed == seed
+    assert names[0] == "digits-deit-style w48-tpe"  # the name earlier runs resume from
+    assert len(set(names.values())) == 3
 
 
 @pytest.mark.parametrize(
