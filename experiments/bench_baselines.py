@@ -14,8 +14,9 @@ Fashion-MNIST with its official test split):
    PoolFormer-style family at width 8, the DeiT-style at width 48 and the smallest timm model
    that runs; fashion: the same two families and `mobilevit_xxs`), measured at the start of
    the run.
-3. Per budget: a TPE search (multi-objective, accuracy against latency, the survey space, the
-   budget's params and latency as constraints, latency measured, the proxy recipe) until
+3. Per budget: a TPE search (multi-objective, accuracy against latency, or with `--tpe-mode
+   single` accuracy alone; the survey space, the budget's params and latency as constraints,
+   latency measured, the proxy recipe) until
    `--trained` candidates are trained, and a random search until `--random-multiple` times as
    many. The found architecture of each strategy is its best by the proxy's validation
    accuracy or, with `--retrain-top K` (fashion: 3), the best by validation accuracy of its K
@@ -103,6 +104,7 @@ TIMM_MODELS: dict[str, dict[str, Any]] = {
 }
 CNN_REFERENCES = ("resnet18", "mobilenetv3_small_100")
 STRATEGIES = ("tpe", "random", "random-2x")
+TPE_OBJECTIVES = {"multi": "accuracy against latency", "single": "accuracy alone"}
 
 
 @dataclass
@@ -381,13 +383,16 @@ def search_config(args: argparse.Namespace, data_cfg: DataConfig, b: Budget, sam
         study=StudyConfig(
             # a study per search seed (seed 0 keeps the name earlier runs resume from): another
             # --search-seed in the same --work folder searches again instead of reusing seed 0's
+            # single-mode TPE has its own study too; random search draws the same either way
             name=f"{data_label(data_cfg)}-{b.name}-{sampler}"
+            + ("-single" if sampler == "tpe" and args.tpe_mode == "single" else "")
             + (f"-seed{args.search_seed}" if args.search_seed else ""),
             storage=f"sqlite:///{args.work}/search.db",
             artifacts=os.path.join(args.work, "artifacts"),
             n_trials=1,
             # random search draws its own candidates, not TPE's random start-up ones
             seed=args.search_seed + (1000 if sampler == "random" else 0),
+            mode=args.tpe_mode if sampler == "tpe" else "multi",
             sampler=cls,
             sampler_args=sampler_args,
         ),
@@ -684,7 +689,8 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Recipe, from scratch: the {recipe_line(args)}; seeds {' '.join(map(str, args.seeds))}. "
         "Search: survey "
-        f"space, TPE until {args.trained} trained candidates ({args.proxy_epochs}-epoch proxy), "
+        f"space, TPE ({TPE_OBJECTIVES[args.tpe_mode]}) until {args.trained} trained candidates "
+        f"({args.proxy_epochs}-epoch proxy), "
         f"random until {args.random_multiple * args.trained}{retrain}. Latency: CPU "
         f"({cpu_name()}), batch 1, median of {args.rounds} interleaved rounds, measured in this "
         f"run; re-parameterisable stems fused. Accuracy: {accuracy}.",
@@ -949,6 +955,13 @@ def main(argv: list[str] | None = None) -> int:
         help="proposals per search before it stops short of --trained (300 full, 100 quick)",
     )
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument(
+        "--tpe-mode",
+        choices=("multi", "single"),
+        default="multi",
+        help="TPE's objectives: multi (accuracy against latency, the published runs) or single "
+        "(accuracy alone under the budgets); random search is the same either way",
+    )
     parser.add_argument(
         "--space-version",
         type=int,

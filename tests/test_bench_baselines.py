@@ -115,13 +115,41 @@ def test_each_search_seed_searches_in_its_own_study(tmp_path) -> None:
     names = {}
     for seed in (0, 1, 2):
         args = argparse.Namespace(
-            search_seed=seed, work=str(tmp_path), space_version=1, proxy_epochs=1, threads=1
+            search_seed=seed,
+            work=str(tmp_path),
+            space_version=1,
+            proxy_epochs=1,
+            threads=1,
+            tpe_mode="multi",
         )
         cfg = bench.search_config(args, data_cfg, budget, "tpe")
         names[seed] = cfg.study.name
         assert cfg.study.seed == seed
     assert names[0] == "digits-deit-style w48-tpe"  # the name earlier runs resume from
     assert len(set(names.values())) == 3
+
+
+def test_single_mode_tpe_maximises_accuracy_alone_in_its_own_study(tmp_path) -> None:
+    bench = _bench()
+    budget = bench.Budget("deit-style w48", 175_642, 2.47)
+    data_cfg = bench.DataConfig(name="digits", img_size=16)
+    args = argparse.Namespace(
+        search_seed=0, work=str(tmp_path), space_version=1, proxy_epochs=1, threads=1
+    )
+    configs = {}
+    for mode in ("multi", "single"):
+        args.tpe_mode = mode
+        configs[mode] = {
+            s: bench.search_config(args, data_cfg, budget, s) for s in ("tpe", "random")
+        }
+    single, multi = configs["single"]["tpe"].study, configs["multi"]["tpe"].study
+    assert (single.mode, single.objective_names) == ("single", ("accuracy",))
+    assert (multi.mode, multi.objective_names) == ("multi", ("accuracy", "latency_ms"))
+    assert single.name != multi.name  # a multi-mode study is never resumed as single
+    # random search is the same study (and draws) in both runs: its trainings are reused
+    assert configs["single"]["random"].study == configs["multi"]["random"].study
+    # the budgets stay constraints in both modes
+    assert configs["single"]["tpe"].budget == configs["multi"]["tpe"].budget
 
 
 @pytest.mark.parametrize(
