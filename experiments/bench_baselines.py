@@ -13,7 +13,9 @@ Fashion-MNIST with its official test split):
 2. Budgets: the parameter count and 1-thread latency of reference models (digits: the
    PoolFormer-style family at width 8, the DeiT-style at width 48 and the smallest timm model
    that runs; fashion: the same two families and `mobilevit_xxs`), measured at the start of
-   the run.
+   the run, their latency normalised to the work folder's reference model
+   (`WORK/latency-reference.json`, the machine speed every search of the folder refers to, so
+   a budget measured in one sitting means the same to a search made in a later one).
 3. Per budget: a TPE search (multi-objective, accuracy against latency, or with `--tpe-mode
    single` accuracy alone; the survey space, the budget's params and latency as constraints,
    latency measured, the proxy recipe) until
@@ -65,7 +67,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from nas.bench import run_until, set_mode_defaults
+from nas.bench import run_until, set_mode_defaults, work_reference
 from nas.config import (
     BudgetConfig,
     DataConfig,
@@ -74,7 +76,7 @@ from nas.config import (
     StudyConfig,
     TrainConfig,
 )
-from nas.cost import count_flops, count_params, cpu_name, measure_latency
+from nas.cost import Reference, count_flops, count_params, cpu_name, measure_latency
 from nas.data import Dataset, has_test_split
 from nas.errors import UserError
 from nas.evaluation import evaluate_model, load_split
@@ -242,12 +244,19 @@ def timm_model(name: str, data: Dataset, drop_path: float = 0.0) -> tuple[Model 
 class Measurer:
     """Params, FLOPs and CPU latency at batch 1, cached per architecture."""
 
-    def __init__(self, in_chans: int, quick: bool) -> None:
+    def __init__(self, in_chans: int, quick: bool, reference: Reference | None = None) -> None:
         self.in_chans = in_chans
         self.cfg = LatencyConfig(runs=20 if quick else 50, max_seconds=1.0 if quick else 2.0)
         self.cache: dict[tuple[str, int], float] = {}
+        self.reference = reference
 
-    def latency(self, m: Model, threads: int, module: nn.Module | None = None) -> float:
+    def latency(
+        self,
+        m: Model,
+        threads: int,
+        module: nn.Module | None = None,
+        reference: Reference | None = None,
+    ) -> float:
         module = module or deployment_form(m.build().eval())
         return measure_latency(
             module,
@@ -256,15 +265,17 @@ class Measurer:
             warmup=self.cfg.warmup,
             runs=self.cfg.runs,
             max_seconds=self.cfg.max_seconds,
+            reference=reference,
         ).median_ms
 
     def screen(self, m: Model) -> Model:
-        """Params and a first 1-thread latency (the one budgets and scaling use)."""
+        """Params and a first 1-thread latency (the one budgets and scaling use), normalised
+        to the work folder's reference as the searches' latencies are."""
         if (m.key, 1) not in self.cache:
             module = m.build().eval()
             self.cache[m.key, 0] = count_params(module)  # as trained, as the search counts
             module = deployment_form(module)
-            self.cache[m.key, 1] = self.latency(m, 1, module)
+            self.cache[m.key, 1] = self.latency(m, 1, module, self.reference)
         m.params, m.screen_ms = int(self.cache[m.key, 0]), self.cache[m.key, 1]
         return m
 
@@ -415,7 +426,12 @@ def ranked(study: optuna.Study, first: int | None = None) -> list[Any]:
 
 
 def run_searches(
-    args: argparse.Namespace, data_cfg: DataConfig, b: Budget, inputs: Any, trainer: Trainer
+    args: argparse.Namespace,
+    data_cfg: DataConfig,
+    b: Budget,
+    inputs: Any,
+    trainer: Trainer,
+    reference: Reference | None = None,
 ) -> list[Model]:
     """TPE until `--trained` trained candidates and random until `--random-multiple` times as
     many; per strategy the found architecture is the proxy's best, or with `--retrain-top K`
@@ -433,7 +449,9 @@ def run_searches(
     for sampler, n in (("tpe", args.trained), ("random", n_random)):
         config = search_config(args, data_cfg, b, sampler)
         bar.set_postfix_str(sampler)
-        studies[sampler] = run_until(config, inputs, n, bar, args.max_candidates)
+        studies[sampler] = run_until(
+            config, inputs, n, bar, args.max_candidates, reference=reference
+        )
     bar.close()
     strategies = [
         ("tpe", studies["tpe"], args.trained),
@@ -487,7 +505,10 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
     inputs = prepare_inputs(probe)
     data = inputs.data
     size = data.img_size
-    measurer = Measurer(data.in_chans, args.quick)
+    # budgets, family scaling and every search refer their latencies to one machine speed
+    storage = f"sqlite:///{os.path.join(args.work, 'search.db')}"
+    reference = work_reference(args.work, storage, 1.5 * LatencyConfig().max_seconds)
+    measurer = Measurer(data.in_chans, args.quick, reference)
     tag = f"{data_label(data_cfg)}{size}"
     screens_path = os.path.join(args.work, f"{tag}-screens.json")
     if os.path.isfile(screens_path):  # a resumed run keeps its budgets
@@ -539,7 +560,7 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
         test=data_cfg if has_test_split(data_cfg) else None,
     )
     for b in budgets:
-        b.models += run_searches(args, data_cfg, b, inputs, trainer)
+        b.models += run_searches(args, data_cfg, b, inputs, trainer, reference)
         for family in args.families:
             m, why = scale_family(family, b, data, measurer)
             if m is None:

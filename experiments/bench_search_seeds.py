@@ -94,7 +94,8 @@ def summarise(runs: list[dict]) -> str:
             wins = sum(d > 0 for d in diffs)
             leads.append(
                 f"- {data} / {budget}: TPE − random {statistics.mean(diffs) * 100:+.2f} points "
-                f"(mean over {len(diffs)} search seed{'s' * (len(diffs) > 1)}; TPE higher in {wins} of {len(diffs)})"
+                f"(mean over {len(diffs)} search seed{'s' * (len(diffs) > 1)}; "
+                f"TPE higher in {wins} of {len(diffs)})"
             )
     return "\n".join(lines + [""] + leads) + "\n"
 

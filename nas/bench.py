@@ -5,19 +5,29 @@ import the package only, never each other."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 from typing import Any
 
 import optuna
 
+from nas import cost
 from nas.callbacks import dashboard_hooks
 from nas.config import SearchConfig
 from nas.lifecycle import load_finished
 from nas.records import Status, TrialRecord
 from nas.study import create_or_resume_study, finished_count, run_search
 
-__all__ = ["command_line", "run_until", "set_mode_defaults", "trained_count", "wall_seconds"]
+__all__ = [
+    "command_line",
+    "run_until",
+    "set_mode_defaults",
+    "trained_count",
+    "wall_seconds",
+    "work_reference",
+]
 
 
 def set_mode_defaults(args: argparse.Namespace, name: str, values: dict[str, tuple]) -> None:
@@ -48,13 +58,49 @@ def trained_count(study: optuna.Study) -> int:
     return sum(TrialRecord.of(t).status is Status.TRAINED for t in trials)
 
 
+def work_reference(work: str, storage: str | None = None, seconds: float = 3.0) -> cost.Reference:
+    """The one machine speed (1-thread CPU latency reference) of a work folder: budgets measured
+    outside a study and every study the folder holds refer their latencies to it, so that a
+    budget measured in one sitting means the same in a study made in a later one, on a faster
+    or busier machine. Kept in `WORK/latency-reference.json`; a folder from before it existed
+    takes its first study's reference (calibrated in the sitting that measured its budgets),
+    a new one calibrates the reference model now."""
+    path = os.path.join(work, "latency-reference.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return cost.Reference.from_dict(json.load(f))
+    reference = None
+    if storage is not None and os.path.isfile(storage.removeprefix("sqlite:///")):
+        stored = [
+            s.user_attrs["latency_reference"]
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+            if s.user_attrs.get("latency_reference", {}).get("threads") == 1
+        ]
+        if stored:
+            reference = cost.Reference.from_dict(min(stored, key=lambda r: r["measured_at"]))
+    if reference is None:
+        reference = cost.calibrate_reference("cpu", 1, seconds)
+    os.makedirs(work, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(reference.to_dict(), f, indent=1)
+    os.replace(path + ".tmp", path)
+    return reference
+
+
 def run_until(
-    config: SearchConfig, inputs: Any, trained: int, bar: Any, max_candidates: int
+    config: SearchConfig,
+    inputs: Any,
+    trained: int,
+    bar: Any,
+    max_candidates: int,
+    reference: cost.Reference | None = None,
 ) -> optuna.Study:
     """Run the study until it has `trained` trained candidates, or `max_candidates`
     candidates in all (a strategy that keeps proposing candidates over the budgets). A study
     that already has them is read as stored (`load_finished`): a finished search stays
-    readable after its space gains choices."""
+    readable after its space gains choices. A new study normalises its latencies to
+    `reference` when given (`work_reference`: the budgets' machine speed) instead of calibrating
+    its own; a study made before keeps the one it has."""
 
     def done(study: optuna.Study) -> bool:
         return trained_count(study) >= trained or finished_count(study) >= max_candidates
@@ -64,6 +110,8 @@ def run_until(
         bar.update(min(trained_count(study), trained))
         return study
     study = create_or_resume_study(config)
+    if reference is not None and "latency_reference" not in study.user_attrs:
+        study.set_user_attr("latency_reference", reference.to_dict())
     while (have := trained_count(study)) < trained and finished_count(study) < max_candidates:
         n = min(finished_count(study) + trained - have, max_candidates)
         run_search(

@@ -11,6 +11,7 @@ import json
 import struct
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -109,6 +110,38 @@ def test_a_second_run_resumes_without_retraining(bench_run) -> None:
     assert log.read_text() == before  # every (architecture, seed) came from the record
     accuracy = {(r["budget"], r["name"]): r["accuracy"] for r in rows_before}
     assert {(r["budget"], r["name"]): r["accuracy"] for r in _rows(folder)} == accuracy
+
+
+@pytest.mark.slow
+def test_budgets_and_every_study_refer_latency_to_the_work_folders_reference(bench_run) -> None:
+    # a budget measured in one sitting and a search made in a later one (a faster or busier
+    # machine) compare latencies at one machine speed
+    _, _, folder = bench_run
+    work = folder / "work"
+    reference = json.loads((work / "latency-reference.json").read_text())
+    storage = f"sqlite:///{work}/search.db"
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    assert len(summaries) == 4  # TPE and random at each of the two budgets
+    assert all(s.user_attrs["latency_reference"] == reference for s in summaries)
+
+
+def test_a_work_folder_keeps_one_reference_and_an_old_one_takes_its_first_studys(tmp_path):
+    from nas.bench import work_reference
+
+    new = work_reference(str(tmp_path / "new"), seconds=0.2)  # calibrated now, then kept
+    assert new.threads == 1 and new.ms > 0
+    assert work_reference(str(tmp_path / "new"), seconds=0.2) == new
+    # a folder from before the file existed: its budgets were measured in its first sitting
+    old = tmp_path / "old"
+    old.mkdir()
+    storage = f"sqlite:///{old}/search.db"
+    for name, ms, at in (("later", 0.4, "2026-12-02T10:00:00+0000"),
+                         ("first", 0.6, "2026-12-01T22:00:00+0000")):  # fmt: skip
+        study = optuna.create_study(study_name=name, storage=storage)
+        study.set_user_attr("latency_reference", {**new.to_dict(), "ms": ms, "measured_at": at})
+    adopted = work_reference(str(old), storage, seconds=0.2)
+    assert (adopted.ms, adopted.measured_at) == (0.6, "2026-12-01T22:00:00+0000")
+    assert json.loads((old / "latency-reference.json").read_text())["ms"] == 0.6
 
 
 def test_each_search_seed_searches_in_its_own_study(tmp_path) -> None:
