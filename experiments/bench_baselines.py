@@ -506,8 +506,7 @@ def run_data_set(args: argparse.Namespace, data_cfg: DataConfig, bar_pos: int) -
     data = inputs.data
     size = data.img_size
     # budgets, family scaling and every search refer their latencies to one machine speed
-    storage = f"sqlite:///{os.path.join(args.work, 'search.db')}"
-    reference = work_reference(args.work, storage, 1.5 * LatencyConfig().max_seconds)
+    reference = work_reference(args.work, 1.5 * LatencyConfig().max_seconds)
     measurer = Measurer(data.in_chans, args.quick, reference)
     tag = f"{data_label(data_cfg)}{size}"
     screens_path = os.path.join(args.work, f"{tag}-screens.json")

@@ -58,19 +58,22 @@ def trained_count(study: optuna.Study) -> int:
     return sum(TrialRecord.of(t).status is Status.TRAINED for t in trials)
 
 
-def work_reference(work: str, storage: str | None = None, seconds: float = 3.0) -> cost.Reference:
+def work_reference(work: str, seconds: float = 3.0) -> cost.Reference:
     """The one machine speed (1-thread CPU latency reference) of a work folder: budgets measured
     outside a study and every study the folder holds refer their latencies to it, so that a
     budget measured in one sitting means the same in a study made in a later one, on a faster
     or busier machine. Kept in `WORK/latency-reference.json`; a folder from before it existed
-    takes its first study's reference (calibrated in the sitting that measured its budgets),
+    takes the first reference a study of `WORK/search.db` stored (calibrated in the sitting
+    that measured its budgets),
     a new one calibrates the reference model now."""
     path = os.path.join(work, "latency-reference.json")
     if os.path.isfile(path):
         with open(path) as f:
             return cost.Reference.from_dict(json.load(f))
     reference = None
-    if storage is not None and os.path.isfile(storage.removeprefix("sqlite:///")):
+    db = os.path.join(work, "search.db")
+    if os.path.isfile(db):
+        storage = f"sqlite:///{db}"
         stored = [
             s.user_attrs["latency_reference"]
             for s in optuna.get_all_study_summaries(storage, include_best_trial=False)

@@ -139,7 +139,7 @@ def test_a_work_folder_keeps_one_reference_and_an_old_one_takes_its_first_studys
                          ("first", 0.6, "2026-12-01T22:00:00+0000")):  # fmt: skip
         study = optuna.create_study(study_name=name, storage=storage)
         study.set_user_attr("latency_reference", {**new.to_dict(), "ms": ms, "measured_at": at})
-    adopted = work_reference(str(old), storage, seconds=0.2)
+    adopted = work_reference(str(old), seconds=0.2)
     assert (adopted.ms, adopted.measured_at) == (0.6, "2026-12-01T22:00:00+0000")
     assert json.loads((old / "latency-reference.json").read_text())["ms"] == 0.6
 
