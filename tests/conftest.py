@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 
 from nas.callbacks import dashboard_hooks
@@ -31,6 +32,14 @@ def load_experiment(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def trained_trials(study) -> list:
+    """The study's trained trials: complete ones less the duplicates (an architecture the
+    sampler drew again, which of them depends on the host's float results), which carry the
+    first one's result but no training, curve or weights of their own."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in done if t.user_attrs.get("status") != "duplicate"]
 
 
 def write_config(folder: Path, name: str = "t", **overrides: str) -> Path:

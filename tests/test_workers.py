@@ -18,8 +18,8 @@ from nas.cli import main
 from nas.workers import core_shares
 from tests.conftest import lvit_process as _lvit
 from tests.conftest import missing_service as _missing
+from tests.conftest import trained_trials, write_config
 from tests.conftest import wait_for as _wait_for
-from tests.conftest import write_config
 
 WIDE = "budget: {max_params: 1000000, max_latency_ms: 100}"
 SLOW = "train: {epochs: 40, batch_size: 32, threads: 1}"  # long enough to kill mid-trial
@@ -308,7 +308,7 @@ def test_the_dashboard_shows_the_study_in_a_real_chromium(finished_study, tmp_pa
         # the report's pictures as artifacts: each trained trial's drawing, the study's front
         from optuna.artifacts import get_all_artifact_meta
 
-        for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        for t in trained_trials(study):
             names = {m.filename for m in get_all_artifact_meta(t, storage=study._storage)}
             assert "architecture.png" in names
         assert "pareto-6.png" in {m.filename for m in get_all_artifact_meta(study)}
